@@ -1,0 +1,235 @@
+"""LR range test (torch-lr-finder) -> LRMIN and LRMAX for One Cycle, with a plot and an on-disk cache.
+
+The test trains the freshly initialised model for `num_iter` batches while the LR grows exponentially from
+`start_lr` to `end_lr`, records the (exponentially smoothed) loss, stops early once the loss diverges, and
+then restores the model and optimizer exactly (torch-lr-finder's `reset`).
+
+The rule that reads the curve, after trimming `skip_start` points (noisy start) and `skip_end` points (the
+divergent tail):
+- LRMAX = (LR at the lowest smoothed loss) / max_divisor. Past that point the loss climbs: the LR is too
+  large for the network to make progress. max_divisor defaults to 1; raise it for a more cautious peak.
+- LRMIN = the steepest-descent LR *on the falling part of the curve*, before the lowest point: where the
+  network learns fastest at a safe LR. (torch-lr-finder's own suggestion searches the whole trimmed curve
+  and, on this network, often lands on a wiggle of the rising part, above LRMAX; we only use its plot.)
+  If the falling part is too short to have a slope, LRMIN = LRMAX / 10 (recorded in `rule`).
+No rule fits every curve (torch-lr-finder's maintainers say as much): the plot shows both points, and
+`optimizer.lr` / `scheduler.lr_min` accept numbers that override either one, `lr_finder.scale` both.
+
+Also a command: `python -m resnet9.lr_find [overrides]` runs (or reuses) the test for the composed config.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import hydra
+import matplotlib
+
+matplotlib.use("Agg")  # files only, never a window
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from hydra.core.hydra_config import HydraConfig  # noqa: E402
+from hydra.utils import instantiate, to_absolute_path  # noqa: E402
+from omegaconf import DictConfig, OmegaConf  # noqa: E402
+from torch import nn  # noqa: E402
+from torch_lr_finder import LRFinder  # noqa: E402
+
+from resnet9 import augment, config, data  # noqa: E402
+
+JSON_NAME, PLOT_NAME = "lr_finder.json", "lr_finder.png"
+
+
+class LRFinderError(config.UsageError):
+    """The range test produced a curve too short to read."""
+
+
+@dataclass
+class LRRange:
+    lr_min: float
+    lr_max: float
+    steepest_lr: float
+    min_loss_lr: float
+    rule: str
+    history: dict[str, list[float]] = field(default_factory=dict)
+    cached: bool = False
+    cache_key: str = ""
+
+
+def derive_lr_range(
+    lrs: list[float], losses: list[float], skip_start: int, skip_end: int, max_divisor: float
+) -> LRRange:
+    """Apply the rule in this module's docstring to a recorded curve."""
+    end = len(lrs) - skip_end
+    trimmed_lrs, trimmed_losses = np.asarray(lrs[skip_start:end]), np.asarray(losses[skip_start:end])
+    lowest = int(np.argmin(trimmed_losses))
+    min_loss_lr = float(trimmed_lrs[lowest])
+    lr_max = min_loss_lr / max_divisor
+    falling = trimmed_losses[: lowest + 1]
+    steepest_lr = float(trimmed_lrs[np.argmin(np.gradient(falling))]) if len(falling) >= 3 else float("nan")
+    rule = f"LRMAX = lowest-loss LR / {max_divisor:g}; "
+    if steepest_lr < lr_max:
+        lr_min, rule = steepest_lr, rule + "LRMIN = steepest descent before the lowest loss"
+    else:
+        lr_min, rule = lr_max / 10, rule + "LRMIN = LRMAX / 10 (no steeper point below LRMAX)"
+    history = {"lr": [float(x) for x in lrs], "loss": [float(x) for x in losses]}
+    return LRRange(lr_min, lr_max, steepest_lr, min_loss_lr, rule, history)
+
+
+def run_range_test(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    loader: torch.utils.data.DataLoader,
+    device: torch.device,
+    finder_cfg: DictConfig,
+) -> tuple[LRRange, plt.Figure]:
+    """Run the test, restore model and optimizer, derive LRMIN/LRMAX and draw the marked curve."""
+    finder = LRFinder(model, optimizer, nn.CrossEntropyLoss(), device=device)
+    try:
+        finder.range_test(
+            loader,
+            start_lr=finder_cfg.start_lr,
+            end_lr=finder_cfg.end_lr,
+            num_iter=finder_cfg.num_iter,
+            step_mode="exp",
+            smooth_f=finder_cfg.smooth_f,
+            diverge_th=finder_cfg.diverge_th,
+        )
+    finally:
+        finder.reset()  # weights and optimizer state exactly as before the test
+    lrs, losses = finder.history["lr"], finder.history["loss"]
+    needed = finder_cfg.skip_start + finder_cfg.skip_end + 10
+    if len(lrs) < needed:
+        raise LRFinderError(
+            f"LR range test diverged after {len(lrs)} of {finder_cfg.num_iter} steps (LR {lrs[-1]:.3g}), too few "
+            f"to read; lower lr_finder.end_lr, raise lr_finder.diverge_th, or set optimizer.lr and scheduler.lr_min"
+        )
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    finder.plot(skip_start=finder_cfg.skip_start, skip_end=finder_cfg.skip_end, ax=ax, suggest_lr=False)
+    result = derive_lr_range(lrs, losses, finder_cfg.skip_start, finder_cfg.skip_end, finder_cfg.max_divisor)
+    ax.axvline(result.lr_min, color="tab:green", linestyle="--", label=f"LRMIN = {result.lr_min:.3g}")
+    ax.axvline(result.lr_max, color="tab:red", linestyle="--", label=f"LRMAX = {result.lr_max:.3g}")
+    ax.axvline(result.min_loss_lr, color="grey", linestyle=":", label=f"lowest loss at {result.min_loss_lr:.3g}")
+    ax.set_xlabel("learning rate (log scale)")
+    ax.set_ylabel("training loss (smoothed)")
+    ax.set_title(f"LR range test: {len(lrs)} steps, {finder_cfg.start_lr:g} to {finder_cfg.end_lr:g}")
+    ax.legend()
+    ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    return result, fig
+
+
+def _key_parts(cfg: DictConfig) -> dict:
+    """Everything that shapes the curve; not the LRs it is meant to derive, nor scale/cache settings."""
+    optimizer = OmegaConf.to_container(cfg.optimizer, resolve=True)
+    optimizer.pop("lr", None)
+    finder = OmegaConf.to_container(cfg.lr_finder, resolve=True)
+    for key in ("scale", "cache", "cache_dir", "max_divisor"):
+        finder.pop(key, None)
+    return {
+        "model": OmegaConf.to_container(cfg.model, resolve=True),
+        "optimizer": optimizer,
+        "augment": OmegaConf.to_container(cfg.augment, resolve=True),
+        "batch_size": cfg.batch_size,
+        "seed": cfg.seed,
+        "data": [str(Path(to_absolute_path(cfg.data.root)).expanduser()), cfg.data.limit_train],
+        "lr_finder": finder,
+        "device": config.resolve_device(cfg.device).type,
+    }
+
+
+def find_lr_range(
+    cfg: DictConfig, dataset: data.Cifar10, model: nn.Module, device: torch.device, out_dir: Path
+) -> LRRange:
+    """LRMIN/LRMAX for this config: from the cache if an identical test ran before, else by running it on
+    `model` (restored afterwards) with a fresh optimizer of the configured kind.
+
+    Writes lr_finder.json and lr_finder.png into `out_dir` either way. The curve is read again with the
+    current max_divisor, so changing the rule never needs a new test.
+    """
+    finder_cfg = cfg.lr_finder
+    key = hashlib.sha256(json.dumps(_key_parts(cfg), sort_keys=True).encode()).hexdigest()[:16]
+    cache_entry = Path(os.path.expanduser(finder_cfg.cache_dir)) / key
+    result = _read_cache(cache_entry, finder_cfg) if finder_cfg.cache else None
+    if result is not None:
+        shutil.copyfile(cache_entry / PLOT_NAME, out_dir / PLOT_NAME)
+    else:
+        optimizer = instantiate(cfg.optimizer, _convert_="all")(model.parameters(), lr=finder_cfg.start_lr)
+        transform = instantiate(cfg.augment, seed=cfg.seed)
+        loader = augment.make_loader(
+            dataset.train_images,
+            dataset.train_labels,
+            transform,
+            cfg.batch_size,
+            train=True,
+            seed=cfg.seed,
+            num_workers=cfg.data.num_workers,
+        )
+        result, fig = run_range_test(model, optimizer, loader, device, finder_cfg)
+        fig.savefig(out_dir / PLOT_NAME, dpi=120)
+        plt.close(fig)
+    result.cache_key = key
+    (out_dir / JSON_NAME).write_text(json.dumps(asdict(result), indent=1))
+    if finder_cfg.cache and not result.cached:
+        _write_cache(cache_entry, out_dir)
+    return result
+
+
+def _read_cache(entry: Path, finder_cfg: DictConfig) -> LRRange | None:
+    try:
+        saved = json.loads((entry / JSON_NAME).read_text())
+        if not (entry / PLOT_NAME).is_file():
+            return None
+        history = saved["history"]
+        result = derive_lr_range(
+            history["lr"], history["loss"], finder_cfg.skip_start, finder_cfg.skip_end, finder_cfg.max_divisor
+        )
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # no entry, or a damaged one: run the test again
+    result.cached = True
+    return result
+
+
+def _write_cache(entry: Path, out_dir: Path) -> None:
+    """Copy the run's files into the cache atomically: a half-written entry is never visible."""
+    entry.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=entry.parent, prefix=f".{entry.name}-"))
+    for name in (JSON_NAME, PLOT_NAME):
+        shutil.copyfile(out_dir / name, staging / name)
+    shutil.rmtree(entry, ignore_errors=True)  # we only get here when the entry is absent or damaged
+    try:
+        os.replace(staging, entry)
+    except OSError:  # another job of the sweep got there first; its entry is as good as ours
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+def main(cfg: DictConfig) -> None:
+    """`python -m resnet9.lr_find`: run the range test alone and print LRMIN/LRMAX."""
+    with config.exit_on_usage_error():
+        _find_and_report(cfg)
+
+
+def _find_and_report(cfg: DictConfig) -> None:
+    config.validate(cfg)
+    device = config.resolve_device(cfg.device)
+    config.seed_everything(cfg.seed, cfg.deterministic)
+    with config.data_errors_as_usage_errors():
+        dataset = data.load(to_absolute_path(cfg.data.root), cfg.data.download, cfg.data.limit_train)
+    out_dir = Path(HydraConfig.get().runtime.output_dir)
+    memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    model = instantiate(cfg.model).to(device, memory_format=memory_format)
+    result = find_lr_range(cfg, dataset, model, device, out_dir)
+    source = "cache" if result.cached else "new test"
+    print(f"LRMIN={result.lr_min:.4g} LRMAX={result.lr_max:.4g} ({source}; {result.rule})")
+    print(f"plot and numbers: {out_dir / PLOT_NAME}, {out_dir / JSON_NAME}")
+
+
+if __name__ == "__main__":
+    main()

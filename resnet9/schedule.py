@@ -1,0 +1,46 @@
+"""The One Cycle schedule of the mission: LRMIN -> LRMAX -> LRMIN, linear, stepped once per batch.
+
+Built on torch's OneCycleLR (two-phase, linear): `div_factor = LRMAX / LRMIN` makes step 0 start at LRMIN
+and `final_div_factor = 1` makes the last step end at LRMIN again — no annihilation below LRMIN.
+The peak is the last batch of epoch `peak_epoch` (1-based): with 97 steps per epoch and peak_epoch=5 the
+LR reaches LRMAX at step 484 of 0..2327 and falls linearly back to LRMIN at step 2327.
+"""
+
+from __future__ import annotations
+
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import OneCycleLR
+
+
+def one_cycle(
+    optimizer: Optimizer,
+    lr_min: float,
+    lr_max: float,
+    epochs: int,
+    steps_per_epoch: int,
+    peak_epoch: float = 5,
+    cycle_momentum: bool = False,
+) -> OneCycleLR:
+    """OneCycleLR from LRMIN at step 0 to LRMAX at the end of `peak_epoch` and back to LRMIN at the end.
+
+    `cycle_momentum=False` keeps the optimizer's own momentum (Page's recipe: fixed 0.9); True lets
+    OneCycleLR cycle it 0.95 -> 0.85 -> 0.95 against the LR.
+    """
+    if not 0 < lr_min < lr_max:
+        raise ValueError(f"One Cycle needs 0 < LRMIN < LRMAX, got LRMIN={lr_min:g}, LRMAX={lr_max:g}")
+    total_steps = epochs * steps_per_epoch
+    peak_step = round(peak_epoch * steps_per_epoch) - 1  # last batch of the peak epoch
+    if not 0 < peak_step < total_steps - 1:
+        raise ValueError(f"peak epoch {peak_epoch} must lie inside the {epochs} epochs")
+    return OneCycleLR(
+        optimizer,
+        max_lr=lr_max,
+        total_steps=total_steps,
+        # OneCycleLR ends its warm-up phase at step pct_start * total_steps - 1.
+        pct_start=(peak_step + 1) / total_steps,
+        anneal_strategy="linear",
+        three_phase=False,
+        div_factor=lr_max / lr_min,
+        final_div_factor=1.0,
+        cycle_momentum=cycle_momentum,
+    )

@@ -1,0 +1,123 @@
+"""Where results go: metrics.json and the checkpoint (always, written atomically) and an experiment tracker.
+
+Trackers share one small interface — `log`, `log_images`, `summary`, `finish` — so the trainer never knows
+which one it talks to. `WandbTracker` imports wandb only when it is chosen (`logger=wandb`, the default);
+`NullTracker` (`logger=none`) does nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from resnet9.config import UsageError
+
+log = logging.getLogger(__name__)
+
+
+def _replace_atomically(path: Path, write: Any) -> None:
+    """Write through a temp file in the same folder, then rename: readers never see half a file."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def write_json(path: Path, obj: Any) -> None:
+    def write(tmp: str) -> None:
+        with open(tmp, "w") as f:
+            json.dump(obj, f, indent=1)
+
+    _replace_atomically(path, write)
+
+
+def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    _replace_atomically(path, lambda tmp: torch.save(state, tmp))
+
+
+class NullTracker:
+    """logger=none: metrics stay in metrics.json only."""
+
+    def __init__(self, **_: Any) -> None:
+        pass
+
+    def log(self, metrics: dict[str, float], step: int) -> None:
+        pass
+
+    def log_images(self, images: dict[str, Path], step: int) -> None:
+        pass
+
+    def summary(self, values: dict[str, Any]) -> None:
+        pass
+
+    def finish(self, exit_code: int = 0) -> None:
+        pass
+
+
+class WandbTracker:
+    """One W&B run per job: resolved config at init, per-step and per-epoch metrics, plots, summary numbers.
+
+    Offline mode writes `<dir>/wandb/offline-run-*/run-*.wandb`, uploaded later with `wandb sync`. It needs
+    no network and no login, so it never prompts or waits.
+    """
+
+    def __init__(
+        self,
+        project: str,
+        mode: str,
+        config: dict[str, Any],
+        dir: Path,
+        name: str | None = None,
+        group: str | None = None,
+        entity: str | None = None,
+        tags: list[str] | tuple[str, ...] = (),
+    ) -> None:
+        try:
+            import wandb
+        except ImportError:
+            raise UsageError("logger=wandb but wandb is not installed; pip install wandb, or use logger=none") from None
+        self._wandb = wandb
+        try:
+            self.run = wandb.init(
+                project=project,
+                entity=entity,
+                mode=mode,
+                group=group,
+                name=name,
+                tags=list(tags),
+                config=config,
+                dir=str(dir),
+                job_type="train",
+                # console="off": the progress bar stays ours; W&B records metrics, not terminal output.
+                settings=wandb.Settings(console="off", silent=True, init_timeout=60),
+            )
+        except Exception as err:  # e.g. online mode without login or network
+            reason = (str(err).splitlines() or [type(err).__name__])[0]
+            raise UsageError(
+                f"W&B could not start a {mode} run ({reason}); use logger.mode=offline or logger=none"
+            ) from None
+        if mode == "offline":
+            log.info("W&B offline run in %s; upload later with: wandb sync %s", self.run.dir, Path(self.run.dir).parent)
+
+    def log(self, metrics: dict[str, float], step: int) -> None:
+        self.run.log(metrics, step=step)
+
+    def log_images(self, images: dict[str, Path], step: int) -> None:
+        self.run.log({key: self._wandb.Image(str(path)) for key, path in images.items()}, step=step)
+
+    def summary(self, values: dict[str, Any]) -> None:
+        for key, value in values.items():
+            self.run.summary[key] = value
+
+    def finish(self, exit_code: int = 0) -> None:
+        self.run.finish(exit_code=exit_code)

@@ -1,0 +1,343 @@
+"""The Hydra entry point: `python -m resnet9.train [overrides]`, or `--multirun` for sweeps.
+
+One run, top to bottom:
+  validate config -> seed -> load CIFAR-10 -> build model -> LRMIN/LRMAX (range test, cached) ->
+  optimizer + One Cycle -> for each epoch: train (per-batch LR step), evaluate on the test set,
+  record metrics.json + last.pt + W&B -> curves.png -> return the final test accuracy (for sweepers).
+
+Everything lands in Hydra's output folder: outputs/<date>/<time>/ for a run, multirun/<date>/<time>/<job>/
+for each job of a sweep.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+import torch
+import torch.nn.functional as F
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from hydra.utils import instantiate, to_absolute_path
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from resnet9 import augment, config, data, lr_find, plots, tracking
+from resnet9.model import count_parameters
+
+log = logging.getLogger(__name__)
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+def main(cfg: DictConfig) -> float:
+    with config.exit_on_usage_error():
+        return train(cfg, Path(HydraConfig.get().runtime.output_dir))
+
+
+def train(cfg: DictConfig, out_dir: Path) -> float:
+    """Train as `cfg` says, writing every result under `out_dir`; return the final test accuracy (0..1)."""
+    config.validate(cfg)
+    device = config.resolve_device(cfg.device)
+    config.seed_everything(cfg.seed, cfg.deterministic)
+    with config.data_errors_as_usage_errors():
+        dataset = data.load(
+            to_absolute_path(cfg.data.root), cfg.data.download, cfg.data.limit_train, cfg.data.limit_test
+        )
+    memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    model = instantiate(cfg.model).to(device, memory_format=memory_format)
+    lr_min, lr_max, lr_source = _resolve_lrs(cfg, dataset, model, device, out_dir)
+
+    workers = cfg.data.num_workers
+    train_loader = augment.make_loader(
+        dataset.train_images,
+        dataset.train_labels,
+        instantiate(cfg.augment, seed=cfg.seed),
+        cfg.batch_size,
+        train=True,
+        seed=cfg.seed,
+        num_workers=workers,
+    )
+    test_loader = augment.make_loader(
+        dataset.test_images,
+        dataset.test_labels,
+        augment.test_transform(),
+        cfg.eval_batch_size,
+        train=False,
+        seed=cfg.seed,
+        num_workers=workers,
+    )
+    optimizer = instantiate(cfg.optimizer, _convert_="all")(model.parameters(), lr=lr_max)
+    scheduler = instantiate(cfg.scheduler)(
+        optimizer, lr_min=lr_min, lr_max=lr_max, epochs=cfg.epochs, steps_per_epoch=len(train_loader)
+    )
+
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    metrics: dict[str, Any] = {
+        "status": "running",
+        "config": resolved,
+        "overrides": list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else [],
+        "device": str(device),
+        "torch": torch.__version__,
+        "parameters": count_parameters(model),
+        "n_train": len(dataset.train_labels),
+        "n_test": len(dataset.test_labels),
+        "steps_per_epoch": len(train_loader),
+        "lr_min": lr_min,
+        "lr_max": lr_max,
+        "lr_source": lr_source,
+        "epochs": [],
+        "lr_per_step": [],
+    }
+    metrics_path = out_dir / "metrics.json"
+    tracking.write_json(metrics_path, metrics)
+    log.info(
+        "%d train / %d test images on %s; %s parameters; LRMIN=%.4g LRMAX=%.4g (%s)",
+        metrics["n_train"],
+        metrics["n_test"],
+        device,
+        f"{metrics['parameters']:,}",
+        lr_min,
+        lr_max,
+        lr_source,
+    )
+
+    name, group = _run_name_and_group(cfg)
+    tracker = instantiate(cfg.logger, _convert_="all")(config=resolved, dir=out_dir, name=name, group=group)
+    exit_code = 1
+    try:
+        _fit(
+            cfg,
+            model,
+            optimizer,
+            scheduler,
+            train_loader,
+            test_loader,
+            device,
+            memory_format,
+            tracker,
+            metrics,
+            out_dir,
+        )
+        exit_code = 0
+    except BaseException as err:
+        metrics["error"] = f"{type(err).__name__}: {err}"
+        raise
+    finally:
+        metrics["status"] = "completed" if exit_code == 0 else "failed"
+        tracking.write_json(metrics_path, metrics)
+        tracker.finish(exit_code=exit_code)
+    return metrics["final_test_acc"]
+
+
+def _fit(
+    cfg: DictConfig,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    train_loader: DataLoader,
+    test_loader: DataLoader,
+    device: torch.device,
+    memory_format: torch.memory_format,
+    tracker: Any,
+    metrics: dict[str, Any],
+    out_dir: Path,
+) -> None:
+    """The epoch loop: train, evaluate, record. Fills `metrics` in place and rewrites metrics.json each epoch."""
+    steps_per_epoch = len(train_loader)
+    for epoch in range(1, cfg.epochs + 1):
+        started = time.perf_counter()
+        bar = tqdm(
+            train_loader, desc=f"epoch {epoch}/{cfg.epochs}", disable=not cfg.progress, leave=False, dynamic_ncols=True
+        )
+        first_step = (epoch - 1) * steps_per_epoch
+        train_loss, train_acc, lrs = _train_one_epoch(
+            model, bar, optimizer, scheduler, device, memory_format, first_step, cfg.log_every, tracker
+        )
+        train_time = time.perf_counter() - started
+        test_loss, test_acc = evaluate(model, test_loader, device, memory_format)
+        row = {
+            "epoch": epoch,
+            "train_loss": train_loss,
+            "train_acc": train_acc,
+            "test_loss": test_loss,
+            "test_acc": test_acc,
+            "lr": lrs[-1],
+            "train_time_s": train_time,
+            "epoch_time_s": time.perf_counter() - started,
+        }
+        metrics["epochs"].append(row)
+        metrics["lr_per_step"].extend(lrs)
+        best = max(metrics["epochs"], key=lambda r: r["test_acc"])
+        metrics.update(
+            final_test_acc=test_acc,
+            best_test_acc=best["test_acc"],
+            best_epoch=best["epoch"],
+            train_time_s=sum(r["train_time_s"] for r in metrics["epochs"]),
+        )
+        tracking.write_json(out_dir / "metrics.json", metrics)
+        if cfg.checkpoint:
+            tracking.save_checkpoint(
+                out_dir / "last.pt",
+                {
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "epoch": epoch,
+                    "config": metrics["config"],
+                    "lr_min": metrics["lr_min"],
+                    "lr_max": metrics["lr_max"],
+                    "test_acc": test_acc,
+                },
+            )
+        last_step = first_step + steps_per_epoch - 1
+        tracker.log({f"epoch/{key}": value for key, value in row.items()}, step=last_step)
+        log.info(
+            "epoch %2d/%d  train loss %.4f acc %.2f%%  test loss %.4f acc %.2f%%  lr %.4g  %.1fs",
+            epoch,
+            cfg.epochs,
+            train_loss,
+            100 * train_acc,
+            test_loss,
+            100 * test_acc,
+            lrs[-1],
+            row["epoch_time_s"],
+        )
+
+    images = {"curves": plots.training_curves(metrics, out_dir / "curves.png")}
+    if (out_dir / lr_find.PLOT_NAME).is_file():
+        images["lr_finder"] = out_dir / lr_find.PLOT_NAME
+    tracker.log_images(images, step=cfg.epochs * steps_per_epoch - 1)
+    tracker.summary(
+        {
+            key: metrics[key]
+            for key in (
+                "final_test_acc",
+                "best_test_acc",
+                "best_epoch",
+                "train_time_s",
+                "lr_min",
+                "lr_max",
+                "parameters",
+            )
+        }
+    )
+    log.info(
+        "final test accuracy %.2f%% (best %.2f%% at epoch %d); training time %.1fs; results in %s",
+        100 * metrics["final_test_acc"],
+        100 * metrics["best_test_acc"],
+        metrics["best_epoch"],
+        metrics["train_time_s"],
+        out_dir,
+    )
+
+
+def _train_one_epoch(
+    model: nn.Module,
+    batches: Any,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    device: torch.device,
+    memory_format: torch.memory_format,
+    first_step: int,
+    log_every: int,
+    tracker: Any,
+) -> tuple[float, float, list[float]]:
+    """One pass over the training batches; the scheduler steps after every batch.
+
+    Loss and accuracy accumulate on the device; the host reads them only every `log_every` steps (progress
+    bar, tracker), so a GPU is not stalled on every batch.
+    """
+    model.train()
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), dtype=torch.long, device=device)
+    seen = 0
+    lrs: list[float] = []
+    for i, (images, labels) in enumerate(batches):
+        images = images.to(device, non_blocking=True).contiguous(memory_format=memory_format)
+        labels = labels.to(device, non_blocking=True)
+        lr = optimizer.param_groups[0]["lr"]
+        logits = model(images)
+        loss = F.cross_entropy(logits, labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        loss_sum += loss.detach() * len(labels)
+        correct += (logits.argmax(1) == labels).sum()
+        seen += len(labels)
+        lrs.append(lr)
+        step_metrics = {"train/lr": lr}
+        if (i + 1) % log_every == 0 or i + 1 == len(batches):
+            step_loss = loss.item()
+            if not math.isfinite(step_loss):
+                raise FloatingPointError(f"training loss became {step_loss} at step {first_step + i} (LR {lr:.4g})")
+            step_metrics["train/loss"] = step_loss
+            if hasattr(batches, "set_postfix"):
+                batches.set_postfix(
+                    loss=f"{loss_sum.item() / seen:.3f}", acc=f"{100 * correct.item() / seen:.1f}%", lr=f"{lr:.3g}"
+                )
+        tracker.log(step_metrics, step=first_step + i)
+    return loss_sum.item() / seen, correct.item() / seen, lrs
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module, loader: DataLoader, device: torch.device, memory_format: torch.memory_format
+) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy (0..1) over every item of `loader`."""
+    model.eval()
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), dtype=torch.long, device=device)
+    for images, labels in loader:
+        images = images.to(device, non_blocking=True).contiguous(memory_format=memory_format)
+        labels = labels.to(device, non_blocking=True)
+        logits = model(images)
+        loss_sum += F.cross_entropy(logits, labels, reduction="sum")
+        correct += (logits.argmax(1) == labels).sum()
+    n = len(loader.dataset)
+    return loss_sum.item() / n, correct.item() / n
+
+
+def _resolve_lrs(
+    cfg: DictConfig, dataset: data.Cifar10, model: nn.Module, device: torch.device, out_dir: Path
+) -> tuple[float, float, str]:
+    """LRMIN and LRMAX: numbers from the config where given, the range test's (times lr_finder.scale) where 'auto'."""
+    lr_max, lr_min = cfg.optimizer.lr, cfg.scheduler.lr_min
+    if lr_max != config.AUTO and lr_min != config.AUTO:
+        return float(lr_min), float(lr_max), "config"
+    found = lr_find.find_lr_range(cfg, dataset, model, device, out_dir)
+    scale = cfg.lr_finder.scale
+    source = "range test (cached)" if found.cached else "range test"
+    if scale != 1:
+        source += f" x {scale:g}"
+    lr_max = found.lr_max * scale if lr_max == config.AUTO else float(lr_max)
+    lr_min = found.lr_min * scale if lr_min == config.AUTO else float(lr_min)
+    if not lr_min < lr_max:
+        raise config.ConfigError(
+            f"LRMIN={lr_min:.4g} is not below LRMAX={lr_max:.4g} (from {source} and the config); "
+            f"set both optimizer.lr and scheduler.lr_min, or leave both auto"
+        )
+    return lr_min, lr_max, source
+
+
+def _run_name_and_group(cfg: DictConfig) -> tuple[str, str | None]:
+    """Name a run after its overrides; put every job of one sweep into one group (W&B compares groups)."""
+    if not HydraConfig.initialized():
+        return "run", cfg.logger.get("group")
+    hydra_cfg = HydraConfig.get()
+    name = hydra_cfg.job.override_dirname or "defaults"
+    group = cfg.logger.get("group")
+    if group is None and hydra_cfg.mode == RunMode.MULTIRUN:
+        sweep_dir = Path(hydra_cfg.sweep.dir)
+        group = f"sweep-{sweep_dir.parent.name}_{sweep_dir.name}"
+    return name, group
+
+
+if __name__ == "__main__":
+    main()
