@@ -1,0 +1,26 @@
+# The two commands of the README. Both create the virtual environment on first use (Python >= 3.10).
+#   make train [ARGS="epochs=2 model.width=0.25 ..."]    train with the mission's defaults (+ Hydra overrides)
+#   make test  [PYTEST_ARGS="-k schedule"]                lint + the test suite
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: setup train test lint
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $@
+
+train: setup
+	$(BIN)/python -m resnet9.train $(ARGS)
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: lint
+	$(BIN)/python -m pytest $(PYTEST_ARGS)

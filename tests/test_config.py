@@ -1,0 +1,120 @@
+from pathlib import Path
+
+import albumentations as A
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.errors import ConfigCompositionException, MissingConfigException
+from hydra.utils import instantiate
+
+from resnet9 import config
+from resnet9.model import ResNet9
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+GROUPS = ("model", "augment", "optimizer", "scheduler", "logger")
+OPTIONS = [(group, path.stem) for group in GROUPS for path in sorted((CONF / group).glob("*.yaml"))]
+
+
+def compose_with(*overrides: str):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose(config_name="config", overrides=list(overrides))
+
+
+def test_defaults_are_the_mission():
+    cfg = compose_with()
+    config.validate(cfg)
+    assert (cfg.epochs, cfg.batch_size, cfg.scheduler.peak_epoch) == (24, 512, 5)
+    assert cfg.optimizer.lr == "auto" and cfg.scheduler.lr_min == "auto"
+    assert cfg.model.width == 1.0 and cfg.augment.cutout == 8 and cfg.augment.pad == 4
+    assert cfg.logger.mode == "offline"
+    assert cfg.scheduler._target_ == "resnet9.schedule.one_cycle"
+
+
+@pytest.mark.parametrize("group, option", OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
+def test_every_group_option_composes_validates_and_instantiates(group, option):
+    cfg = compose_with(f"{group}={option}")
+    config.validate(cfg)
+    built = instantiate(cfg[group], _convert_="all")
+    if group == "model":
+        assert isinstance(built, ResNet9)
+    elif group == "augment":
+        assert isinstance(built, A.Compose)
+    elif group == "optimizer":
+        optimizer = built([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+        assert isinstance(optimizer, torch.optim.Optimizer)
+    else:  # scheduler and logger are partials completed by the trainer
+        assert callable(built)
+
+
+def test_the_group_options_we_document_exist():
+    assert {("optimizer", "sgd"), ("optimizer", "adam"), ("augment", "cutout"), ("augment", "none"),
+            ("scheduler", "onecycle"), ("logger", "wandb"), ("logger", "none")} <= set(OPTIONS)  # fmt: skip
+
+
+def test_typod_group_option_and_key_fail_in_composition():
+    with pytest.raises(MissingConfigException, match="optimizer/sgdd"):
+        compose_with("optimizer=sgdd")
+    with pytest.raises(ConfigCompositionException, match="epochz"):
+        compose_with("epochz=3")
+
+
+BAD = [
+    (("optimizer.lr=-1",), "optimizer.lr must be a number > 0 or 'auto', got -1"),
+    (("optimizer.lr=fast",), "optimizer.lr must be a number > 0 or 'auto'"),
+    (("batch_size=0",), "batch_size must be an integer >= 1, got 0"),
+    (("epochs=0",), "epochs must be an integer >= 1, got 0"),
+    (("epochs=two",), "epochs must be an integer >= 1, got 'two'"),
+    (("scheduler.peak_epoch=30",), "scheduler.peak_epoch must lie inside the run"),
+    (("epochs=4",), "scheduler.peak_epoch must lie inside the run (0 < peak_epoch < epochs=4), got 5"),
+    (("scheduler.lr_min=0.5", "optimizer.lr=0.1"), "must be below the peak optimizer.lr"),
+    (("scheduler.lr_min=0",), "scheduler.lr_min must be a number > 0 or 'auto'"),
+    (("model.width=0",), "model.width must be a number > 0"),
+    (("data.limit_train=5",), "data.limit_train must be null or an integer in 10..50000"),
+    (("data.limit_test=20000",), "data.limit_test must be null or an integer in 10..10000"),
+    (("data.limit_train=100",), "batch_size=512 is larger than the 100 training images"),
+    (("augment.cutout=40",), "augment.cutout must be an integer in 0..32"),
+    (("device=tpu",), "device must be auto, cpu or cuda[:N], got 'tpu'"),
+    (("logger.mode=sometimes",), "logger.mode must be one of offline, online, disabled"),
+    (("lr_finder.num_iter=5",), "lr_finder.num_iter must be an integer >= 25"),
+    (("lr_finder.scale=-2",), "lr_finder.scale must be a number > 0"),
+]
+
+
+@pytest.mark.parametrize("overrides, message", BAD, ids=[" ".join(o) for o, _ in BAD])
+def test_bad_values_fail_validation_with_a_one_line_fix(overrides, message):
+    with pytest.raises(config.ConfigError) as err:
+        config.validate(compose_with(*overrides))
+    assert message in str(err.value)
+    assert "\n" not in str(err.value)
+    assert "; " in str(err.value)  # what was wrong; how to fix it
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message for a machine without a GPU")
+def test_cuda_without_a_gpu_is_refused():
+    with pytest.raises(config.ConfigError, match="no CUDA GPU"):
+        config.validate(compose_with("device=cuda"))
+
+
+def test_cli_bad_value_prints_one_line_and_exits_2(run_cli, tmp_path):
+    result = run_cli("resnet9.train", "optimizer.lr=-1", f"hydra.run.dir={tmp_path}/run")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "error: optimizer.lr must be a number > 0 or 'auto', got -1; e.g. optimizer.lr=0.4"
+    ]
+    assert not (tmp_path / "run" / "metrics.json").exists()  # nothing started
+
+
+def test_cli_typod_option_fails_before_training(run_cli, tmp_path):
+    result = run_cli("resnet9.train", "optimizer=sgdd", f"hydra.run.dir={tmp_path}/run")
+    assert result.returncode != 0
+    assert "Could not find 'optimizer/sgdd'" in result.stderr
+    assert "sgd" in result.stderr and "adam" in result.stderr  # Hydra lists the valid options
+
+
+def test_cli_missing_data_is_one_line(run_cli, tmp_path):
+    result = run_cli(
+        "resnet9.train", f"data.root={tmp_path}/empty", "data.download=false", f"hydra.run.dir={tmp_path}/run"
+    )
+    assert result.returncode == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("error: CIFAR-10 not found") and f"{tmp_path}/empty/cifar-10-batches-py" in line

@@ -1,0 +1,129 @@
+import pickle
+from pathlib import Path
+from urllib.error import URLError
+
+import numpy as np
+import pytest
+from conftest import requires_real_data, synthetic_batch
+
+from resnet9 import data
+from resnet9.data import DataError
+
+
+def linked_copy(src_root: Path, dst_root: Path) -> Path:
+    """dst_root/cifar-10-batches-py with symlinks to src's files; a test then replaces one of them."""
+    folder = dst_root / data.BATCHES_DIR
+    folder.mkdir(parents=True)
+    for path in (src_root / data.BATCHES_DIR).iterdir():
+        (folder / path.name).symlink_to(path)
+    return folder
+
+
+def replace_batch(folder: Path, name: str, content: bytes) -> None:
+    (folder / name).unlink()
+    (folder / name).write_bytes(content)
+
+
+def assert_one_line(err: pytest.ExceptionInfo, *fragments: str) -> None:
+    message = str(err.value)
+    assert "\n" not in message
+    for fragment in fragments:
+        assert fragment in message, message
+
+
+@requires_real_data
+def test_real_staged_copy_loads_with_official_counts():
+    from conftest import SHARED_CIFAR
+
+    cifar = data.load(SHARED_CIFAR, download=False)
+    assert cifar.train_images.shape == (50_000, 32, 32, 3) and cifar.train_images.dtype == np.uint8
+    assert cifar.test_images.shape == (10_000, 32, 32, 3)
+    assert np.bincount(cifar.train_labels).tolist() == [5000] * 10
+    assert np.bincount(cifar.test_labels).tolist() == [1000] * 10
+    # The official order of the first training labels (the staged README says so).
+    assert cifar.train_labels[:10].tolist() == [6, 9, 9, 4, 1, 1, 2, 7, 8, 3]
+    # Per-channel means as documented for this copy (official ones: 0.4914, 0.4822, 0.4465).
+    means = cifar.train_images.reshape(-1, 3).mean(0) / 255
+    assert np.allclose(means, [0.4913, 0.4821, 0.4465], atol=2e-3)
+
+
+def test_loads_rows_as_hwc_images(synthetic_root):
+    cifar = data.load(synthetic_root, download=False)
+    with open(synthetic_root / data.BATCHES_DIR / "test_batch", "rb") as f:
+        raw = pickle.load(f, encoding="bytes")[b"data"]
+    # Row layout: 1024 red, 1024 green, 1024 blue, each row-major 32x32.
+    assert cifar.test_images[0, 0, 1, 0] == raw[0, 1]
+    assert cifar.test_images[0, 1, 0, 1] == raw[0, 1024 + 32]
+    assert cifar.test_images[0, 31, 31, 2] == raw[0, 3071]
+
+
+def test_subsets_are_balanced_fixed_and_not_the_first_n(synthetic_root):
+    cifar = data.load(synthetic_root, download=False, limit_train=1000, limit_test=105)
+    assert np.bincount(cifar.train_labels).tolist() == [100] * 10
+    assert np.bincount(cifar.test_labels).tolist() == [11] * 5 + [10] * 5
+    again = data.load(synthetic_root, download=False, limit_train=1000, limit_test=105)
+    assert np.array_equal(cifar.train_images, again.train_images)
+    # The synthetic test set is sorted by class, like the staged one: the first 105 would be all class 0.
+    full = data.load(synthetic_root, download=False)
+    keep = data.balanced_subset(full.test_labels, 105)
+    assert np.all(np.diff(keep) > 0) and keep.max() > 9000
+
+
+def test_subset_size_is_checked():
+    with pytest.raises(DataError, match="out of range"):
+        data.balanced_subset(np.repeat(np.arange(10), 5), 51)
+
+
+def test_missing_folder_without_download_says_where_and_how(tmp_path):
+    with pytest.raises(DataError) as err:
+        data.load(tmp_path / "nowhere", download=False)
+    assert_one_line(err, str(tmp_path / "nowhere" / data.BATCHES_DIR), "data.download=true")
+
+
+def test_failed_download_gives_one_line(tmp_path, monkeypatch):
+    import torchvision.datasets.utils as tv_utils
+
+    def offline(*args, **kwargs):
+        raise URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(tv_utils, "download_and_extract_archive", offline)
+    with pytest.raises(DataError) as err:
+        data.load(tmp_path, download=True)
+    assert_one_line(err, "download failed", "name resolution", "data.root")
+
+
+@pytest.mark.parametrize(
+    "content, fragment",
+    [
+        (b"", "unreadable"),  # empty file
+        (b"\x80\x02}q\x00(U\x04data", "unreadable"),  # truncated pickle
+        (pickle.dumps([1, 2, 3], protocol=2), "no b'data'/b'labels'"),
+        (pickle.dumps({b"data": np.zeros((10000, 1024), np.uint8), b"labels": [0] * 10000}), "expected uint8"),
+        (pickle.dumps({b"data": np.zeros((10000, 3072), np.float32), b"labels": [0] * 10000}), "expected uint8"),
+        (pickle.dumps({b"data": np.zeros((10000, 3072), np.uint8), b"labels": [11] * 10000}), "expected 0..9"),
+    ],
+    ids=["empty", "truncated", "not-a-dict", "wrong-shape", "wrong-dtype", "bad-labels"],
+)
+def test_corrupt_batches_give_one_line_naming_the_file(synthetic_root, tmp_path, content, fragment):
+    folder = linked_copy(synthetic_root, tmp_path)
+    replace_batch(folder, "data_batch_3", content)
+    with pytest.raises(DataError) as err:
+        data.load(tmp_path, download=False)
+    assert_one_line(err, str(folder / "data_batch_3"), fragment, "re-stage")
+
+
+def test_missing_batch_is_named(synthetic_root, tmp_path):
+    folder = linked_copy(synthetic_root, tmp_path)
+    (folder / "test_batch").unlink()
+    with pytest.raises(DataError) as err:
+        data.load(tmp_path, download=False)
+    assert_one_line(err, "batch missing", str(folder / "test_batch"))
+
+
+def test_wrong_class_counts_are_refused(synthetic_root, tmp_path):
+    folder = linked_copy(synthetic_root, tmp_path)
+    labels = np.zeros(10000, dtype=np.int64)  # a test set of one class
+    replace_batch(folder, "test_batch", pickle.dumps(synthetic_batch(labels, np.random.default_rng(0)), protocol=2))
+    with pytest.raises(DataError) as err:
+        data.load(tmp_path, download=False)
+    assert_one_line(err, "test set", "[10000, 0, 0", "expected 1000 each")

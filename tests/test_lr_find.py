@@ -1,0 +1,118 @@
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from PIL import Image
+
+from resnet9 import data, lr_find
+from resnet9.model import ResNet9
+
+CONF = str(Path(__file__).resolve().parents[1] / "conf")
+
+
+def synthetic_curve() -> tuple[list[float], list[float]]:
+    """A textbook range-test curve: flat, a steep fall centred at 1e-2, lowest near 0.1, then divergence."""
+    lrs = np.logspace(-5, 1, 100)
+    x = np.log10(lrs)
+    losses = 2.3 - 1.0 / (1 + np.exp(-(x + 2) * 4)) + 0.8 * np.clip(x + 1, 0, None) ** 2
+    return lrs.tolist(), losses.tolist()
+
+
+def test_rule_reads_the_lowest_loss_and_the_steepest_fall_before_it():
+    lrs, losses = synthetic_curve()
+    found = lr_find.derive_lr_range(lrs, losses, skip_start=10, skip_end=5, max_divisor=1)
+    assert found.min_loss_lr == pytest.approx(lrs[int(np.argmin(losses))])
+    assert 0.05 < found.lr_max < 0.2
+    assert found.lr_min == pytest.approx(1e-2, rel=0.2)  # the sigmoid's steepest point
+    assert found.lr_min < found.lr_max
+    assert lr_find.derive_lr_range(lrs, losses, 10, 5, max_divisor=4).lr_max == pytest.approx(found.lr_max / 4)
+
+
+def test_steepest_point_past_the_minimum_is_ignored():
+    # The loss falls gently to its lowest point, then a sharp *drop* on the way up (noise) follows it.
+    lrs = np.logspace(-4, 0, 60).tolist()
+    losses = [2.3 - 0.01 * i for i in range(30)] + [3.0 - 0.3 * (i % 2) for i in range(30)]
+    found = lr_find.derive_lr_range(lrs, losses, skip_start=5, skip_end=5, max_divisor=1)
+    assert found.lr_min < found.lr_max == pytest.approx(lrs[29])
+
+
+def test_falls_back_to_a_tenth_of_lrmax_when_there_is_no_fall():
+    lrs = np.logspace(-4, 0, 40).tolist()
+    losses = [2.0 + 0.01 * i for i in range(40)]  # rises from the start
+    found = lr_find.derive_lr_range(lrs, losses, skip_start=5, skip_end=5, max_divisor=1)
+    assert found.lr_min == pytest.approx(found.lr_max / 10)
+    assert "LRMAX / 10" in found.rule
+
+
+@pytest.fixture(scope="module")
+def small_data(synthetic_root):
+    return data.load(synthetic_root, download=False, limit_train=400)
+
+
+@pytest.fixture
+def small_setup(synthetic_root, small_data, tmp_path):
+    for sub in ("a", "b", "c"):
+        (tmp_path / sub).mkdir()
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        cfg = compose(
+            config_name="config",
+            overrides=[
+                f"data.root={synthetic_root}", "data.limit_train=400", "data.num_workers=0", "batch_size=40",
+                "model.width=0.125", "lr_finder.num_iter=30", "device=cpu",
+            ],
+        )  # fmt: skip
+    return cfg, small_data
+
+
+def test_range_test_on_small_data_restores_the_model_and_writes_plot_and_json(small_setup, tmp_path):
+    cfg, cifar = small_setup
+    cfg.lr_finder.cache_dir = str(tmp_path / "cache")
+    torch.manual_seed(0)
+    model = ResNet9(width=0.125)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    found = lr_find.find_lr_range(cfg, cifar, model, torch.device("cpu"), tmp_path)
+
+    assert 0 < found.lr_min < found.lr_max
+    assert not found.cached and len(found.history["lr"]) > 20
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # weights and BN statistics untouched
+    saved = json.loads((tmp_path / "lr_finder.json").read_text())
+    assert saved["lr_min"] == found.lr_min and saved["lr_max"] == found.lr_max
+    assert Image.open(tmp_path / "lr_finder.png").size[0] > 500
+    assert (Path(cfg.lr_finder.cache_dir) / found.cache_key / "lr_finder.json").is_file()
+
+
+def test_second_identical_test_comes_from_the_cache(small_setup, tmp_path, monkeypatch):
+    cfg, cifar = small_setup
+    cfg.lr_finder.cache_dir = str(tmp_path / "cache")
+    model = ResNet9(width=0.125)
+    first = lr_find.find_lr_range(cfg, cifar, model, torch.device("cpu"), tmp_path / "a")
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("the range test ran again instead of using the cache")
+
+    monkeypatch.setattr(lr_find, "run_range_test", must_not_run)
+    cfg.optimizer.lr = 0.05  # the LRs to be derived are not part of the key...
+    cfg.lr_finder.scale = 2.0  # ...nor is the scale applied afterwards
+    second = lr_find.find_lr_range(cfg, cifar, model, torch.device("cpu"), tmp_path / "b")
+    assert second.cached and (second.lr_min, second.lr_max) == (first.lr_min, first.lr_max)
+    assert (tmp_path / "b" / "lr_finder.png").is_file()
+
+    cfg.batch_size = 20  # a different setup is a different curve: must run
+    with pytest.raises(AssertionError, match="ran again"):
+        lr_find.find_lr_range(cfg, cifar, model, torch.device("cpu"), tmp_path / "c")
+
+
+def test_damaged_cache_entry_is_recomputed(small_setup, tmp_path):
+    cfg, cifar = small_setup
+    cfg.lr_finder.cache_dir = str(tmp_path / "cache")
+    model = ResNet9(width=0.125)
+    first = lr_find.find_lr_range(cfg, cifar, model, torch.device("cpu"), tmp_path / "a")
+    entry = Path(cfg.lr_finder.cache_dir) / first.cache_key
+    (entry / "lr_finder.json").write_text("{truncated")
+    again = lr_find.find_lr_range(cfg, cifar, model, torch.device("cpu"), tmp_path / "b")
+    assert not again.cached
+    assert json.loads((entry / "lr_finder.json").read_text())["lr_max"] == again.lr_max

@@ -1,0 +1,58 @@
+import pytest
+import torch
+from torch import nn
+
+from resnet9.model import ResNet9, count_parameters
+
+
+def test_exact_network_has_6_573_130_parameters():
+    assert count_parameters(ResNet9()) == 6_573_130
+
+
+def test_layout_matches_the_mission():
+    model = ResNet9()
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    assert [(c.in_channels, c.out_channels) for c in convs] == [
+        (3, 64), (64, 128), (128, 128), (128, 128), (128, 256), (256, 512), (512, 512), (512, 512),
+    ]  # fmt: skip
+    assert all(c.kernel_size == (3, 3) and c.stride == (1, 1) and c.padding == (1, 1) for c in convs)
+    assert all(c.bias is None for c in convs)
+    assert sum(isinstance(m, nn.MaxPool2d) for m in model.modules()) == 4  # three 2x2, one 4x4
+    assert (model.fc.in_features, model.fc.out_features) == (512, 10)
+
+
+def test_maps_images_to_logits_and_probabilities():
+    model = ResNet9(width=0.25).eval()
+    x = torch.randn(5, 3, 32, 32)
+    logits = model(x)
+    assert logits.shape == (5, 10)
+    probs = model.predict_proba(x)
+    assert torch.allclose(probs.sum(1), torch.ones(5), atol=1e-6)
+    assert (probs >= 0).all()
+    assert torch.equal(probs.argmax(1), logits.argmax(1))
+
+
+def test_residual_layer_adds_its_branch():
+    layer = ResNet9(width=0.125).layer1.eval()
+    x = torch.randn(2, 8, 32, 32)
+    with torch.no_grad():
+        base = layer.conv(x)
+        assert torch.allclose(layer(x), base + layer.res(base))
+
+
+def test_width_scales_channels_and_rejects_nonsense():
+    assert ResNet9(width=0.5).fc.in_features == 256
+    assert count_parameters(ResNet9(width=0.5)) < count_parameters(ResNet9()) / 3
+    with pytest.raises(ValueError, match="width"):
+        ResNet9(width=0)
+
+
+def test_channels_last_gives_the_same_result():
+    torch.manual_seed(0)
+    model = ResNet9(width=0.25).eval()
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        expected = model(x)
+        model = model.to(memory_format=torch.channels_last)
+        got = model(x.contiguous(memory_format=torch.channels_last))
+    assert torch.allclose(expected, got, atol=1e-4)

@@ -1,0 +1,68 @@
+import numpy as np
+import pytest
+import torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from resnet9.schedule import one_cycle
+
+LR_MIN, LR_MAX, EPOCHS, STEPS = 0.04, 0.4, 24, 97  # 50,000 images at batch 512 with drop_last
+
+
+def lrs_per_step(**kwargs) -> np.ndarray:
+    """The LR each training batch sees, stepping once per batch as the trainer does."""
+    params = [torch.nn.Parameter(torch.zeros(1))]
+    optimizer = torch.optim.SGD(params, lr=123.0, momentum=0.9, nesterov=True)
+    args = dict(lr_min=LR_MIN, lr_max=LR_MAX, epochs=EPOCHS, steps_per_epoch=STEPS) | kwargs
+    scheduler = one_cycle(optimizer, **args)
+    seen = []
+    for _ in range(args["epochs"] * args["steps_per_epoch"]):
+        seen.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()  # also after the very last batch, as the trainer does: must not raise
+    return np.array(seen)
+
+
+def test_one_cycle_from_lrmin_to_lrmax_at_end_of_epoch_5_and_back_to_lrmin():
+    lrs = lrs_per_step()
+    assert len(lrs) == 2328
+    assert lrs[0] == pytest.approx(LR_MIN)
+    peak = int(np.argmax(lrs))
+    assert peak == 5 * STEPS - 1  # the last batch of epoch 5
+    assert lrs[peak] == pytest.approx(LR_MAX)
+    assert lrs[-1] == pytest.approx(LR_MIN)  # no annihilation below LRMIN
+    assert lrs.min() == pytest.approx(LR_MIN)
+
+
+def test_linear_in_both_phases():
+    lrs = lrs_per_step()
+    peak = 5 * STEPS - 1
+    up, down = np.diff(lrs[: peak + 1]), np.diff(lrs[peak:])
+    assert np.allclose(up, (LR_MAX - LR_MIN) / peak)
+    assert np.allclose(down, -(LR_MAX - LR_MIN) / (len(lrs) - 1 - peak))
+
+
+def test_momentum_is_left_alone_unless_cycled():
+    params = [torch.nn.Parameter(torch.zeros(1))]
+    optimizer = torch.optim.SGD(params, lr=1.0, momentum=0.9, nesterov=True)
+    one_cycle(optimizer, LR_MIN, LR_MAX, EPOCHS, STEPS)
+    assert optimizer.param_groups[0]["momentum"] == 0.9
+    one_cycle(optimizer, LR_MIN, LR_MAX, EPOCHS, STEPS, cycle_momentum=True)
+    assert optimizer.param_groups[0]["momentum"] == pytest.approx(0.95)
+
+
+def test_config_builds_the_same_schedule():
+    partial = instantiate(OmegaConf.load("conf/scheduler/onecycle.yaml"))
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    scheduler = partial(optimizer, lr_min=LR_MIN, lr_max=LR_MAX, epochs=EPOCHS, steps_per_epoch=STEPS)
+    assert scheduler.total_steps == EPOCHS * STEPS
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(LR_MIN)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [({"lr_min": 0.5}, "LRMIN < LRMAX"), ({"peak_epoch": 24}, "inside"), ({"peak_epoch": 0}, "inside")],
+)
+def test_bad_arguments_are_refused(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        lrs_per_step(**kwargs)

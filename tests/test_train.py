@@ -1,0 +1,149 @@
+"""End-to-end: the real `python -m resnet9.train` in subprocesses, on small subsets at small width."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import SHARED_CIFAR, requires_real_data
+from hydra import compose, initialize_config_dir
+from PIL import Image
+from wandb_records import read_run
+
+from resnet9.model import ResNet9
+from resnet9.train import train
+
+CONF = str(Path(__file__).resolve().parents[1] / "conf")
+
+
+def small_run(root: Path, *extra: str) -> list[str]:
+    return [
+        f"data.root={root}", "data.limit_train=400", "data.limit_test=200", "data.num_workers=0",
+        "epochs=2", "scheduler.peak_epoch=1", "batch_size=40", "model.width=0.125",
+        "lr_finder.num_iter=30", "log_every=1", "progress=false", *extra,
+    ]  # fmt: skip
+
+
+def wandb_run_files(folder: Path) -> list[Path]:
+    return sorted(folder.glob("wandb/offline-run-*/run-*.wandb"))
+
+
+def test_train_writes_every_result_and_a_readable_offline_wandb_run(run_cli, cifar_root, tmp_path):
+    out = tmp_path / "run"
+    result = run_cli("resnet9.train", *small_run(cifar_root), f"hydra.run.dir={out}")
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["status"] == "completed"
+    assert [row["epoch"] for row in metrics["epochs"]] == [1, 2]
+    for row in metrics["epochs"]:
+        assert {"train_loss", "train_acc", "test_loss", "test_acc", "lr", "epoch_time_s"} <= row.keys()
+        assert 0 <= row["test_acc"] <= 1 and row["train_loss"] > 0
+    assert metrics["final_test_acc"] == metrics["epochs"][-1]["test_acc"]
+    assert metrics["best_test_acc"] == max(r["test_acc"] for r in metrics["epochs"])
+    assert 0 < metrics["lr_min"] < metrics["lr_max"] and metrics["lr_source"] == "range test"
+    assert metrics["steps_per_epoch"] == 10 and len(metrics["lr_per_step"]) == 20
+    assert metrics["lr_per_step"][0] == pytest.approx(metrics["lr_min"])
+    assert metrics["lr_per_step"][9] == pytest.approx(metrics["lr_max"])
+    assert metrics["lr_per_step"][-1] == pytest.approx(metrics["lr_min"])
+    assert (metrics["n_train"], metrics["n_test"]) == (400, 200)
+
+    for png in ("curves.png", "lr_finder.png"):
+        assert Image.open(out / png).size[0] > 500
+    finder = json.loads((out / "lr_finder.json").read_text())
+    assert (finder["lr_min"], finder["lr_max"]) == (metrics["lr_min"], metrics["lr_max"])
+
+    checkpoint = torch.load(out / "last.pt", weights_only=False)
+    assert checkpoint["epoch"] == 2
+    model = ResNet9(width=0.125)
+    model.load_state_dict(checkpoint["model"])  # loads into the configured architecture
+
+    (run_file,) = wandb_run_files(out)
+    run = read_run(run_file)
+    assert run["run"].project == "resnet9"
+    config_keys = {item.key for item in run["run"].config.update}
+    assert {"model", "optimizer", "scheduler", "epochs", "batch_size"} <= config_keys
+    epoch_rows = [row for row in run["history"] if "epoch/test_acc" in row]
+    assert [row["epoch/epoch"] for row in epoch_rows] == [1, 2]
+    assert [row["epoch/test_acc"] for row in epoch_rows] == [r["test_acc"] for r in metrics["epochs"]]
+    lr_rows = [row["train/lr"] for row in run["history"] if "train/lr" in row]
+    assert lr_rows == pytest.approx(metrics["lr_per_step"])  # one LR per step
+    assert all("train/loss" in row for row in run["history"] if "train/lr" in row)  # log_every=1
+    assert run["summary"]["best_test_acc"] == metrics["best_test_acc"]
+    assert run["summary"]["lr_max"] == metrics["lr_max"]
+    assert {"curves/_type", "lr_finder/_type"} <= set(run["summary"])  # both plots went to W&B
+    assert "exit" in run["types"]  # the run was finished
+
+
+def test_sweep_runs_each_job_into_one_wandb_group_with_one_range_test(run_cli, cifar_root, tmp_path):
+    sweep = tmp_path / "sweep"
+    result = run_cli(
+        "resnet9.train", "--multirun", *small_run(cifar_root, "epochs=1", "scheduler.peak_epoch=0.5"),
+        "lr_finder.scale=0.5,1.0", f"hydra.sweep.dir={sweep}",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    jobs = [sweep / "0", sweep / "1"]
+    metrics = [json.loads((job / "metrics.json").read_text()) for job in jobs]
+    assert all(m["status"] == "completed" for m in metrics)
+    assert metrics[0]["lr_max"] == pytest.approx(0.5 * metrics[1]["lr_max"])  # swept relative to the derived LR
+
+    cached = [json.loads((job / "lr_finder.json").read_text())["cached"] for job in jobs]
+    assert cached == [False, True]  # the range test ran once; the second job reused it
+    assert all((job / "lr_finder.png").is_file() for job in jobs)
+
+    runs = [read_run(wandb_run_files(job)[0]) for job in jobs]
+    groups = {run["run"].run_group for run in runs}
+    assert len(groups) == 1 and groups.pop() == "sweep-" + f"{tmp_path.name}_sweep"
+    assert len({run["run"].run_id for run in runs}) == 2
+    names = [run["run"].display_name for run in runs]  # Hydra's override_dirname of each job
+    assert "lr_finder.scale=0.5" in names[0] and "lr_finder.scale=1.0" in names[1]
+
+
+def test_failed_training_is_recorded_and_the_wandb_run_still_finishes(run_cli, cifar_root, tmp_path):
+    out = tmp_path / "run"
+    result = run_cli(
+        "resnet9.train", *small_run(cifar_root, "optimizer.lr=1e12", "scheduler.lr_min=1e11"), f"hydra.run.dir={out}"
+    )
+    assert result.returncode != 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["status"] == "failed" and "training loss became" in metrics["error"]
+    run = read_run(wandb_run_files(out)[0])
+    assert "exit" in run["types"]
+
+
+def test_same_seed_same_result(synthetic_root, tmp_path):
+    """Deterministic given the seed, with augmentation in two DataLoader workers."""
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        cfg = compose(
+            config_name="config",
+            overrides=[*small_run(synthetic_root, "logger=none", "data.num_workers=2"), "device=cpu",
+                       "optimizer.lr=0.05", "scheduler.lr_min=0.005"],
+        )  # fmt: skip
+    results = []
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        train(cfg, tmp_path / name)
+        results.append(json.loads((tmp_path / name / "metrics.json").read_text()))
+    keys = ("train_loss", "train_acc", "test_loss", "test_acc")
+    assert [[row[k] for k in keys] for row in results[0]["epochs"]] == [
+        [row[k] for k in keys] for row in results[1]["epochs"]
+    ]
+    cfg.seed = 1
+    (tmp_path / "c").mkdir()
+    train(cfg, tmp_path / "c")
+    other = json.loads((tmp_path / "c" / "metrics.json").read_text())
+    assert other["epochs"][0]["train_loss"] != results[0]["epochs"][0]["train_loss"]
+
+
+@requires_real_data
+def test_one_epoch_on_5000_real_images_beats_chance(run_cli, tmp_path):
+    out = tmp_path / "run"
+    result = run_cli(
+        "resnet9.train", f"data.root={SHARED_CIFAR}", "data.limit_train=5000", "epochs=1", "scheduler.peak_epoch=0.5",
+        "batch_size=128", "model.width=0.25", "lr_finder.num_iter=50", "logger=none", "progress=false",
+        f"hydra.run.dir={out}",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["n_test"] == 10_000  # the whole real test set
+    assert metrics["final_test_acc"] > 0.2  # twice chance (0.10); 28.5% measured here
