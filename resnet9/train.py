@@ -108,9 +108,10 @@ def train(cfg: DictConfig, out_dir: Path) -> float:
     )
 
     name, group = _run_name_and_group(cfg)
-    tracker = instantiate(cfg.logger, _convert_="all")(config=resolved, dir=out_dir, name=name, group=group)
+    tracker = None
     exit_code = 1
     try:
+        tracker = instantiate(cfg.logger, _convert_="all")(config=resolved, dir=out_dir, name=name, group=group)
         _fit(
             cfg,
             model,
@@ -131,7 +132,8 @@ def train(cfg: DictConfig, out_dir: Path) -> float:
     finally:
         metrics["status"] = "completed" if exit_code == 0 else "failed"
         tracking.write_json(metrics_path, metrics)
-        tracker.finish(exit_code=exit_code)
+        if tracker is not None:
+            tracker.finish(exit_code=exit_code)
     return metrics["final_test_acc"]
 
 
