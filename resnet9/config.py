@@ -93,6 +93,8 @@ def validate(cfg: DictConfig) -> None:
         )
 
     aug = cfg.augment
+    engines = ("auto", "device", "albumentations")
+    _require(aug.engine in engines, "augment.engine", aug.engine, "one of " + ", ".join(engines), "device")
     _require(_is_int(aug.pad) and 0 <= aug.pad <= 16, "augment.pad", aug.pad, "an integer in 0..16", "4")
     _require(_is_int(aug.cutout) and 0 <= aug.cutout <= 32, "augment.cutout", aug.cutout, "an integer in 0..32", "8")
 

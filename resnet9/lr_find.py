@@ -25,6 +25,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -39,9 +40,10 @@ from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from hydra.utils import instantiate, to_absolute_path  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 from torch import nn  # noqa: E402
-from torch_lr_finder import LRFinder  # noqa: E402
+from torch.utils.data import DataLoader  # noqa: E402
+from torch_lr_finder import LRFinder, TrainDataLoaderIter  # noqa: E402
 
-from resnet9 import augment, config, data  # noqa: E402
+from resnet9 import config, data  # noqa: E402
 
 JSON_NAME, PLOT_NAME = "lr_finder.json", "lr_finder.png"
 
@@ -85,12 +87,14 @@ def derive_lr_range(
 def run_range_test(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
-    loader: torch.utils.data.DataLoader,
+    loader: DataLoader | Iterable,
     device: torch.device,
     finder_cfg: DictConfig,
 ) -> tuple[LRRange, plt.Figure]:
     """Run the test, restore model and optimizer, derive LRMIN/LRMAX and draw the marked curve."""
     finder = LRFinder(model, optimizer, nn.CrossEntropyLoss(), device=device)
+    if not isinstance(loader, DataLoader):  # the device-resident loader: torch-lr-finder's wrapper for iterables
+        loader = TrainDataLoaderIter(loader)
     try:
         finder.range_test(
             loader,
@@ -123,6 +127,11 @@ def run_range_test(
     ax.grid(True, which="both", alpha=0.3)
     fig.tight_layout()
     return result, fig
+
+
+def memory_format_of(model: nn.Module) -> torch.memory_format:
+    weight = next(p for p in model.parameters() if p.dim() == 4)
+    return torch.channels_last if weight.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
 
 
 def _key_parts(cfg: DictConfig) -> dict:
@@ -161,16 +170,10 @@ def find_lr_range(
         shutil.copyfile(cache_entry / PLOT_NAME, out_dir / PLOT_NAME)
     else:
         optimizer = instantiate(cfg.optimizer, _convert_="all")(model.parameters(), lr=finder_cfg.start_lr)
-        transform = instantiate(cfg.augment, seed=cfg.seed)
-        loader = augment.make_loader(
-            dataset.train_images,
-            dataset.train_labels,
-            transform,
-            cfg.batch_size,
-            train=True,
-            seed=cfg.seed,
-            num_workers=cfg.data.num_workers,
-        )
+        loader = instantiate(cfg.augment).train_loader(
+            dataset.train_images, dataset.train_labels, cfg.batch_size, device, cfg.seed,
+            num_workers=cfg.data.num_workers, memory_format=memory_format_of(model),
+        )  # fmt: skip
         result, fig = run_range_test(model, optimizer, loader, device, finder_cfg)
         fig.savefig(out_dir / PLOT_NAME, dpi=120)
         plt.close(fig)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -25,13 +26,14 @@ from hydra.types import RunMode
 from hydra.utils import instantiate, to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
-from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from resnet9 import augment, config, data, lr_find, plots, tracking
+from resnet9 import config, data, lr_find, plots, tracking
 from resnet9.model import count_parameters
 
 log = logging.getLogger(__name__)
+# A DataLoader (albumentations engine) or an augment.DeviceLoader: both yield (images, labels) batches.
+Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
@@ -53,25 +55,15 @@ def train(cfg: DictConfig, out_dir: Path) -> float:
     model = instantiate(cfg.model).to(device, memory_format=memory_format)
     lr_min, lr_max, lr_source = _resolve_lrs(cfg, dataset, model, device, out_dir)
 
-    workers = cfg.data.num_workers
-    train_loader = augment.make_loader(
-        dataset.train_images,
-        dataset.train_labels,
-        instantiate(cfg.augment, seed=cfg.seed),
-        cfg.batch_size,
-        train=True,
-        seed=cfg.seed,
-        num_workers=workers,
-    )
-    test_loader = augment.make_loader(
-        dataset.test_images,
-        dataset.test_labels,
-        augment.test_transform(),
-        cfg.eval_batch_size,
-        train=False,
-        seed=cfg.seed,
-        num_workers=workers,
-    )
+    augmentation = instantiate(cfg.augment)
+    train_loader = augmentation.train_loader(
+        dataset.train_images, dataset.train_labels, cfg.batch_size, device, cfg.seed,
+        num_workers=cfg.data.num_workers, memory_format=memory_format,
+    )  # fmt: skip
+    test_loader = augmentation.test_loader(
+        dataset.test_images, dataset.test_labels, cfg.eval_batch_size, device,
+        num_workers=cfg.data.num_workers, memory_format=memory_format,
+    )  # fmt: skip
     optimizer = instantiate(cfg.optimizer, _convert_="all")(model.parameters(), lr=lr_max)
     scheduler = instantiate(cfg.scheduler)(
         optimizer, lr_min=lr_min, lr_max=lr_max, epochs=cfg.epochs, steps_per_epoch=len(train_loader)
@@ -142,8 +134,8 @@ def _fit(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
-    train_loader: DataLoader,
-    test_loader: DataLoader,
+    train_loader: Batches,
+    test_loader: Batches,
     device: torch.device,
     memory_format: torch.memory_format,
     tracker: Any,
@@ -290,19 +282,20 @@ def _train_one_epoch(
 
 @torch.no_grad()
 def evaluate(
-    model: nn.Module, loader: DataLoader, device: torch.device, memory_format: torch.memory_format
+    model: nn.Module, loader: Batches, device: torch.device, memory_format: torch.memory_format
 ) -> tuple[float, float]:
     """Mean cross-entropy and accuracy (0..1) over every item of `loader`."""
     model.eval()
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), dtype=torch.long, device=device)
+    n = 0
     for images, labels in loader:
         images = images.to(device, non_blocking=True).contiguous(memory_format=memory_format)
         labels = labels.to(device, non_blocking=True)
         logits = model(images)
         loss_sum += F.cross_entropy(logits, labels, reduction="sum")
         correct += (logits.argmax(1) == labels).sum()
-    n = len(loader.dataset)
+        n += len(labels)
     return loss_sum.item() / n, correct.item() / n
 
 

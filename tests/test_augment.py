@@ -28,6 +28,21 @@ def apply(transform, img: np.ndarray) -> np.ndarray:
     return transform(image=img)["image"]
 
 
+ENGINES = ["albumentations", "device"]
+
+
+def draw(engine: str, img: np.ndarray, n: int = N, seed: int = 0, **settings) -> np.ndarray:
+    """n independent augmentations of one image through `engine`, as (n, 32, 32, 3) float arrays."""
+    if engine == "albumentations":
+        transform = augment.train_transform(seed=seed, **settings)
+        return np.stack([apply(transform, img) for _ in range(n)])
+    copies = np.repeat(img[None], n, axis=0)
+    loader = augment.DeviceLoader(copies, np.zeros(n, np.int64), n, torch.device("cpu"), train=True, seed=seed,
+                                  **settings)  # fmt: skip
+    (batch, _labels) = next(iter(loader))
+    return batch.numpy().transpose(0, 2, 3, 1)
+
+
 def crop_offset(out: np.ndarray, padded: np.ndarray) -> tuple[int, int] | None:
     """The (dy, dx) in -4..4 for which `out` is the crop of the reflect-padded image, if any."""
     for dy in range(-4, 5):
@@ -37,32 +52,30 @@ def crop_offset(out: np.ndarray, padded: np.ndarray) -> tuple[int, int] | None:
     return None
 
 
-def test_crop_offsets_are_uniform_shifts_within_4px_of_reflect_padding(image):
-    transform = augment.train_transform(pad=4, flip=False, cutout=0, seed=0)
+@pytest.mark.parametrize("engine", ENGINES)
+def test_crop_offsets_are_uniform_shifts_within_4px_of_reflect_padding(image, engine):
     padded = normalized(np.pad(image, ((4, 4), (4, 4), (0, 0)), mode="reflect"))
-    offsets = Counter(crop_offset(apply(transform, image), padded) for _ in range(N))
+    offsets = Counter(crop_offset(out, padded) for out in draw(engine, image, pad=4, flip=False, cutout=0))
     assert None not in offsets  # every output is a ±4 px shift of the reflect-padded image
     assert len(offsets) == 81  # all 9 x 9 shifts occur...
     expected = N / 81
     assert max(offsets.values()) < 2 * expected and min(offsets.values()) > expected / 3  # ...about equally
 
 
-def test_flip_happens_about_half_the_time(image):
-    transform = augment.train_transform(pad=0, flip=True, cutout=0, seed=0)
+@pytest.mark.parametrize("engine", ENGINES)
+def test_flip_happens_about_half_the_time(image, engine):
     plain, mirrored = normalized(image), normalized(image[:, ::-1])
     outcomes = Counter()
-    for _ in range(N):
-        out = apply(transform, image)
+    for out in draw(engine, image, pad=0, flip=True, cutout=0):
         outcomes["flip" if np.allclose(out, mirrored) else "same" if np.allclose(out, plain) else "other"] += 1
     assert outcomes["other"] == 0
     assert 0.45 < outcomes["flip"] / N < 0.55  # 5 sigma of a fair coin over 2000 draws is ±0.056
 
 
-def test_cutout_is_one_8x8_square_fully_inside_holding_the_mean(image):
-    transform = augment.train_transform(pad=0, flip=False, cutout=8, seed=0)
+@pytest.mark.parametrize("engine", ENGINES)
+def test_cutout_is_one_8x8_square_fully_inside_holding_the_mean(image, engine):
     corners = Counter()
-    for _ in range(N):
-        out = apply(transform, image)
+    for out in draw(engine, image, pad=0, flip=False, cutout=8):
         zero = np.all(out == 0, axis=2)
         assert zero.sum() == 64
         ys, xs = np.nonzero(zero)
@@ -75,17 +88,19 @@ def test_cutout_is_one_8x8_square_fully_inside_holding_the_mean(image):
     assert len(corners) > 0.9 * 25 * 25  # placement spreads over the 25 x 25 possible corners
 
 
-def test_full_pipeline_output_and_exactly_one_cutout(image):
-    transform = instantiate(OmegaConf.load("conf/augment/cutout.yaml"), seed=0)
-    for _ in range(200):
-        out = apply(transform, image)
-        assert out.shape == (32, 32, 3) and out.dtype == np.float32
-        assert np.all(out == 0, axis=2).sum() == 64
+@pytest.mark.parametrize("engine", ENGINES)
+def test_full_pipeline_output_and_exactly_one_cutout(image, engine):
+    spec = OmegaConf.load("conf/augment/cutout.yaml")
+    outs = draw(engine, image, n=200, pad=spec.pad, flip=spec.flip, cutout=spec.cutout)
+    assert outs.shape == (200, 32, 32, 3) and outs.dtype == np.float32
+    assert all(np.all(out == 0, axis=2).sum() == 64 for out in outs)
 
 
-def test_none_option_only_normalizes(image):
-    transform = instantiate(OmegaConf.load("conf/augment/none.yaml"), seed=0)
-    assert np.allclose(apply(transform, image), normalized(image), atol=1e-5)
+@pytest.mark.parametrize("engine", ENGINES)
+def test_none_option_only_normalizes(image, engine):
+    spec = OmegaConf.load("conf/augment/none.yaml")
+    outs = draw(engine, image, n=5, pad=spec.pad, flip=spec.flip, cutout=spec.cutout)
+    assert np.allclose(outs, normalized(image)[None], atol=1e-5)
 
 
 def test_test_transform_is_deterministic_normalization(image):
@@ -93,6 +108,44 @@ def test_test_transform_is_deterministic_normalization(image):
     first = apply(transform, image)
     assert np.allclose(first, normalized(image), atol=1e-5)
     assert all(np.array_equal(first, apply(transform, image)) for _ in range(20))
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_both_engines_normalize_test_images_identically(image, engine):
+    spec = instantiate(OmegaConf.merge(OmegaConf.load("conf/augment/cutout.yaml"), {"engine": engine}))
+    images = np.stack([image, image[::-1]])
+    loader = spec.test_loader(images, np.array([3, 5]), batch_size=1, device=torch.device("cpu"))
+    batches = list(loader)
+    assert len(batches) == 2  # evaluation keeps every image, in order
+    got = np.concatenate([b.numpy() for b, _ in batches]).transpose(0, 2, 3, 1)
+    assert np.allclose(got, normalized(images), atol=1e-5)  # no augmentation at test time
+    assert [int(y) for _, labels in batches for y in labels] == [3, 5]
+
+
+def test_device_loader_epochs_cover_the_data_once_and_differ():
+    images = np.arange(10 * 32 * 32 * 3, dtype=np.int64).reshape(10, 32, 32, 3).astype(np.uint8)
+    labels = np.arange(10)
+    loader = augment.DeviceLoader(images, labels, 4, torch.device("cpu"), train=True, pad=4, flip=True, cutout=8)
+    assert len(loader) == 2  # drop_last: 10 // 4
+    first = [y for _, batch_labels in loader for y in batch_labels.tolist()]
+    second = [y for _, batch_labels in loader for y in batch_labels.tolist()]
+    assert len(set(first)) == 8 and first != second  # a new permutation each epoch
+
+
+def test_device_loader_repeats_for_a_seed():
+    image = np.random.default_rng(0).integers(0, 256, size=(64, 32, 32, 3), dtype=np.uint8)
+
+    def epoch(seed: int) -> torch.Tensor:
+        loader = augment.DeviceLoader(image, np.zeros(64, np.int64), 16, torch.device("cpu"), train=True,
+                                      pad=4, flip=True, cutout=8, seed=seed)  # fmt: skip
+        return torch.cat([batch for batch, _ in loader])
+
+    assert torch.equal(epoch(1), epoch(1)) and not torch.equal(epoch(1), epoch(2))
+
+
+def test_unknown_engine_is_refused():
+    with pytest.raises(ValueError, match="augment.engine"):
+        augment.Augmentation(engine="gpu")
 
 
 def test_seeded_pipelines_repeat_and_differ_by_seed(image):

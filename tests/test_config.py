@@ -1,13 +1,12 @@
 from pathlib import Path
 
-import albumentations as A
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException, MissingConfigException
 from hydra.utils import instantiate
 
-from resnet9 import config
+from resnet9 import augment, config
 from resnet9.model import ResNet9
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -38,7 +37,7 @@ def test_every_group_option_composes_validates_and_instantiates(group, option):
     if group == "model":
         assert isinstance(built, ResNet9)
     elif group == "augment":
-        assert isinstance(built, A.Compose)
+        assert isinstance(built, augment.Augmentation) and built.engine == "auto"
     elif group == "optimizer":
         optimizer = built([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
         assert isinstance(optimizer, torch.optim.Optimizer)
@@ -73,6 +72,7 @@ BAD = [
     (("data.limit_test=20000",), "data.limit_test must be null or an integer in 10..10000"),
     (("data.limit_train=100",), "batch_size=512 is larger than the 100 training images"),
     (("augment.cutout=40",), "augment.cutout must be an integer in 0..32"),
+    (("augment.engine=gpu",), "augment.engine must be one of auto, device, albumentations, got 'gpu'"),
     (("device=tpu",), "device must be auto, cpu or cuda[:N], got 'tpu'"),
     (("logger.mode=sometimes",), "logger.mode must be one of offline, online, disabled"),
     (("lr_finder.num_iter=5",), "lr_finder.num_iter must be an integer >= 25"),

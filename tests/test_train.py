@@ -111,13 +111,14 @@ def test_failed_training_is_recorded_and_the_wandb_run_still_finishes(run_cli, c
     assert "exit" in run["types"]
 
 
-def test_same_seed_same_result(synthetic_root, tmp_path):
-    """Deterministic given the seed, with augmentation in two DataLoader workers."""
+@pytest.mark.parametrize("engine", ["device", "albumentations"])
+def test_same_seed_same_result(synthetic_root, tmp_path, engine):
+    """Deterministic given the seed, on either engine (albumentations in two DataLoader workers)."""
     with initialize_config_dir(config_dir=CONF, version_base="1.3"):
         cfg = compose(
             config_name="config",
             overrides=[*small_run(synthetic_root, "logger=none", "data.num_workers=2"), "device=cpu",
-                       "optimizer.lr=0.05", "scheduler.lr_min=0.005"],
+                       "optimizer.lr=0.05", "scheduler.lr_min=0.005", f"augment.engine={engine}"],
         )  # fmt: skip
     results = []
     for name in ("a", "b"):
