@@ -25,6 +25,7 @@ from resnet9.data import DataError
 
 TRAIN_SIZE, TEST_SIZE = 50_000, 10_000
 AUTO = "auto"
+PRECISIONS = ("auto", "fp32", "bf16")
 
 
 class UsageError(CompactHydraException):
@@ -138,6 +139,19 @@ def validate(cfg: DictConfig) -> None:
         "1",
     )
 
+    _require(cfg.precision in PRECISIONS, "precision", cfg.precision, "one of " + ", ".join(PRECISIONS), "auto")
+    _require(
+        _is_number(cfg.label_smoothing) and 0 <= cfg.label_smoothing < 1,
+        "label_smoothing", cfg.label_smoothing, "a number in [0, 1)", "0.2",
+    )  # fmt: skip
+    _require(
+        _is_number(cfg.ema.decay) and 0 <= cfg.ema.decay < 1, "ema.decay", cfg.ema.decay, "a number in [0, 1)", "0.99"
+    )
+    _require(
+        cfg.ema.decay == 0 or (_is_int(cfg.ema.start_epoch) and 1 <= cfg.ema.start_epoch <= cfg.epochs),
+        "ema.start_epoch", cfg.ema.start_epoch, f"an integer in 1..epochs={cfg.epochs}", "20",
+    )  # fmt: skip
+
     mode = cfg.logger.get("mode")
     _require(
         mode in (None, "offline", "online", "disabled"),
@@ -161,6 +175,17 @@ def resolve_device(name: str) -> torch.device:
     if device.type not in ("cpu", "cuda"):
         raise ConfigError(f"device must be auto, cpu or cuda[:N], got {name!r}; e.g. device=auto")
     return device
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for `precision` on `device`: bf16, or None for plain fp32.
+
+    auto = bf16 on CUDA (tensor cores; BatchNorm keeps fp32 statistics under autocast) and fp32 on CPU, where
+    CPUs without native bf16 (like our 2-core Xeon) run it slower than fp32.
+    """
+    if precision == "bf16" or (precision == AUTO and device.type == "cuda"):
+        return torch.bfloat16
+    return None
 
 
 def seed_everything(seed: int, deterministic: bool = False) -> None:

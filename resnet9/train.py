@@ -2,8 +2,9 @@
 
 One run, top to bottom:
   validate config -> seed -> load CIFAR-10 -> build model -> LRMIN/LRMAX (range test, cached) ->
-  optimizer + One Cycle -> for each epoch: train (per-batch LR step), evaluate on the test set,
-  record metrics.json + last.pt + W&B -> curves.png -> return the final test accuracy (for sweepers).
+  loaders (device-resident or albumentations) -> optimizer + One Cycle -> for each epoch: train (per-batch
+  LR step), evaluate on the test set, record metrics.json + last.pt + W&B -> curves.png -> return the final
+  test accuracy (for sweepers).
 
 Everything lands in Hydra's output folder: outputs/<date>/<time>/ for a run, multirun/<date>/<time>/<job>/
 for each job of a sweep.
@@ -15,6 +16,7 @@ import logging
 import math
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +28,7 @@ from hydra.types import RunMode
 from hydra.utils import instantiate, to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from resnet9 import config, data, lr_find, plots, tracking
@@ -34,6 +37,22 @@ from resnet9.model import count_parameters
 log = logging.getLogger(__name__)
 # A DataLoader (albumentations engine) or an augment.DeviceLoader: both yield (images, labels) batches.
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
+
+
+@dataclass(frozen=True)
+class StepSettings:
+    """How each batch is computed: where, in which layout and precision, with which loss."""
+
+    device: torch.device
+    memory_format: torch.memory_format = torch.contiguous_format
+    autocast_dtype: torch.dtype | None = None  # bf16 under autocast; None = fp32 throughout
+    label_smoothing: float = 0.0
+    log_every: int = 10
+
+    def autocast(self) -> torch.autocast:
+        # Under autocast, convolutions and matmuls run in bf16 while BatchNorm keeps fp32 statistics.
+        dtype = self.autocast_dtype or torch.bfloat16
+        return torch.autocast(self.device.type, dtype=dtype, enabled=self.autocast_dtype is not None)
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
@@ -51,20 +70,26 @@ def train(cfg: DictConfig, out_dir: Path) -> float:
         dataset = data.load(
             to_absolute_path(cfg.data.root), cfg.data.download, cfg.data.limit_train, cfg.data.limit_test
         )
-    memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
-    model = instantiate(cfg.model).to(device, memory_format=memory_format)
+    settings = StepSettings(
+        device=device,
+        memory_format=torch.channels_last if cfg.channels_last else torch.contiguous_format,
+        autocast_dtype=config.autocast_dtype(cfg.precision, device),
+        label_smoothing=cfg.label_smoothing,
+        log_every=cfg.log_every,
+    )
+    model = instantiate(cfg.model).to(device, memory_format=settings.memory_format)
     lr_min, lr_max, lr_source = _resolve_lrs(cfg, dataset, model, device, out_dir)
 
     augmentation = instantiate(cfg.augment)
     train_loader = augmentation.train_loader(
         dataset.train_images, dataset.train_labels, cfg.batch_size, device, cfg.seed,
-        num_workers=cfg.data.num_workers, memory_format=memory_format,
+        num_workers=cfg.data.num_workers, memory_format=settings.memory_format,
     )  # fmt: skip
     test_loader = augmentation.test_loader(
         dataset.test_images, dataset.test_labels, cfg.eval_batch_size, device,
-        num_workers=cfg.data.num_workers, memory_format=memory_format,
+        num_workers=cfg.data.num_workers, memory_format=settings.memory_format,
     )  # fmt: skip
-    optimizer = instantiate(cfg.optimizer, _convert_="all")(model.parameters(), lr=lr_max)
+    optimizer = instantiate(cfg.optimizer, _convert_="all")(model.parameters(), lr=lr_max, **_fused(cfg, device))
     scheduler = instantiate(cfg.scheduler)(
         optimizer, lr_min=lr_min, lr_max=lr_max, epochs=cfg.epochs, steps_per_epoch=len(train_loader)
     )
@@ -75,6 +100,7 @@ def train(cfg: DictConfig, out_dir: Path) -> float:
         "config": resolved,
         "overrides": list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else [],
         "device": str(device),
+        "precision": "bf16 autocast" if settings.autocast_dtype else "fp32",
         "torch": torch.__version__,
         "parameters": count_parameters(model),
         "n_train": len(dataset.train_labels),
@@ -89,34 +115,17 @@ def train(cfg: DictConfig, out_dir: Path) -> float:
     metrics_path = out_dir / "metrics.json"
     tracking.write_json(metrics_path, metrics)
     log.info(
-        "%d train / %d test images on %s; %s parameters; LRMIN=%.4g LRMAX=%.4g (%s)",
-        metrics["n_train"],
-        metrics["n_test"],
-        device,
-        f"{metrics['parameters']:,}",
-        lr_min,
-        lr_max,
-        lr_source,
-    )
+        "%d train / %d test images on %s (%s); %s parameters; LRMIN=%.4g LRMAX=%.4g (%s)",
+        metrics["n_train"], metrics["n_test"], device, metrics["precision"], f"{metrics['parameters']:,}",
+        lr_min, lr_max, lr_source,
+    )  # fmt: skip
 
     name, group = _run_name_and_group(cfg)
     tracker = None
     exit_code = 1
     try:
         tracker = instantiate(cfg.logger, _convert_="all")(config=resolved, dir=out_dir, name=name, group=group)
-        _fit(
-            cfg,
-            model,
-            optimizer,
-            scheduler,
-            train_loader,
-            test_loader,
-            device,
-            memory_format,
-            tracker,
-            metrics,
-            out_dir,
-        )
+        _fit(cfg, model, optimizer, scheduler, train_loader, test_loader, settings, tracker, metrics, out_dir)
         exit_code = 0
     except BaseException as err:
         metrics["error"] = f"{type(err).__name__}: {err}"
@@ -136,25 +145,31 @@ def _fit(
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     train_loader: Batches,
     test_loader: Batches,
-    device: torch.device,
-    memory_format: torch.memory_format,
+    settings: StepSettings,
     tracker: Any,
     metrics: dict[str, Any],
     out_dir: Path,
 ) -> None:
     """The epoch loop: train, evaluate, record. Fills `metrics` in place and rewrites metrics.json each epoch."""
     steps_per_epoch = len(train_loader)
+    # The compiled module shares its parameters with `model`: checkpoints and the range test use `model`.
+    trained = torch.compile(model) if cfg.compile else model
+    ema = None
+    if cfg.ema.decay > 0:  # averages BatchNorm statistics too (use_buffers), so the average is ready to evaluate
+        ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema.decay), use_buffers=True)
     for epoch in range(1, cfg.epochs + 1):
         started = time.perf_counter()
         bar = tqdm(
             train_loader, desc=f"epoch {epoch}/{cfg.epochs}", disable=not cfg.progress, leave=False, dynamic_ncols=True
         )
         first_step = (epoch - 1) * steps_per_epoch
-        train_loss, train_acc, lrs = _train_one_epoch(
-            model, bar, optimizer, scheduler, device, memory_format, first_step, cfg.log_every, tracker
+        averaging = ema if ema is not None and epoch >= cfg.ema.start_epoch else None
+        train_loss, train_acc, lrs = train_one_epoch(
+            trained, bar, optimizer, scheduler, settings, first_step, tracker, averaging, metrics
         )
         train_time = time.perf_counter() - started
-        test_loss, test_acc = evaluate(model, test_loader, device, memory_format)
+        evaluated = averaging.module if averaging is not None else model
+        test_loss, test_acc = evaluate(evaluated, test_loader, settings, tta=cfg.eval_tta)
         row = {
             "epoch": epoch,
             "train_loss": train_loss,
@@ -162,6 +177,7 @@ def _fit(
             "test_loss": test_loss,
             "test_acc": test_acc,
             "lr": lrs[-1],
+            "ema": averaging is not None,
             "train_time_s": train_time,
             "epoch_time_s": time.perf_counter() - started,
         }
@@ -176,133 +192,129 @@ def _fit(
         )
         tracking.write_json(out_dir / "metrics.json", metrics)
         if cfg.checkpoint:
-            tracking.save_checkpoint(
-                out_dir / "last.pt",
-                {
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "epoch": epoch,
-                    "config": metrics["config"],
-                    "lr_min": metrics["lr_min"],
-                    "lr_max": metrics["lr_max"],
-                    "test_acc": test_acc,
-                },
-            )
-        last_step = first_step + steps_per_epoch - 1
-        tracker.log({f"epoch/{key}": value for key, value in row.items()}, step=last_step)
+            tracking.save_checkpoint(out_dir / "last.pt", {
+                "model": evaluated.state_dict(),  # the weights that were evaluated (EMA when averaging)
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "epoch": epoch,
+                "config": metrics["config"],
+                "lr_min": metrics["lr_min"],
+                "lr_max": metrics["lr_max"],
+                "test_acc": test_acc,
+            })  # fmt: skip
+        tracker.log({f"epoch/{key}": value for key, value in row.items()}, step=first_step + steps_per_epoch - 1)
         log.info(
             "epoch %2d/%d  train loss %.4f acc %.2f%%  test loss %.4f acc %.2f%%  lr %.4g  %.1fs",
-            epoch,
-            cfg.epochs,
-            train_loss,
-            100 * train_acc,
-            test_loss,
-            100 * test_acc,
-            lrs[-1],
-            row["epoch_time_s"],
-        )
+            epoch, cfg.epochs, train_loss, 100 * train_acc, test_loss, 100 * test_acc, lrs[-1], row["epoch_time_s"],
+        )  # fmt: skip
 
     images = {"curves": plots.training_curves(metrics, out_dir / "curves.png")}
     if (out_dir / lr_find.PLOT_NAME).is_file():
         images["lr_finder"] = out_dir / lr_find.PLOT_NAME
     tracker.log_images(images, step=cfg.epochs * steps_per_epoch - 1)
-    tracker.summary(
-        {
-            key: metrics[key]
-            for key in (
-                "final_test_acc",
-                "best_test_acc",
-                "best_epoch",
-                "train_time_s",
-                "lr_min",
-                "lr_max",
-                "parameters",
-            )
-        }
-    )
+    summary_keys = ("final_test_acc", "best_test_acc", "best_epoch", "train_time_s", "lr_min", "lr_max", "parameters")
+    tracker.summary({key: metrics[key] for key in summary_keys})
     log.info(
         "final test accuracy %.2f%% (best %.2f%% at epoch %d); training time %.1fs; results in %s",
-        100 * metrics["final_test_acc"],
-        100 * metrics["best_test_acc"],
-        metrics["best_epoch"],
-        metrics["train_time_s"],
-        out_dir,
-    )
+        100 * metrics["final_test_acc"], 100 * metrics["best_test_acc"], metrics["best_epoch"],
+        metrics["train_time_s"], out_dir,
+    )  # fmt: skip
 
 
-def _train_one_epoch(
+def train_one_epoch(
     model: nn.Module,
-    batches: Any,
+    batches: Batches,
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
-    device: torch.device,
-    memory_format: torch.memory_format,
-    first_step: int,
-    log_every: int,
-    tracker: Any,
+    settings: StepSettings,
+    first_step: int = 0,
+    tracker: Any = None,
+    ema: AveragedModel | None = None,
+    metrics: dict[str, Any] | None = None,
 ) -> tuple[float, float, list[float]]:
     """One pass over the training batches; the scheduler steps after every batch.
 
     Loss and accuracy accumulate on the device; the host reads them only every `log_every` steps (progress
-    bar, tracker), so a GPU is not stalled on every batch.
+    bar, tracker), so a GPU is not stalled on every batch. The very first step of a run is timed on its own
+    (`metrics["first_step_s"]`): with `compile=true` it holds the compilation.
     """
     model.train()
+    device = settings.device
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), dtype=torch.long, device=device)
     seen = 0
     lrs: list[float] = []
+    started = time.perf_counter()
     for i, (images, labels) in enumerate(batches):
-        images = images.to(device, non_blocking=True).contiguous(memory_format=memory_format)
+        images = images.to(device, non_blocking=True).contiguous(memory_format=settings.memory_format)
         labels = labels.to(device, non_blocking=True)
         lr = optimizer.param_groups[0]["lr"]
-        logits = model(images)
-        loss = F.cross_entropy(logits, labels)
+        with settings.autocast():
+            logits = model(images)
+            loss = F.cross_entropy(logits, labels, label_smoothing=settings.label_smoothing)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         scheduler.step()
+        if ema is not None:
+            ema.update_parameters(model)
         loss_sum += loss.detach() * len(labels)
         correct += (logits.argmax(1) == labels).sum()
         seen += len(labels)
         lrs.append(lr)
+        if first_step + i == 0 and metrics is not None:
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            metrics["first_step_s"] = time.perf_counter() - started
         step_metrics = {"train/lr": lr}
-        if (i + 1) % log_every == 0 or i + 1 == len(batches):
+        if (i + 1) % settings.log_every == 0 or i + 1 == len(batches):
             step_loss = loss.item()
             if not math.isfinite(step_loss):
                 raise FloatingPointError(f"training loss became {step_loss} at step {first_step + i} (LR {lr:.4g})")
             step_metrics["train/loss"] = step_loss
             if hasattr(batches, "set_postfix"):
-                batches.set_postfix(
-                    loss=f"{loss_sum.item() / seen:.3f}", acc=f"{100 * correct.item() / seen:.1f}%", lr=f"{lr:.3g}"
-                )
-        tracker.log(step_metrics, step=first_step + i)
+                running = {"loss": f"{loss_sum.item() / seen:.3f}", "acc": f"{100 * correct.item() / seen:.1f}%"}
+                batches.set_postfix(**running, lr=f"{lr:.3g}")
+        if tracker is not None:
+            tracker.log(step_metrics, step=first_step + i)
     return loss_sum.item() / seen, correct.item() / seen, lrs
 
 
 @torch.no_grad()
-def evaluate(
-    model: nn.Module, loader: Batches, device: torch.device, memory_format: torch.memory_format
-) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy (0..1) over every item of `loader`."""
+def evaluate(model: nn.Module, batches: Batches, settings: StepSettings, tta: bool = False) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy (0..1) over every item of `batches`.
+
+    `tta=True` scores each image by the mean logits of the image and its mirror image (flip test-time
+    augmentation); the training augmentation flips, so both views are in-distribution.
+    """
     model.eval()
+    device = settings.device
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), dtype=torch.long, device=device)
     n = 0
-    for images, labels in loader:
-        images = images.to(device, non_blocking=True).contiguous(memory_format=memory_format)
+    for images, labels in batches:
+        images = images.to(device, non_blocking=True).contiguous(memory_format=settings.memory_format)
         labels = labels.to(device, non_blocking=True)
-        logits = model(images)
+        with settings.autocast():
+            logits = model(images).float()
+            if tta:
+                logits = (logits + model(images.flip(3)).float()) / 2
         loss_sum += F.cross_entropy(logits, labels, reduction="sum")
         correct += (logits.argmax(1) == labels).sum()
         n += len(labels)
     return loss_sum.item() / n, correct.item() / n
 
 
+def _fused(cfg: DictConfig, device: torch.device) -> dict[str, bool]:
+    """On CUDA, torch's fused SGD/Adam kernels (one launch for all parameters) unless the config says otherwise."""
+    wants = cfg.optimizer.get("fused", "absent")
+    return {"fused": True} if device.type == "cuda" and wants is None else {}
+
+
 def _resolve_lrs(
     cfg: DictConfig, dataset: data.Cifar10, model: nn.Module, device: torch.device, out_dir: Path
 ) -> tuple[float, float, str]:
-    """LRMIN and LRMAX: numbers from the config where given, the range test's (times lr_finder.scale) where 'auto'."""
+    """LRMIN and LRMAX: numbers from the config where given, the range test's (times lr_finder.scale) where auto."""
     lr_max, lr_min = cfg.optimizer.lr, cfg.scheduler.lr_min
     if lr_max != config.AUTO and lr_min != config.AUTO:
         return float(lr_min), float(lr_max), "config"

@@ -1,0 +1,97 @@
+"""The speed and accuracy options of the trainer, on CPU: precision, fused optimizer, compile, TTA, EMA."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from torch import nn
+
+from resnet9 import augment, config, data
+from resnet9.model import ResNet9
+from resnet9.train import StepSettings, _fused, evaluate, train, train_one_epoch
+
+CONF = str(Path(__file__).resolve().parents[1] / "conf")
+CPU = torch.device("cpu")
+
+
+def compose_small(root: Path, *extra: str):
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        return compose(
+            config_name="config",
+            overrides=[
+                f"data.root={root}", "data.limit_train=200", "data.limit_test=100", "batch_size=50",
+                "model.width=0.125", "epochs=3", "scheduler.peak_epoch=1", "optimizer.lr=0.1",
+                "scheduler.lr_min=0.01", "logger=none", "progress=false", "device=cpu", *extra,
+            ],
+        )  # fmt: skip
+
+
+def test_precision_auto_is_bf16_on_cuda_and_fp32_on_cpu():
+    assert config.autocast_dtype("auto", torch.device("cuda")) is torch.bfloat16
+    assert config.autocast_dtype("auto", CPU) is None
+    assert config.autocast_dtype("fp32", torch.device("cuda")) is None
+    assert config.autocast_dtype("bf16", CPU) is torch.bfloat16
+
+
+def test_fused_optimizer_only_on_cuda_unless_forced(synthetic_root):
+    cfg = compose_small(synthetic_root)
+    assert _fused(cfg, torch.device("cuda")) == {"fused": True}
+    assert _fused(cfg, CPU) == {}
+    assert _fused(compose_small(synthetic_root, "optimizer.fused=false"), torch.device("cuda")) == {}
+
+
+class Asymmetric(nn.Module):
+    """Logits that depend on left/right orientation, to see test-time flipping."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        left, right = x[..., :16].mean((1, 2, 3)), x[..., 16:].mean((1, 2, 3))
+        return torch.stack([left - right, right - left], 1)
+
+
+def test_flip_tta_averages_the_logits_of_both_views():
+    torch.manual_seed(0)
+    images, labels = torch.randn(8, 3, 32, 32), torch.zeros(8, dtype=torch.long)
+    settings = StepSettings(device=CPU)
+    loss, acc = evaluate(Asymmetric(), [(images, labels)], settings)
+    assert 0 < acc < 1  # orientation decides the class without TTA
+    loss_tta, _ = evaluate(Asymmetric(), [(images, labels)], settings, tta=True)
+    assert loss_tta == pytest.approx(torch.log(torch.tensor(2.0)).item())  # mirrored views cancel exactly
+
+
+def test_bf16_autocast_trains_on_cpu_with_fp32_batchnorm_statistics():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.LazyLinear(10))
+    model(torch.randn(2, 3, 32, 32))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    batches = [(torch.randn(16, 3, 32, 32), torch.randint(0, 10, (16,))) for _ in range(3)]
+    settings = StepSettings(device=CPU, autocast_dtype=torch.bfloat16)
+    loss, _, lrs = train_one_epoch(model, batches, optimizer, scheduler, settings)
+    assert torch.isfinite(torch.tensor(loss)) and len(lrs) == 3
+    assert model[1].running_mean.dtype == torch.float32 and model[0].weight.dtype == torch.float32
+
+
+def test_ema_evaluates_the_average_of_the_final_epochs(synthetic_root, tmp_path):
+    cfg = compose_small(synthetic_root, "ema.decay=0.9", "ema.start_epoch=2")
+    train(cfg, tmp_path)
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert [row["ema"] for row in metrics["epochs"]] == [False, True, True]
+    # The checkpoint holds the averaged weights that were evaluated: reloaded, they give the same accuracy.
+    model = ResNet9(width=0.125)
+    model.load_state_dict(torch.load(tmp_path / "last.pt", weights_only=False)["model"])
+    cifar = data.load(synthetic_root, download=False, limit_test=100)
+    loader = augment.DeviceLoader(cifar.test_images, cifar.test_labels, 50, CPU, train=False)
+    _, accuracy = evaluate(model, loader, StepSettings(device=CPU))
+    assert accuracy == metrics["final_test_acc"]
+
+
+def test_options_compose_into_a_run_and_compile_is_timed_apart(synthetic_root, tmp_path):
+    cfg = compose_small(synthetic_root, "compile=true", "eval_tta=true", "label_smoothing=0.2", "epochs=2")
+    accuracy = train(cfg, tmp_path)
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["status"] == "completed" and accuracy == metrics["final_test_acc"]
+    # The first step holds the compilation; the rest of the epoch is far cheaper per step.
+    later_steps = (metrics["epochs"][1]["train_time_s"]) / metrics["steps_per_epoch"]
+    assert metrics["first_step_s"] > 5 * later_steps
