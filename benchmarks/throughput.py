@@ -1,0 +1,154 @@
+"""Training throughput of the three data paths, side by side, on whatever device is here.
+
+    python benchmarks/throughput.py                        # CPU: full width, batch 512, a few steps each
+    python benchmarks/throughput.py --steps 97 --rounds 5  # GPU: whole epochs
+    python benchmarks/throughput.py --full-run --seeds 5   # plus N complete training runs (24 epochs each)
+
+(a) bare:            the model's training step on random tensors already on the device (the compute alone)
+(b) device-resident: the trainer's epoch loop fed by augment.DeviceLoader (the default engine)
+(c) albumentations:  the same loop fed by the albumentations DataLoader (the reference engine)
+
+All three run through `resnet9.train.train_one_epoch` with the trainer's settings (channels_last, bf16
+autocast on CUDA, fused optimizer on CUDA). The measurements are interleaved in rounds so that a noisy
+machine slows all three alike, and each row reports the median round. The ratio (b)/(a) is the share of
+pure compute the data path keeps: 1.0 means augmentation is free.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from resnet9 import augment, config, data
+from resnet9.model import ResNet9
+from resnet9.train import StepSettings, train_one_epoch
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--width", type=float, default=1.0, help="model width (1.0 = the mission's network)")
+    parser.add_argument("--batch-size", type=int, default=512)
+    parser.add_argument("--steps", type=int, default=4, help="training steps per measurement")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; the median is reported")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--precision", default="auto", choices=config.PRECISIONS)
+    parser.add_argument("--workers", type=int, default=2, help="DataLoader workers for path (c)")
+    parser.add_argument("--data-root", default=str(REPO.parent / "shared" / "cifar10"),
+                        help="CIFAR-10 root; random images when it holds none")  # fmt: skip
+    parser.add_argument("--full-run", action="store_true", help="also train --seeds complete runs")
+    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for --full-run, e.g. epochs=24")
+    return parser.parse_args()
+
+
+def training_images(root: str, count: int) -> tuple[np.ndarray, np.ndarray, str]:
+    try:
+        cifar = data.load(root, download=False, limit_train=count)
+        return cifar.train_images, cifar.train_labels, f"CIFAR-10 from {root}"
+    except data.DataError:
+        rng = np.random.default_rng(0)
+        images = rng.integers(0, 256, size=(count, 32, 32, 3), dtype=np.uint8)
+        return images, rng.integers(0, 10, size=count), "random images (no CIFAR-10 found)"
+
+
+def measure_paths(args: argparse.Namespace) -> list[tuple[str, float]]:
+    device = config.resolve_device(args.device)
+    settings = StepSettings(
+        device=device, memory_format=torch.channels_last, autocast_dtype=config.autocast_dtype(args.precision, device)
+    )
+    torch.manual_seed(0)
+    model = ResNet9(width=args.width).to(device, memory_format=torch.channels_last)
+    fused = {"fused": True} if device.type == "cuda" else {}
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=5e-4, **fused)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)  # the loop steps one; keep LR fixed
+
+    count = args.steps * args.batch_size
+    images, labels, source = training_images(args.data_root, count)
+    random_batches = [
+        (torch.randn(args.batch_size, 3, 32, 32, device=device).contiguous(memory_format=torch.channels_last),
+         torch.randint(0, 10, (args.batch_size,), device=device))
+        for _ in range(args.steps)
+    ]  # fmt: skip
+    spec = augment.Augmentation(pad=4, flip=True, cutout=8, engine="device")
+    device_loader = spec.train_loader(
+        images, labels, args.batch_size, device, seed=0, memory_format=torch.channels_last
+    )
+    albu = augment.Augmentation(pad=4, flip=True, cutout=8, engine="albumentations")
+    albu_loader = albu.train_loader(images, labels, args.batch_size, device, seed=0, num_workers=args.workers)
+    paths = {
+        "(a) bare model, random tensors": random_batches,
+        "(b) device-resident loader": device_loader,
+        f"(c) albumentations DataLoader, {args.workers} workers": albu_loader,
+    }
+
+    def timed(batches) -> float:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        started = time.perf_counter()
+        train_one_epoch(model, batches, optimizer, scheduler, settings)  # ends with a host read: synchronized
+        return time.perf_counter() - started
+
+    print(f"device {device} ({settings.autocast_dtype or 'fp32'}), width {args.width}, batch {args.batch_size}, "
+          f"{args.steps} steps x {args.rounds} rounds; data: {source}", flush=True)  # fmt: skip
+    for batches in paths.values():  # warm-up, one batch each: allocator, cuDNN autotuning, worker code paths
+        train_one_epoch(model, [next(iter(batches))], optimizer, scheduler, settings)
+    seconds: dict[str, list[float]] = {name: [] for name in paths}
+    for round_index in range(args.rounds):
+        for name, batches in paths.items():
+            seconds[name].append(timed(batches))
+        print(f"  round {round_index + 1}: " + ", ".join(f"{s[-1]:.2f}s" for s in seconds.values()), flush=True)
+    return [(name, count / statistics.median(times)) for name, times in seconds.items()]
+
+
+def full_runs(args: argparse.Namespace) -> list[dict]:
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for seed in range(args.seeds):
+            out = Path(tmp) / f"seed{seed}"
+            command = [sys.executable, "-m", "resnet9.train", f"seed={seed}", f"data.root={args.data_root}",
+                       f"device={args.device}", "logger=none", "progress=false", f"hydra.run.dir={out}",
+                       *args.overrides]  # fmt: skip
+            subprocess.run(command, cwd=REPO, check=True)
+            results.append(json.loads((out / "metrics.json").read_text()))
+    return results
+
+
+def main() -> None:
+    args = parse_args()
+    rows = measure_paths(args)
+    bare, device_path, albu = (rate for _, rate in rows)
+    print("\n| path | images/s |\n|---|---|")
+    for name, rate in rows:
+        print(f"| {name} | {rate:,.1f} |")
+    print(f"| ratio (b)/(a): data path keeps this share of pure compute | {device_path / bare:.3f} |")
+    print(f"| ratio (b)/(c): device-resident vs albumentations | {device_path / albu:.3f} |")
+
+    if args.full_run:
+        runs = full_runs(args)
+        accuracy = [100 * m["final_test_acc"] for m in runs]
+        train_time = [m["train_time_s"] for m in runs]
+        first_step = [m.get("first_step_s", float("nan")) for m in runs]
+
+        def mean_std(values: list[float]) -> str:
+            return f"{statistics.fmean(values):.2f} ± {statistics.stdev(values) if len(values) > 1 else 0:.2f}"
+
+        print(f"\n| {len(runs)} full runs | mean ± std |\n|---|---|")
+        print(f"| final test accuracy (%) | {mean_std(accuracy)} |")
+        print(f"| training time (s), all epochs, without evaluation | {mean_std(train_time)} |")
+        print(f"| first step (s), holds torch.compile's compilation if on | {mean_std(first_step)} |")
+        print(f"| per seed: accuracy | {', '.join(f'{a:.2f}' for a in accuracy)} |")
+
+
+if __name__ == "__main__":
+    main()
