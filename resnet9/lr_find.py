@@ -139,7 +139,7 @@ def _key_parts(cfg: DictConfig) -> dict:
     optimizer = OmegaConf.to_container(cfg.optimizer, resolve=True)
     optimizer.pop("lr", None)
     finder = OmegaConf.to_container(cfg.lr_finder, resolve=True)
-    for key in ("scale", "cache", "cache_dir", "max_divisor"):
+    for key in ("scale", "cache", "cache_dir"):
         finder.pop(key, None)
     return {
         "model": OmegaConf.to_container(cfg.model, resolve=True),
@@ -159,13 +159,12 @@ def find_lr_range(
     """LRMIN/LRMAX for this config: from the cache if an identical test ran before, else by running it on
     `model` (restored afterwards) with a fresh optimizer of the configured kind.
 
-    Writes lr_finder.json and lr_finder.png into `out_dir` either way. The curve is read again with the
-    current max_divisor, so changing the rule never needs a new test.
+    Writes lr_finder.json and lr_finder.png into `out_dir` either way.
     """
     finder_cfg = cfg.lr_finder
     key = hashlib.sha256(json.dumps(_key_parts(cfg), sort_keys=True).encode()).hexdigest()[:16]
     cache_entry = Path(os.path.expanduser(finder_cfg.cache_dir)) / key
-    result = _read_cache(cache_entry, finder_cfg) if finder_cfg.cache else None
+    result = _read_cache(cache_entry) if finder_cfg.cache else None
     if result is not None:
         shutil.copyfile(cache_entry / PLOT_NAME, out_dir / PLOT_NAME)
     else:
@@ -184,17 +183,13 @@ def find_lr_range(
     return result
 
 
-def _read_cache(entry: Path, finder_cfg: DictConfig) -> LRRange | None:
+def _read_cache(entry: Path) -> LRRange | None:
     try:
-        saved = json.loads((entry / JSON_NAME).read_text())
-        if not (entry / PLOT_NAME).is_file():
-            return None
-        history = saved["history"]
-        result = derive_lr_range(
-            history["lr"], history["loss"], finder_cfg.skip_start, finder_cfg.skip_end, finder_cfg.max_divisor
-        )
-    except (OSError, ValueError, KeyError, TypeError):
+        result = LRRange(**json.loads((entry / JSON_NAME).read_text()))
+    except (OSError, ValueError, TypeError):
         return None  # no entry, or a damaged one: run the test again
+    if not (entry / PLOT_NAME).is_file():
+        return None
     result.cached = True
     return result
 

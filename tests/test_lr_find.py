@@ -101,6 +101,10 @@ def test_second_identical_test_comes_from_the_cache(small_setup, tmp_path, monke
     assert second.cached and (second.lr_min, second.lr_max) == (first.lr_min, first.lr_max)
     assert (tmp_path / "b" / "lr_finder.png").is_file()
 
+    cfg.lr_finder.max_divisor = 2.0  # a different reading of the curve: its plot differs, so it must run
+    with pytest.raises(AssertionError, match="ran again"):
+        lr_find.find_lr_range(cfg, cifar, model, torch.device("cpu"), tmp_path / "c")
+    cfg.lr_finder.max_divisor = 1.0
     cfg.batch_size = 20  # a different setup is a different curve: must run
     with pytest.raises(AssertionError, match="ran again"):
         lr_find.find_lr_range(cfg, cifar, model, torch.device("cpu"), tmp_path / "c")
