@@ -21,6 +21,7 @@ from hydra.errors import CompactHydraException
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from resnet9.augment import ENGINES
 from resnet9.data import DataError
 
 TRAIN_SIZE, TEST_SIZE = 50_000, 10_000
@@ -94,8 +95,7 @@ def validate(cfg: DictConfig) -> None:
         )
 
     aug = cfg.augment
-    engines = ("auto", "device", "albumentations")
-    _require(aug.engine in engines, "augment.engine", aug.engine, "one of " + ", ".join(engines), "device")
+    _require(aug.engine in ENGINES, "augment.engine", aug.engine, "one of " + ", ".join(ENGINES), "device")
     _require(_is_int(aug.pad) and 0 <= aug.pad <= 16, "augment.pad", aug.pad, "an integer in 0..16", "4")
     _require(_is_int(aug.cutout) and 0 <= aug.cutout <= 32, "augment.cutout", aug.cutout, "an integer in 0..32", "8")
 
