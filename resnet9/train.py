@@ -234,21 +234,24 @@ def train_one_epoch(
 ) -> tuple[float, float, list[float]]:
     """One pass over the training batches; the scheduler steps after every batch.
 
-    Loss and accuracy accumulate on the device; the host reads them only every `log_every` steps (progress
-    bar, tracker), so a GPU is not stalled on every batch. The very first step of a run is timed on its own
+    Nothing is read back from the device inside the epoch: loss and accuracy accumulate there, every step's
+    loss is kept there, and all of it is read once at the end (then sent to the tracker, step by step). Only
+    a progress bar (when `batches` is one) reads its running numbers every `log_every` steps. A non-finite
+    loss stops the run at that read. The very first step of a run is timed on its own
     (`metrics["first_step_s"]`): with `compile=true` it holds the compilation.
     """
     model.train()
     device = settings.device
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), dtype=torch.long, device=device)
+    step_losses: list[torch.Tensor] = []
     seen = 0
     lrs: list[float] = []
     started = time.perf_counter()
     for i, (images, labels) in enumerate(batches):
         images = images.to(device, non_blocking=True).contiguous(memory_format=settings.memory_format)
         labels = labels.to(device, non_blocking=True)
-        lr = optimizer.param_groups[0]["lr"]
+        lrs.append(optimizer.param_groups[0]["lr"])
         with settings.autocast():
             logits = model(images)
             loss = F.cross_entropy(logits, labels, label_smoothing=settings.label_smoothing)
@@ -258,26 +261,32 @@ def train_one_epoch(
         scheduler.step()
         if ema is not None:
             ema.update_parameters(model)
+        step_losses.append(loss.detach())
         loss_sum += loss.detach() * len(labels)
         correct += (logits.argmax(1) == labels).sum()
         seen += len(labels)
-        lrs.append(lr)
         if first_step + i == 0 and metrics is not None:
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             metrics["first_step_s"] = time.perf_counter() - started
-        step_metrics = {"train/lr": lr}
-        if (i + 1) % settings.log_every == 0 or i + 1 == len(batches):
-            step_loss = loss.item()
-            if not math.isfinite(step_loss):
-                raise FloatingPointError(f"training loss became {step_loss} at step {first_step + i} (LR {lr:.4g})")
-            step_metrics["train/loss"] = step_loss
-            if hasattr(batches, "set_postfix"):
-                running = {"loss": f"{loss_sum.item() / seen:.3f}", "acc": f"{100 * correct.item() / seen:.1f}%"}
-                batches.set_postfix(**running, lr=f"{lr:.3g}")
-        if tracker is not None:
-            tracker.log(step_metrics, step=first_step + i)
+        if hasattr(batches, "set_postfix") and (i + 1) % settings.log_every == 0:
+            running_loss = loss_sum.item() / seen
+            _stop_if_diverged(running_loss, first_step + i, lrs[-1])
+            batches.set_postfix(
+                loss=f"{running_loss:.3f}", acc=f"{100 * correct.item() / seen:.1f}%", lr=f"{lrs[-1]:.3g}"
+            )
+    losses = torch.stack(step_losses).float().tolist()  # the epoch's one read from the device
+    for i, step_loss in enumerate(losses):
+        _stop_if_diverged(step_loss, first_step + i, lrs[i])
+    if tracker is not None:
+        for i, (lr, step_loss) in enumerate(zip(lrs, losses, strict=True)):
+            tracker.log({"train/lr": lr, "train/loss": step_loss}, step=first_step + i)
     return loss_sum.item() / seen, correct.item() / seen, lrs
+
+
+def _stop_if_diverged(loss: float, step: int, lr: float) -> None:
+    if not math.isfinite(loss):
+        raise FloatingPointError(f"training loss became {loss} at step {step} (LR {lr:.4g})")
 
 
 @torch.no_grad()

@@ -95,3 +95,37 @@ def test_options_compose_into_a_run_and_compile_is_timed_apart(synthetic_root, t
     # The first step holds the compilation; the rest of the epoch is far cheaper per step.
     later_steps = (metrics["epochs"][1]["train_time_s"]) / metrics["steps_per_epoch"]
     assert metrics["first_step_s"] > 5 * later_steps
+
+
+class RecordingTracker:
+    def __init__(self) -> None:
+        self.rows: list[tuple[int, dict]] = []
+
+    def log(self, metrics: dict, step: int) -> None:
+        self.rows.append((step, metrics))
+
+
+def tiny_training(lr: float = 0.1):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 10))
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0 / (1 + step))
+    batches = [(torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,))) for _ in range(5)]
+    return model, optimizer, scheduler, batches
+
+
+def test_every_steps_loss_and_lr_reach_the_tracker_after_the_epoch():
+    model, optimizer, scheduler, batches = tiny_training()
+    tracker = RecordingTracker()
+    settings = StepSettings(device=CPU, log_every=1000)  # no progress reads at all
+    mean_loss, _, lrs = train_one_epoch(model, batches, optimizer, scheduler, settings, first_step=20, tracker=tracker)
+    assert [step for step, _ in tracker.rows] == [20, 21, 22, 23, 24]
+    assert [row["train/lr"] for _, row in tracker.rows] == lrs == pytest.approx([0.1 / (1 + k) for k in range(5)])
+    step_losses = [row["train/loss"] for _, row in tracker.rows]
+    assert mean_loss == pytest.approx(sum(step_losses) / 5)  # equal batch sizes
+
+
+def test_a_diverged_loss_stops_training_with_its_step_and_lr():
+    model, optimizer, scheduler, batches = tiny_training(lr=float("inf"))
+    with pytest.raises(FloatingPointError, match=r"training loss became (nan|inf) at step \d+ \(LR"):
+        train_one_epoch(model, batches * 4, optimizer, scheduler, StepSettings(device=CPU))
