@@ -104,7 +104,7 @@ class WandbTracker:
         except Exception as err:  # e.g. online mode without login or network
             reason = (str(err).splitlines() or [type(err).__name__])[0]
             raise UsageError(
-                f"W&B could not start a {mode} run ({reason}); use logger.mode=offline or logger=none"
+                f"W&B could not start a run in {mode} mode ({reason}); use logger.mode=offline or logger=none"
             ) from None
         if mode == "offline":
             log.info("W&B offline run in %s; upload later with: wandb sync %s", self.run.dir, Path(self.run.dir).parent)

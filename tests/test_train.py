@@ -1,11 +1,14 @@
 """End-to-end: the real `python -m resnet9.train` in subprocesses, on small subsets at small width."""
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import SHARED_CIFAR, requires_real_data
+from conftest import REPO, SHARED_CIFAR, requires_real_data
 from hydra import compose, initialize_config_dir
 from PIL import Image
 from wandb_records import read_run
@@ -148,3 +151,23 @@ def test_one_epoch_on_5000_real_images_beats_chance(run_cli, tmp_path):
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["n_test"] == 10_000  # the whole real test set
     assert metrics["final_test_acc"] > 0.2  # twice chance (0.10); 28.5% measured here
+
+
+def wandb_login_exists() -> bool:
+    netrc = Path.home() / ".netrc"
+    return bool(os.environ.get("WANDB_API_KEY")) or (netrc.exists() and "api.wandb.ai" in netrc.read_text())
+
+
+@pytest.mark.skipif(wandb_login_exists(), reason="a W&B login exists here: online mode would really start")
+def test_online_mode_without_login_fails_in_one_line_and_never_prompts(cifar_root, tmp_path):
+    env = {k: v for k, v in os.environ.items() if k not in ("WANDB_MODE", "WANDB_API_KEY")}
+    out = tmp_path / "run"
+    result = subprocess.run(
+        [sys.executable, "-m", "resnet9.train", *small_run(cifar_root, "optimizer.lr=0.1", "scheduler.lr_min=0.01"),
+         "logger.mode=online", f"hydra.run.dir={out}"],
+        cwd=REPO, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=180,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].startswith("error: W&B could not start a run in online mode (")
+    assert "logger.mode=offline or logger=none" in result.stderr
+    assert json.loads((out / "metrics.json").read_text())["status"] == "failed"
