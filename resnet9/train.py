@@ -31,7 +31,7 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
-from resnet9 import config, data, lr_find, plots, tracking
+from resnet9 import config, data, lr_find, plots, summary, tracking
 from resnet9.model import count_parameters
 
 log = logging.getLogger(__name__)
@@ -78,6 +78,7 @@ def train(cfg: DictConfig, out_dir: Path) -> float:
         log_every=cfg.log_every,
     )
     model = instantiate(cfg.model).to(device, memory_format=settings.memory_format)
+    (out_dir / "model_summary.txt").write_text(summary.describe(model) + "\n")
     lr_min, lr_max, lr_source = _resolve_lrs(cfg, dataset, model, device, out_dir)
 
     augmentation = instantiate(cfg.augment)

@@ -51,6 +51,7 @@ def test_train_writes_every_result_and_a_readable_offline_wandb_run(run_cli, cif
     assert metrics["lr_per_step"][-1] == pytest.approx(metrics["lr_min"])
     assert (metrics["n_train"], metrics["n_test"]) == (400, 200)
 
+    assert "Total params: 103,954" in (out / "model_summary.txt").read_text()
     for png in ("curves.png", "lr_finder.png"):
         assert Image.open(out / png).size[0] > 500
     finder = json.loads((out / "lr_finder.json").read_text())
