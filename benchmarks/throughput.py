@@ -29,8 +29,8 @@ import numpy as np
 import torch
 
 from resnet9 import augment, config, data
+from resnet9.loop import StepSettings, train_one_epoch
 from resnet9.model import ResNet9
-from resnet9.train import StepSettings, train_one_epoch
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -9,6 +9,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only, never a window
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 
 
 def training_curves(metrics: dict[str, Any], path: Path) -> Path:
@@ -37,6 +38,42 @@ def training_curves(metrics: dict[str, Any], path: Path) -> Path:
     for ax in (loss_ax, acc_ax, lr_ax):
         ax.grid(True, alpha=0.3)
         ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def confusion_matrix(matrix: np.ndarray, classes: tuple[str, ...], path: Path, title: str) -> Path:
+    """Counts of (true class, predicted class), with each row's share as the colour (rows sum to 100%)."""
+    share = matrix / matrix.sum(1, keepdims=True).clip(min=1)
+    fig, ax = plt.subplots(figsize=(8.5, 7.5))
+    image = ax.imshow(100 * share, cmap="Blues", vmin=0, vmax=100)
+    fig.colorbar(image, ax=ax, label="share of the true class (%)")
+    for true in range(len(classes)):
+        for pred in range(len(classes)):
+            dark = share[true, pred] > 0.5
+            ax.text(pred, true, str(matrix[true, pred]), ha="center", va="center", fontsize=8,
+                    color="white" if dark else "black")  # fmt: skip
+    ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
+    ax.set_yticks(range(len(classes)), classes)
+    ax.set(xlabel="predicted class", ylabel="true class", title=title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def image_gallery(images: np.ndarray, captions: list[str], path: Path, title: str, columns: int = 6) -> Path:
+    """uint8 HWC images in a grid, each with its caption (e.g. true vs predicted class and confidence)."""
+    rows = max(1, -(-len(images) // columns))
+    fig, axes = plt.subplots(rows, columns, figsize=(2.1 * columns, 2.4 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, image, caption in zip(axes.flat, images, captions, strict=False):
+        ax.imshow(image, interpolation="nearest")
+        ax.set_title(caption, fontsize=8)
+    fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -13,16 +13,12 @@ for each job of a sweep.
 from __future__ import annotations
 
 import logging
-import math
 import time
-from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import hydra
 import torch
-import torch.nn.functional as F
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate, to_absolute_path
@@ -32,27 +28,10 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from resnet9 import config, data, lr_find, plots, summary, tracking
+from resnet9.loop import Batches, StepSettings, evaluate, train_one_epoch
 from resnet9.model import count_parameters
 
 log = logging.getLogger(__name__)
-# A DataLoader (albumentations engine) or an augment.DeviceLoader: both yield (images, labels) batches.
-Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
-
-
-@dataclass(frozen=True)
-class StepSettings:
-    """How each batch is computed: where, in which layout and precision, with which loss."""
-
-    device: torch.device
-    memory_format: torch.memory_format = torch.contiguous_format
-    autocast_dtype: torch.dtype | None = None  # bf16 under autocast; None = fp32 throughout
-    label_smoothing: float = 0.0
-    log_every: int = 10
-
-    def autocast(self) -> torch.autocast:
-        # Under autocast, convolutions and matmuls run in bf16 while BatchNorm keeps fp32 statistics.
-        dtype = self.autocast_dtype or torch.bfloat16
-        return torch.autocast(self.device.type, dtype=dtype, enabled=self.autocast_dtype is not None)
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
@@ -220,99 +199,6 @@ def _fit(
         100 * metrics["final_test_acc"], 100 * metrics["best_test_acc"], metrics["best_epoch"],
         metrics["train_time_s"], out_dir,
     )  # fmt: skip
-
-
-def train_one_epoch(
-    model: nn.Module,
-    batches: Batches,
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
-    settings: StepSettings,
-    first_step: int = 0,
-    tracker: Any = None,
-    ema: AveragedModel | None = None,
-    metrics: dict[str, Any] | None = None,
-) -> tuple[float, float, list[float]]:
-    """One pass over the training batches; the scheduler steps after every batch.
-
-    Nothing is read back from the device inside the epoch: loss and accuracy accumulate there, every step's
-    loss is kept there, and all of it is read once at the end (then sent to the tracker, step by step). Only
-    a progress bar (when `batches` is one) reads its running numbers every `log_every` steps. A non-finite
-    loss stops the run at that read. The very first step of a run is timed on its own
-    (`metrics["first_step_s"]`): with `compile=true` it holds the compilation.
-    """
-    model.train()
-    device = settings.device
-    loss_sum = torch.zeros((), device=device)
-    correct = torch.zeros((), dtype=torch.long, device=device)
-    step_losses: list[torch.Tensor] = []
-    seen = 0
-    lrs: list[float] = []
-    started = time.perf_counter()
-    for i, (images, labels) in enumerate(batches):
-        images = images.to(device, non_blocking=True).contiguous(memory_format=settings.memory_format)
-        labels = labels.to(device, non_blocking=True)
-        lrs.append(optimizer.param_groups[0]["lr"])
-        with settings.autocast():
-            logits = model(images)
-            loss = F.cross_entropy(logits, labels, label_smoothing=settings.label_smoothing)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        scheduler.step()
-        if ema is not None:
-            ema.update_parameters(model)
-        step_losses.append(loss.detach())
-        loss_sum += loss.detach() * len(labels)
-        correct += (logits.argmax(1) == labels).sum()
-        seen += len(labels)
-        if first_step + i == 0 and metrics is not None:
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            metrics["first_step_s"] = time.perf_counter() - started
-        if hasattr(batches, "set_postfix") and (i + 1) % settings.log_every == 0:
-            running_loss = loss_sum.item() / seen
-            _stop_if_diverged(running_loss, first_step + i, lrs[-1])
-            batches.set_postfix(
-                loss=f"{running_loss:.3f}", acc=f"{100 * correct.item() / seen:.1f}%", lr=f"{lrs[-1]:.3g}"
-            )
-    losses = torch.stack(step_losses).float().tolist()  # the epoch's one read from the device
-    for i, step_loss in enumerate(losses):
-        _stop_if_diverged(step_loss, first_step + i, lrs[i])
-    if tracker is not None:
-        for i, (lr, step_loss) in enumerate(zip(lrs, losses, strict=True)):
-            tracker.log({"train/lr": lr, "train/loss": step_loss}, step=first_step + i)
-    return loss_sum.item() / seen, correct.item() / seen, lrs
-
-
-def _stop_if_diverged(loss: float, step: int, lr: float) -> None:
-    if not math.isfinite(loss):
-        raise FloatingPointError(f"training loss became {loss} at step {step} (LR {lr:.4g})")
-
-
-@torch.no_grad()
-def evaluate(model: nn.Module, batches: Batches, settings: StepSettings, tta: bool = False) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy (0..1) over every item of `batches`.
-
-    `tta=True` scores each image by the mean logits of the image and its mirror image (flip test-time
-    augmentation); the training augmentation flips, so both views are in-distribution.
-    """
-    model.eval()
-    device = settings.device
-    loss_sum = torch.zeros((), device=device)
-    correct = torch.zeros((), dtype=torch.long, device=device)
-    n = 0
-    for images, labels in batches:
-        images = images.to(device, non_blocking=True).contiguous(memory_format=settings.memory_format)
-        labels = labels.to(device, non_blocking=True)
-        with settings.autocast():
-            logits = model(images).float()
-            if tta:
-                logits = (logits + model(images.flip(3)).float()) / 2
-        loss_sum += F.cross_entropy(logits, labels, reduction="sum")
-        correct += (logits.argmax(1) == labels).sum()
-        n += len(labels)
-    return loss_sum.item() / n, correct.item() / n
 
 
 def _fused(cfg: DictConfig, device: torch.device) -> dict[str, bool]:

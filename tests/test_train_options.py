@@ -9,8 +9,9 @@ from hydra import compose, initialize_config_dir
 from torch import nn
 
 from resnet9 import augment, config, data
+from resnet9.loop import StepSettings, evaluate, train_one_epoch
 from resnet9.model import ResNet9
-from resnet9.train import StepSettings, _fused, evaluate, train, train_one_epoch
+from resnet9.train import _fused, train
 
 CONF = str(Path(__file__).resolve().parents[1] / "conf")
 CPU = torch.device("cpu")
@@ -87,14 +88,17 @@ def test_ema_evaluates_the_average_of_the_final_epochs(synthetic_root, tmp_path)
     assert accuracy == metrics["final_test_acc"]
 
 
-def test_options_compose_into_a_run_and_compile_is_timed_apart(synthetic_root, tmp_path):
+def test_options_compose_into_a_run_and_compile_really_compiles(synthetic_root, tmp_path):
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
     cfg = compose_small(synthetic_root, "compile=true", "eval_tta=true", "label_smoothing=0.2", "epochs=2")
     accuracy = train(cfg, tmp_path)
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["status"] == "completed" and accuracy == metrics["final_test_acc"]
-    # The first step holds the compilation; the rest of the epoch is far cheaper per step.
-    later_steps = (metrics["epochs"][1]["train_time_s"]) / metrics["steps_per_epoch"]
-    assert metrics["first_step_s"] > 5 * later_steps
+    assert counters["stats"]["unique_graphs"] > 0  # the training forward went through torch.compile
+    assert metrics["first_step_s"] > 0  # reported apart (its size is for the benchmark, not a test)
 
 
 class RecordingTracker:
