@@ -74,7 +74,7 @@ def image_gallery(images: np.ndarray, captions: list[str], path: Path, title: st
         ax.imshow(image, interpolation="nearest")
         ax.set_title(caption, fontsize=8)
     fig.suptitle(title)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.97))  # keep the first row's captions clear of the title
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path

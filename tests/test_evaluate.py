@@ -1,0 +1,69 @@
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from PIL import Image
+
+from resnet9.train import train
+
+CONF = str(Path(__file__).resolve().parents[1] / "conf")
+
+
+@pytest.fixture(scope="module")
+def trained_run(synthetic_root, tmp_path_factory) -> Path:
+    """A small CPU training whose checkpoint the tests evaluate."""
+    out = tmp_path_factory.mktemp("run")
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        cfg = compose(
+            config_name="config",
+            overrides=[
+                f"data.root={synthetic_root}", "data.limit_train=400", "data.limit_test=300", "batch_size=40",
+                "model.width=0.125", "epochs=2", "scheduler.peak_epoch=1", "optimizer.lr=0.1",
+                "scheduler.lr_min=0.01", "logger=none", "progress=false", "device=cpu",
+            ],
+        )  # fmt: skip
+    train(cfg, out)
+    return out
+
+
+def test_evaluate_reproduces_the_runs_accuracy_and_writes_its_figures(run_cli, trained_run, tmp_path):
+    result = run_cli("resnet9.evaluate", f"checkpoint={trained_run / 'last.pt'}", f"hydra.run.dir={tmp_path}")
+    assert result.returncode == 0, result.stderr[-2000:]
+    metrics = json.loads((trained_run / "metrics.json").read_text())
+    evaluation = json.loads((tmp_path / "evaluation.json").read_text())
+    assert evaluation["test_acc"] == metrics["final_test_acc"]
+    assert evaluation["n_test"] == 300 and 0 <= evaluation["test_acc_flip_tta"] <= 1
+    confusion = evaluation["confusion_matrix"]
+    assert sum(map(sum, confusion)) == 300
+    assert sum(confusion[c][c] for c in range(10)) == round(evaluation["test_acc"] * 300)
+    per_class = evaluation["per_class_acc"]
+    assert list(per_class) == evaluation["classes"] and len(per_class) == 10
+    assert sum(per_class.values()) / 10 == pytest.approx(evaluation["test_acc"])  # balanced subset: 30 per class
+    for png in ("confusion_matrix.png", "misclassified.png"):
+        assert Image.open(tmp_path / png).size[0] > 500
+    assert f"test accuracy {100 * evaluation['test_acc']:.2f}%" in result.stdout
+
+
+def test_missing_checkpoint_is_one_line(run_cli, tmp_path):
+    result = run_cli("resnet9.evaluate", f"checkpoint={tmp_path}/nope.pt", f"hydra.run.dir={tmp_path}/out")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"error: checkpoint not found: {tmp_path}/nope.pt; pass checkpoint=<run folder>/last.pt as written by "
+        "resnet9.train"
+    ]
+
+
+def test_corrupt_or_foreign_checkpoints_are_one_line(run_cli, trained_run, tmp_path):
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"not a checkpoint at all")
+    other_width = tmp_path / "other_width.pt"
+    checkpoint = torch.load(trained_run / "last.pt", weights_only=True)
+    checkpoint["config"]["model"]["width"] = 0.25  # weights of width 0.125 claiming another width
+    torch.save(checkpoint, other_width)
+    for path, fragment in ((garbage, "is not a readable checkpoint"), (other_width, "do not fit the model")):
+        result = run_cli("resnet9.evaluate", f"checkpoint={path}", f"hydra.run.dir={tmp_path}/out")
+        assert result.returncode == 2
+        (line,) = result.stderr.strip().splitlines()
+        assert line.startswith(f"error: {path}") and fragment in line
