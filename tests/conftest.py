@@ -10,6 +10,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hydra import compose, initialize_config_dir
+
+from resnet9.train import train
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_CIFAR = REPO.parent / "shared" / "cifar10"
@@ -70,3 +73,20 @@ def run_cli(tmp_path: Path):
         )  # fmt: skip
 
     return run
+
+
+@pytest.fixture(scope="session")
+def trained_run(synthetic_root, tmp_path_factory) -> Path:
+    """A small CPU training whose checkpoint the tests evaluate."""
+    out = tmp_path_factory.mktemp("run")
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose(
+            config_name="config",
+            overrides=[
+                f"data.root={synthetic_root}", "data.limit_train=400", "data.limit_test=300", "batch_size=40",
+                "model.width=0.125", "epochs=2", "scheduler.peak_epoch=1", "optimizer.lr=0.1",
+                "scheduler.lr_min=0.01", "logger=none", "progress=false", "device=cpu",
+            ],
+        )  # fmt: skip
+    train(cfg, out)
+    return out

@@ -1,31 +1,8 @@
 import json
-from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from PIL import Image
-
-from resnet9.train import train
-
-CONF = str(Path(__file__).resolve().parents[1] / "conf")
-
-
-@pytest.fixture(scope="module")
-def trained_run(synthetic_root, tmp_path_factory) -> Path:
-    """A small CPU training whose checkpoint the tests evaluate."""
-    out = tmp_path_factory.mktemp("run")
-    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
-        cfg = compose(
-            config_name="config",
-            overrides=[
-                f"data.root={synthetic_root}", "data.limit_train=400", "data.limit_test=300", "batch_size=40",
-                "model.width=0.125", "epochs=2", "scheduler.peak_epoch=1", "optimizer.lr=0.1",
-                "scheduler.lr_min=0.01", "logger=none", "progress=false", "device=cpu",
-            ],
-        )  # fmt: skip
-    train(cfg, out)
-    return out
 
 
 def test_evaluate_reproduces_the_runs_accuracy_and_writes_its_figures(run_cli, trained_run, tmp_path):

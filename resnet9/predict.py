@@ -1,0 +1,112 @@
+"""Classify image files with a trained checkpoint: top-k classes with softmax probabilities.
+
+    python -m resnet9.predict cat.png ship.jpg                    # newest outputs/*/*/last.pt
+    python -m resnet9.predict --checkpoint run/last.pt photos/    # every image in a folder
+    python -m resnet9.predict --top-k 5 --json cat.png            # machine-readable
+
+Images are converted to RGB; any size other than 32x32 is resized to it (area averaging when shrinking),
+with a note. Files that are not readable images stop with a one-line error and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from resnet9 import augment, config
+from resnet9.data import CLASSES
+from resnet9.evaluate import load_checkpoint
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+
+
+def newest_checkpoint(root: Path = Path("outputs")) -> Path | None:
+    found = sorted(root.glob("*/*/last.pt"), key=lambda p: p.stat().st_mtime)
+    return found[-1] if found else None
+
+
+def image_paths(inputs: list[str]) -> list[Path]:
+    """The given files, and the image files (by suffix) inside given folders, in name order."""
+    paths: list[Path] = []
+    for item in map(Path, inputs):
+        if item.is_dir():
+            inside = sorted(p for p in item.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            if not inside:
+                raise config.UsageError(
+                    f"{item}: no image files in this folder; pass PNG/JPEG files or a folder of them"
+                )
+            paths += inside
+        elif item.is_file():
+            paths.append(item)
+        else:
+            raise config.UsageError(f"{item}: no such file or folder; pass PNG/JPEG files or a folder of them")
+    return paths
+
+
+def load_image(path: Path) -> tuple[np.ndarray, str | None]:
+    """(32x32x3 uint8 image, a note if it was resized)."""
+    try:
+        with Image.open(path) as image:
+            image.load()
+            rgb = image.convert("RGB")
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+        reason = (str(err).splitlines() or [type(err).__name__])[0]
+        raise config.UsageError(f"{path}: not a readable image ({reason}); pass PNG/JPEG files") from None
+    note = None
+    if rgb.size != (32, 32):
+        note = f"resized from {rgb.size[0]}x{rgb.size[1]} to 32x32"
+        shrinking = rgb.size[0] > 32 or rgb.size[1] > 32
+        rgb = rgb.resize((32, 32), Image.Resampling.BOX if shrinking else Image.Resampling.BILINEAR)
+    return np.asarray(rgb, dtype=np.uint8), note
+
+
+@torch.no_grad()
+def classify(model: torch.nn.Module, images: np.ndarray, device: torch.device) -> np.ndarray:
+    """(N, 32, 32, 3) uint8 -> (N, 10) class probabilities, normalized exactly like the test images."""
+    normalize = augment.test_transform()
+    batch = np.stack([normalize(image=image)["image"] for image in images]).transpose(0, 3, 1, 2)
+    model.eval()
+    return model.predict_proba(torch.from_numpy(batch).to(device)).cpu().numpy()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("inputs", nargs="+", help="image files and/or folders of images")
+    parser.add_argument("--checkpoint", type=Path, help="a last.pt from resnet9.train (default: newest in outputs/)")
+    parser.add_argument("--top-k", type=int, default=3, choices=range(1, 11), metavar="{1..10}")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--json", action="store_true", help="print JSON: every class's probability per image")
+    args = parser.parse_args(argv)
+    try:
+        checkpoint = args.checkpoint or newest_checkpoint()
+        if checkpoint is None:
+            raise config.UsageError("no checkpoint given and none under outputs/; pass --checkpoint <run>/last.pt")
+        device = config.resolve_device(args.device)
+        model, _ = load_checkpoint(checkpoint, device)
+        paths = image_paths(args.inputs)
+        loaded = [load_image(path) for path in paths]
+    except config.UsageError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    probabilities = classify(model, np.stack([image for image, _ in loaded]), device)
+    if args.json:
+        rows = [{"path": str(path), "note": note, "probabilities": dict(zip(CLASSES, map(float, probs), strict=True))}
+                for path, (_, note), probs in zip(paths, loaded, probabilities, strict=True)]  # fmt: skip
+        print(json.dumps(rows, indent=1))
+        return 0
+    print(f"checkpoint: {checkpoint}")
+    for path, (_, note), probs in zip(paths, loaded, probabilities, strict=True):
+        top = np.argsort(-probs)[: args.top_k]
+        ranked = ", ".join(f"{CLASSES[c]} {100 * probs[c]:.1f}%" for c in top)
+        print(f"{path}: {ranked}" + (f"  ({note})" if note else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
