@@ -1,11 +1,11 @@
 """Evaluate a checkpoint on the test set: accuracy with and without flip TTA, per-class accuracy, a confusion
-matrix and a gallery of the most confident mistakes.
+matrix, a gallery of the most confident mistakes, and their GradCAM maps (see explain.py).
 
     python -m resnet9.evaluate checkpoint=outputs/2026-11-26/14-00-00/last.pt
 
 The model, data root, test subset and precision come from the configuration saved in the checkpoint;
-overrides (`data.root=...`, `device=cpu`, ...) change them. Writes evaluation.json, confusion_matrix.png and
-misclassified.png into its output folder (outputs/evaluate/<date>/<time>/).
+overrides (`data.root=...`, `device=cpu`, ...) change them. Writes evaluation.json, confusion_matrix.png,
+misclassified.png and gradcam.png into its output folder (outputs/evaluate/<date>/<time>/).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from hydra.utils import instantiate, to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from resnet9 import config, data, plots, tracking
+from resnet9 import config, data, explain, plots, tracking
 from resnet9.augment import DeviceLoader
 from resnet9.loop import StepSettings, predict
 
@@ -94,6 +94,11 @@ def evaluate_checkpoint(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
         dataset.test_images[wrong], captions, out_dir / "misclassified.png",
         title=f"{name}: the {len(wrong)} most confident mistakes",
     )  # fmt: skip
+    maps = explain.class_activation_maps(model.float(), dataset.test_images[wrong], predicted[wrong].tolist())
+    plots.image_gallery(  # an empty grid when there is no mistake to explain
+        explain.overlays(dataset.test_images[wrong], maps), captions, out_dir / "gradcam.png",
+        title=f"{name}: GradCAM on the last residual block, for the predicted class",
+    )  # fmt: skip
     results = {
         "checkpoint": str(Path(to_absolute_path(str(cfg.checkpoint)))),
         "epoch": checkpoint.get("epoch"),
@@ -118,7 +123,7 @@ def main(cfg: DictConfig) -> None:
     print("\n| class | accuracy (%) |\n|---|---|")
     for name, acc in results["per_class_acc"].items():
         print(f"| {name} | {100 * acc:.1f} |")
-    print(f"\nwritten to {out_dir}: evaluation.json, confusion_matrix.png, misclassified.png")
+    print(f"\nwritten to {out_dir}: evaluation.json, confusion_matrix.png, misclassified.png, gradcam.png")
 
 
 if __name__ == "__main__":

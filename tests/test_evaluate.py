@@ -18,7 +18,7 @@ def test_evaluate_reproduces_the_runs_accuracy_and_writes_its_figures(run_cli, t
     per_class = evaluation["per_class_acc"]
     assert list(per_class) == evaluation["classes"] and len(per_class) == 10
     assert sum(per_class.values()) / 10 == pytest.approx(evaluation["test_acc"])  # balanced subset: 30 per class
-    for png in ("confusion_matrix.png", "misclassified.png"):
+    for png in ("confusion_matrix.png", "misclassified.png", "gradcam.png"):
         assert Image.open(tmp_path / png).size[0] > 500
     assert f"test accuracy {100 * evaluation['test_acc']:.2f}%" in result.stdout
 
