@@ -45,6 +45,16 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     _replace_atomically(path, lambda tmp: torch.save(state, tmp))
 
 
+def sweep_group(sweep_dir: Path) -> str:
+    """The W&B group of all runs of one sweep, after its folder: multirun/<date>/<time> -> sweep-<date>_<time>."""
+    return f"sweep-{sweep_dir.parent.name}_{sweep_dir.name}"
+
+
+def _table(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[Any]]]:
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    return columns, [[row.get(column) for column in columns] for row in rows]
+
+
 class NullTracker:
     """logger=none: metrics stay in metrics.json only."""
 
@@ -55,6 +65,9 @@ class NullTracker:
         pass
 
     def log_images(self, images: dict[str, Path], step: int) -> None:
+        pass
+
+    def log_table(self, key: str, rows: list[dict[str, Any]], step: int) -> None:
         pass
 
     def summary(self, values: dict[str, Any]) -> None:
@@ -115,9 +128,14 @@ class WandbTracker:
     def log_images(self, images: dict[str, Path], step: int) -> None:
         self.run.log({key: self._wandb.Image(str(path)) for key, path in images.items()}, step=step)
 
+    def log_table(self, key: str, rows: list[dict[str, Any]], step: int) -> None:
+        columns, data = _table(rows)
+        self.run.log({key: self._wandb.Table(columns=columns, data=data)}, step=step)
+
     def summary(self, values: dict[str, Any]) -> None:
         for key, value in values.items():
-            self.run.summary[key] = value
+            if value is not None:
+                self.run.summary[key] = value
 
     def finish(self, exit_code: int = 0) -> None:
         self.run.finish(exit_code=exit_code)

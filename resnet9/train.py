@@ -237,8 +237,7 @@ def _run_name_and_group(cfg: DictConfig) -> tuple[str, str | None]:
     name = hydra_cfg.job.override_dirname or "defaults"
     group = cfg.logger.get("group")
     if group is None and hydra_cfg.mode == RunMode.MULTIRUN:
-        sweep_dir = Path(hydra_cfg.sweep.dir)
-        group = f"sweep-{sweep_dir.parent.name}_{sweep_dir.name}"
+        group = tracking.sweep_group(Path(hydra_cfg.sweep.dir))
     return name, group
 
 

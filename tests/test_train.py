@@ -102,6 +102,15 @@ def test_sweep_runs_each_job_into_one_wandb_group_with_one_range_test(run_cli, c
     names = [run["run"].display_name for run in runs]  # Hydra's override_dirname of each job
     assert "lr_finder.scale=0.5" in names[0] and "lr_finder.scale=1.0" in names[1]
 
+    # The sweep report: files in the sweep folder, and a W&B run of its own in the same group.
+    rows = json.loads((sweep / "summary.json").read_text())
+    assert [row["setting"] for row in rows] == ["lr_finder.scale=0.5", "lr_finder.scale=1.0"]
+    assert Image.open(sweep / "test_accuracy.png").size[0] > 500
+    (report_file,) = wandb_run_files(sweep)
+    report = read_run(report_file)
+    assert report["run"].run_group == runs[0]["run"].run_group and report["run"].display_name == "report"
+    assert {"sweep/summary/_type", "sweep/test_accuracy/_type"} <= set(report["summary"])
+
 
 def test_failed_training_is_recorded_and_the_wandb_run_still_finishes(run_cli, cifar_root, tmp_path):
     out = tmp_path / "run"

@@ -2,16 +2,24 @@ import json
 from pathlib import Path
 
 import pytest
+from PIL import Image
 from test_train import small_run
 
-from resnet9.sweep_summary import format_table, summarize, write_summary
+from resnet9.report import format_table, summarize, write_report
 
 
 def fake_job(folder: Path, overrides: list[str], status: str = "completed", acc: float = 0.0) -> None:
     folder.mkdir(parents=True)
     metrics = {"overrides": overrides, "status": status}
     if status == "completed":
-        metrics |= {"final_test_acc": acc, "best_test_acc": acc + 0.01, "train_time_s": 10.0}
+        metrics |= {
+            "final_test_acc": acc,
+            "best_test_acc": acc + 0.01,
+            "train_time_s": 10.0,
+            "lr_min": 0.04,
+            "lr_max": 0.4,
+            "epochs": [{"epoch": 1, "test_acc": acc / 2}, {"epoch": 2, "test_acc": acc}],
+        }
     (folder / "metrics.json").write_text(json.dumps(metrics))
 
 
@@ -26,16 +34,17 @@ def test_groups_seeds_of_one_setting_into_mean_and_std(tmp_path):
     assert sgd["final_test_acc"] == pytest.approx(0.92) and sgd["final_test_acc_std"] == pytest.approx(0.02)
     assert (adam["jobs"], adam["failed"]) == (2, 1) and adam["final_test_acc_std"] == 0.0
     table = format_table(list(rows.values()))
-    assert "| optimizer=sgd | 3 | 0 | 92.00 ± 2.00 | 93.00 ± 2.00 | 10.0 ± 0.0 |" in table
+    assert "| optimizer=sgd | 3 | 0 | 92.00 ± 2.00 | 93.00 ± 2.00 | 0.04 | 0.4 | 10.0 ± 0.0 |" in table
 
 
 def test_a_setting_whose_jobs_all_failed_still_shows(tmp_path):
     fake_job(tmp_path / "0", ["optimizer.lr=1e9", "epochs=2"], status="failed")
     fake_job(tmp_path / "1", ["optimizer.lr=0.1", "epochs=2"], acc=0.5)
-    write_summary(tmp_path)
+    write_report(tmp_path)
     summary = (tmp_path / "summary.md").read_text()
-    assert "| optimizer.lr=1e9 | 1 | 1 | — | — | — |" in summary  # epochs=2 is common to all: not a setting
+    assert "| optimizer.lr=1e9 | 1 | 1 | — | — | — | — | — |" in summary  # epochs=2 is common to all: not a setting
     assert "| optimizer.lr=0.1 | 1 | 0 | 50.00 ± 0.00 |" in summary
+    assert Image.open(tmp_path / "test_accuracy.png").size[0] > 500  # drawn with a failed job present
 
 
 def test_a_pure_seed_sweep_is_one_setting(tmp_path):
