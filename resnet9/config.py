@@ -130,6 +130,7 @@ def validate(cfg: DictConfig) -> None:
         f"an integer >= {min_iter} (skip_start + skip_end + 10)",
         "100",
     )
+    _require(_is_int(finder.seed), "lr_finder.seed", finder.seed, "an integer", "0")
     _require(_is_number(finder.scale) and finder.scale > 0, "lr_finder.scale", finder.scale, "a number > 0", "1.0")
     _require(
         _is_number(finder.max_divisor) and finder.max_divisor >= 1,

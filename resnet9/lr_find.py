@@ -129,11 +129,6 @@ def run_range_test(
     return result, fig
 
 
-def memory_format_of(model: nn.Module) -> torch.memory_format:
-    weight = next(p for p in model.parameters() if p.dim() == 4)
-    return torch.channels_last if weight.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
-
-
 def _key_parts(cfg: DictConfig) -> dict:
     """Everything that shapes the curve; not the LRs it is meant to derive, nor scale/cache settings."""
     optimizer = OmegaConf.to_container(cfg.optimizer, resolve=True)
@@ -146,19 +141,19 @@ def _key_parts(cfg: DictConfig) -> dict:
         "optimizer": optimizer,
         "augment": OmegaConf.to_container(cfg.augment, resolve=True),
         "batch_size": cfg.batch_size,
-        "seed": cfg.seed,
         "data": [str(Path(to_absolute_path(cfg.data.root)).expanduser()), cfg.data.limit_train],
         "lr_finder": finder,
         "device": config.resolve_device(cfg.device).type,
     }
 
 
-def find_lr_range(
-    cfg: DictConfig, dataset: data.Cifar10, model: nn.Module, device: torch.device, out_dir: Path
-) -> LRRange:
-    """LRMIN/LRMAX for this config: from the cache if an identical test ran before, else by running it on
-    `model` (restored afterwards) with a fresh optimizer of the configured kind.
+def find_lr_range(cfg: DictConfig, dataset: data.Cifar10, device: torch.device, out_dir: Path) -> LRRange:
+    """LRMIN/LRMAX for this config: from the cache if an identical test ran before, else by running it.
 
+    The test uses its own seed (`lr_finder.seed`), not the run's: a freshly initialised probe of the
+    configured model, a fresh optimizer of the configured kind, and the configured augmentation, all seeded
+    with it, without touching the run's random state. So every seed of a sweep trains with the same
+    LRMIN/LRMAX from one shared test, and seed statistics measure training noise, not range-test noise.
     Writes lr_finder.json and lr_finder.png into `out_dir` either way.
     """
     finder_cfg = cfg.lr_finder
@@ -168,12 +163,16 @@ def find_lr_range(
     if result is not None:
         shutil.copyfile(cache_entry / PLOT_NAME, out_dir / PLOT_NAME)
     else:
-        optimizer = instantiate(cfg.optimizer, _convert_="all")(model.parameters(), lr=finder_cfg.start_lr)
+        memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(finder_cfg.seed)
+            probe = instantiate(cfg.model).to(device, memory_format=memory_format)
+        optimizer = instantiate(cfg.optimizer, _convert_="all")(probe.parameters(), lr=finder_cfg.start_lr)
         loader = instantiate(cfg.augment).train_loader(
-            dataset.train_images, dataset.train_labels, cfg.batch_size, device, cfg.seed,
-            num_workers=cfg.data.num_workers, memory_format=memory_format_of(model),
+            dataset.train_images, dataset.train_labels, cfg.batch_size, device, finder_cfg.seed,
+            num_workers=cfg.data.num_workers, memory_format=memory_format,
         )  # fmt: skip
-        result, fig = run_range_test(model, optimizer, loader, device, finder_cfg)
+        result, fig = run_range_test(probe, optimizer, loader, device, finder_cfg)
         fig.savefig(out_dir / PLOT_NAME, dpi=120)
         plt.close(fig)
     result.cache_key = key
@@ -221,9 +220,7 @@ def _find_and_report(cfg: DictConfig) -> None:
     with config.data_errors_as_usage_errors():
         dataset = data.load(to_absolute_path(cfg.data.root), cfg.data.download, cfg.data.limit_train)
     out_dir = Path(HydraConfig.get().runtime.output_dir)
-    memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
-    model = instantiate(cfg.model).to(device, memory_format=memory_format)
-    result = find_lr_range(cfg, dataset, model, device, out_dir)
+    result = find_lr_range(cfg, dataset, device, out_dir)
     source = "cache" if result.cached else "new test"
     print(f"LRMIN={result.lr_min:.4g} LRMAX={result.lr_max:.4g} ({source}; {result.rule})")
     print(f"plot and numbers: {out_dir / PLOT_NAME}, {out_dir / JSON_NAME}")

@@ -58,7 +58,7 @@ def train(cfg: DictConfig, out_dir: Path) -> float:
     )
     model = instantiate(cfg.model).to(device, memory_format=settings.memory_format)
     (out_dir / "model_summary.txt").write_text(summary.describe(model) + "\n")
-    lr_min, lr_max, lr_source = _resolve_lrs(cfg, dataset, model, device, out_dir)
+    lr_min, lr_max, lr_source = _resolve_lrs(cfg, dataset, device, out_dir)
 
     augmentation = instantiate(cfg.augment)
     train_loader = augmentation.train_loader(
@@ -208,13 +208,13 @@ def _fused(cfg: DictConfig, device: torch.device) -> dict[str, bool]:
 
 
 def _resolve_lrs(
-    cfg: DictConfig, dataset: data.Cifar10, model: nn.Module, device: torch.device, out_dir: Path
+    cfg: DictConfig, dataset: data.Cifar10, device: torch.device, out_dir: Path
 ) -> tuple[float, float, str]:
     """LRMIN and LRMAX: numbers from the config where given, the range test's (times lr_finder.scale) where auto."""
     lr_max, lr_min = cfg.optimizer.lr, cfg.scheduler.lr_min
     if lr_max != config.AUTO and lr_min != config.AUTO:
         return float(lr_min), float(lr_max), "config"
-    found = lr_find.find_lr_range(cfg, dataset, model, device, out_dir)
+    found = lr_find.find_lr_range(cfg, dataset, device, out_dir)
     scale = cfg.lr_finder.scale
     source = "range test (cached)" if found.cached else "range test"
     if scale != 1:

@@ -5,9 +5,10 @@ import numpy as np
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 from PIL import Image
 
-from resnet9 import data, lr_find
+from resnet9 import augment, data, lr_find
 from resnet9.model import ResNet9
 
 CONF = str(Path(__file__).resolve().parents[1] / "conf")
@@ -67,18 +68,28 @@ def small_setup(synthetic_root, small_data, tmp_path):
     return cfg, small_data
 
 
-def test_range_test_on_small_data_restores_the_model_and_writes_plot_and_json(small_setup, tmp_path):
+def test_range_test_restores_the_model_it_trained(small_setup):
     cfg, cifar = small_setup
-    cfg.lr_finder.cache_dir = str(tmp_path / "cache")
     torch.manual_seed(0)
     model = ResNet9(width=0.125)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    found = lr_find.find_lr_range(cfg, cifar, model, torch.device("cpu"), tmp_path)
-
-    assert 0 < found.lr_min < found.lr_max
-    assert not found.cached and len(found.history["lr"]) > 20
+    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr_finder.start_lr, momentum=0.9)
+    spec = augment.Augmentation(engine="device")
+    loader = spec.train_loader(cifar.train_images, cifar.train_labels, 40, torch.device("cpu"), seed=0)
+    found, _figure = lr_find.run_range_test(model, optimizer, loader, torch.device("cpu"), cfg.lr_finder)
+    assert len(found.history["lr"]) > 20 and 0 < found.lr_min < found.lr_max
     after = model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)  # weights and BN statistics untouched
+
+
+def test_range_test_on_small_data_writes_plot_and_json(small_setup, tmp_path):
+    cfg, cifar = small_setup
+    cfg.lr_finder.cache_dir = str(tmp_path / "cache")
+    rng = torch.get_rng_state()
+    found = lr_find.find_lr_range(cfg, cifar, torch.device("cpu"), tmp_path)
+    assert torch.equal(rng, torch.get_rng_state())  # the run's random state is left as it was
+    assert 0 < found.lr_min < found.lr_max
+    assert not found.cached and len(found.history["lr"]) > 20
     saved = json.loads((tmp_path / "lr_finder.json").read_text())
     assert saved["lr_min"] == found.lr_min and saved["lr_max"] == found.lr_max
     assert Image.open(tmp_path / "lr_finder.png").size[0] > 500
@@ -88,35 +99,32 @@ def test_range_test_on_small_data_restores_the_model_and_writes_plot_and_json(sm
 def test_second_identical_test_comes_from_the_cache(small_setup, tmp_path, monkeypatch):
     cfg, cifar = small_setup
     cfg.lr_finder.cache_dir = str(tmp_path / "cache")
-    model = ResNet9(width=0.125)
-    first = lr_find.find_lr_range(cfg, cifar, model, torch.device("cpu"), tmp_path / "a")
+    first = lr_find.find_lr_range(cfg, cifar, torch.device("cpu"), tmp_path / "a")
 
     def must_not_run(*args, **kwargs):
         raise AssertionError("the range test ran again instead of using the cache")
 
     monkeypatch.setattr(lr_find, "run_range_test", must_not_run)
     cfg.optimizer.lr = 0.05  # the LRs to be derived are not part of the key...
-    cfg.lr_finder.scale = 2.0  # ...nor is the scale applied afterwards
-    second = lr_find.find_lr_range(cfg, cifar, model, torch.device("cpu"), tmp_path / "b")
+    cfg.lr_finder.scale = 2.0  # ...nor is the scale applied afterwards...
+    cfg.seed = 7  # ...nor the run's seed: all seeds of a sweep share one test
+    second = lr_find.find_lr_range(cfg, cifar, torch.device("cpu"), tmp_path / "b")
     assert second.cached and (second.lr_min, second.lr_max) == (first.lr_min, first.lr_max)
     assert (tmp_path / "b" / "lr_finder.png").is_file()
 
-    cfg.lr_finder.max_divisor = 2.0  # a different reading of the curve: its plot differs, so it must run
-    with pytest.raises(AssertionError, match="ran again"):
-        lr_find.find_lr_range(cfg, cifar, model, torch.device("cpu"), tmp_path / "c")
-    cfg.lr_finder.max_divisor = 1.0
-    cfg.batch_size = 20  # a different setup is a different curve: must run
-    with pytest.raises(AssertionError, match="ran again"):
-        lr_find.find_lr_range(cfg, cifar, model, torch.device("cpu"), tmp_path / "c")
+    for key, value in (("lr_finder.max_divisor", 2.0), ("lr_finder.seed", 1), ("batch_size", 20)):
+        changed = cfg.copy()
+        OmegaConf.update(changed, key, value)  # another reading of the curve, or another curve: must run
+        with pytest.raises(AssertionError, match="ran again"):
+            lr_find.find_lr_range(changed, cifar, torch.device("cpu"), tmp_path / "c")
 
 
 def test_damaged_cache_entry_is_recomputed(small_setup, tmp_path):
     cfg, cifar = small_setup
     cfg.lr_finder.cache_dir = str(tmp_path / "cache")
-    model = ResNet9(width=0.125)
-    first = lr_find.find_lr_range(cfg, cifar, model, torch.device("cpu"), tmp_path / "a")
+    first = lr_find.find_lr_range(cfg, cifar, torch.device("cpu"), tmp_path / "a")
     entry = Path(cfg.lr_finder.cache_dir) / first.cache_key
     (entry / "lr_finder.json").write_text("{truncated")
-    again = lr_find.find_lr_range(cfg, cifar, model, torch.device("cpu"), tmp_path / "b")
+    again = lr_find.find_lr_range(cfg, cifar, torch.device("cpu"), tmp_path / "b")
     assert not again.cached
     assert json.loads((entry / "lr_finder.json").read_text())["lr_max"] == again.lr_max
