@@ -71,6 +71,12 @@ def test_transform() -> A.Compose:
     return A.Compose([_normalize()])
 
 
+def normalize_images(images: np.ndarray) -> torch.Tensor:
+    """uint8 (N, 32, 32, 3) -> float (N, 3, 32, 32), normalized exactly like the test images."""
+    normalize = test_transform()
+    return torch.from_numpy(np.stack([normalize(image=image)["image"] for image in images]).transpose(0, 3, 1, 2))
+
+
 class AugmentedImages(Dataset):
     """uint8 HWC images + labels -> (float32 CHW tensor, int label), through an albumentations pipeline."""
 

@@ -9,7 +9,6 @@ it to 32x32 and normalizes it to 0..1.
 from __future__ import annotations
 
 import numpy as np
-import torch
 from pytorch_grad_cam import GradCAM
 from pytorch_grad_cam.utils.image import show_cam_on_image
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
@@ -22,13 +21,12 @@ def class_activation_maps(model: ResNet9, images: np.ndarray, classes: list[int]
     """(N, 32, 32, 3) uint8 test images -> (N, 32, 32) maps in 0..1 for the given class of each image."""
     if len(images) == 0:
         return np.zeros((0, 32, 32), dtype=np.float32)
-    normalize = augment.test_transform()
-    batch = np.stack([normalize(image=image)["image"] for image in images]).transpose(0, 3, 1, 2)
     device = next(model.parameters()).device
     model.eval()
     with GradCAM(model=model, target_layers=[model.layer3.res]) as cam:
         return cam(
-            input_tensor=torch.from_numpy(batch).to(device), targets=[ClassifierOutputTarget(c) for c in classes]
+            input_tensor=augment.normalize_images(images).to(device),
+            targets=[ClassifierOutputTarget(c) for c in classes],
         )
 
 

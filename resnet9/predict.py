@@ -69,10 +69,8 @@ def load_image(path: Path) -> tuple[np.ndarray, str | None]:
 @torch.no_grad()
 def classify(model: torch.nn.Module, images: np.ndarray, device: torch.device) -> np.ndarray:
     """(N, 32, 32, 3) uint8 -> (N, 10) class probabilities, normalized exactly like the test images."""
-    normalize = augment.test_transform()
-    batch = np.stack([normalize(image=image)["image"] for image in images]).transpose(0, 3, 1, 2)
     model.eval()
-    return model.predict_proba(torch.from_numpy(batch).to(device)).cpu().numpy()
+    return model.predict_proba(augment.normalize_images(images).to(device)).cpu().numpy()
 
 
 def main(argv: list[str] | None = None) -> int:
