@@ -68,6 +68,7 @@ def validate(cfg: DictConfig) -> None:
     _require(_is_int(cfg.seed), "seed", cfg.seed, "an integer", "0")
     _require(_is_int(cfg.log_every) and cfg.log_every >= 1, "log_every", cfg.log_every, "an integer >= 1", "10")
     resolve_device(cfg.device)
+    _require(cfg.resume in ("auto", True, False), "resume", cfg.resume, "auto, true or false", "auto")
 
     _require(_is_number(cfg.model.width) and cfg.model.width > 0, "model.width", cfg.model.width, "a number > 0", "1.0")
 

@@ -20,6 +20,21 @@ from torch.optim.swa_utils import AveragedModel
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
 
 
+class StopRequested(Exception):
+    """A stop was asked for (SIGTERM/SIGINT); raised at the next step boundary."""
+
+    def __init__(self, signal: int, step: int) -> None:
+        super().__init__(f"stopped by signal {signal} after step {step}")
+        self.signal = signal
+
+
+@dataclass
+class StopFlag:
+    """Set from a signal handler; the loop checks it after every step, a safe point."""
+
+    signal: int | None = None
+
+
 @dataclass(frozen=True)
 class StepSettings:
     """How each batch is computed: where, in which layout and precision, with which loss."""
@@ -46,6 +61,7 @@ def train_one_epoch(
     tracker: Any = None,
     ema: AveragedModel | None = None,
     metrics: dict[str, Any] | None = None,
+    stop: StopFlag | None = None,
 ) -> tuple[float, float, list[float]]:
     """One pass over the training batches; the scheduler steps after every batch.
 
@@ -80,6 +96,8 @@ def train_one_epoch(
         loss_sum += loss.detach() * len(labels)
         correct += (logits.argmax(1) == labels).sum()
         seen += len(labels)
+        if stop is not None and stop.signal is not None:
+            raise StopRequested(stop.signal, first_step + i)
         if first_step + i == 0 and metrics is not None:
             if device.type == "cuda":
                 torch.cuda.synchronize(device)

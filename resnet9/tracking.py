@@ -94,6 +94,7 @@ class WandbTracker:
         group: str | None = None,
         entity: str | None = None,
         tags: list[str] | tuple[str, ...] = (),
+        run_id: str | None = None,
     ) -> None:
         try:
             import wandb
@@ -111,6 +112,8 @@ class WandbTracker:
                 config=config,
                 dir=str(dir),
                 job_type="train",
+                id=run_id,  # a resumed training continues its own W&B run
+                resume="allow" if run_id else None,
                 # console="off": the progress bar stays ours; W&B records metrics, not terminal output.
                 settings=wandb.Settings(console="off", silent=True, init_timeout=60),
             )
@@ -121,6 +124,10 @@ class WandbTracker:
             ) from None
         if mode == "offline":
             log.info("W&B offline run in %s; upload later with: wandb sync %s", self.run.dir, Path(self.run.dir).parent)
+
+    @property
+    def run_id(self) -> str:
+        return self.run.id
 
     def log(self, metrics: dict[str, float], step: int) -> None:
         self.run.log(metrics, step=step)

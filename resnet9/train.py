@@ -13,7 +13,9 @@ for each job of a sweep.
 from __future__ import annotations
 
 import logging
+import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +29,8 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
-from resnet9 import config, data, lr_find, plots, summary, tracking
-from resnet9.loop import Batches, StepSettings, evaluate, train_one_epoch
+from resnet9 import config, data, lr_find, plots, resume, summary, tracking
+from resnet9.loop import Batches, StepSettings, StopFlag, StopRequested, evaluate, train_one_epoch
 from resnet9.model import count_parameters
 
 log = logging.getLogger(__name__)
@@ -36,8 +38,13 @@ log = logging.getLogger(__name__)
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> float:
-    with config.exit_on_usage_error():
-        return train(cfg, Path(HydraConfig.get().runtime.output_dir))
+    out_dir = Path(HydraConfig.get().runtime.output_dir)
+    try:
+        with config.exit_on_usage_error():
+            return train(cfg, out_dir)
+    except StopRequested as stopped:  # SIGTERM/SIGINT: the last complete epoch is checkpointed; say so, exit
+        print(f"{stopped}; resume by rerunning with the same output folder ({out_dir})", file=sys.stderr)
+        sys.exit(128 + stopped.signal)
 
 
 def train(cfg: DictConfig, out_dir: Path) -> float:
@@ -58,7 +65,11 @@ def train(cfg: DictConfig, out_dir: Path) -> float:
     )
     model = instantiate(cfg.model).to(device, memory_format=settings.memory_format)
     (out_dir / "model_summary.txt").write_text(summary.describe(model) + "\n")
-    lr_min, lr_max, lr_source = _resolve_lrs(cfg, dataset, device, out_dir)
+    resumed = resume.load_resumable(out_dir / "last.pt", cfg)
+    if resumed is None:
+        lr_min, lr_max, lr_source = _resolve_lrs(cfg, dataset, device, out_dir)
+    else:  # the LRs the interrupted run derived: no new range test
+        lr_min, lr_max, lr_source = resumed["lr_min"], resumed["lr_max"], resumed["train_state"]["metrics"]["lr_source"]
 
     augmentation = instantiate(cfg.augment)
     train_loader = augmentation.train_loader(
@@ -73,6 +84,9 @@ def train(cfg: DictConfig, out_dir: Path) -> float:
     scheduler = instantiate(cfg.scheduler)(
         optimizer, lr_min=lr_min, lr_max=lr_max, epochs=cfg.epochs, steps_per_epoch=len(train_loader)
     )
+    ema = None
+    if cfg.ema.decay > 0:  # averages BatchNorm statistics too (use_buffers), so the average is ready to evaluate
+        ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema.decay), use_buffers=True)
 
     resolved = OmegaConf.to_container(cfg, resolve=True)
     metrics: dict[str, Any] = {
@@ -92,6 +106,18 @@ def train(cfg: DictConfig, out_dir: Path) -> float:
         "epochs": [],
         "lr_per_step": [],
     }
+    start_epoch = 1
+    if resumed is not None:
+        state = resumed["train_state"]
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        if ema is not None:
+            ema.load_state_dict(state["ema"])
+        resume.restore_rng(state["rng"], train_loader.generator)
+        metrics.update({key: state["metrics"][key] for key in RESUMED_METRICS if key in state["metrics"]})
+        metrics["resumed_from_epoch"] = start_epoch = resumed["epoch"] + 1
+        log.info("resuming from %s after epoch %d", out_dir / "last.pt", resumed["epoch"])
     metrics_path = out_dir / "metrics.json"
     tracking.write_json(metrics_path, metrics)
     log.info(
@@ -101,55 +127,71 @@ def train(cfg: DictConfig, out_dir: Path) -> float:
     )  # fmt: skip
 
     name, group = _run_name_and_group(cfg)
+    run_id = resumed["train_state"].get("tracker_run_id") if resumed else None
     tracker = None
-    exit_code = 1
+    exit_code, status = 1, "failed"
     try:
-        tracker = instantiate(cfg.logger, _convert_="all")(config=resolved, dir=out_dir, name=name, group=group)
-        _fit(cfg, model, optimizer, scheduler, train_loader, test_loader, settings, tracker, metrics, out_dir)
-        exit_code = 0
+        tracker = instantiate(cfg.logger, _convert_="all")(
+            config=resolved, dir=out_dir, name=name, group=group, run_id=run_id
+        )
+        with resume.stop_on_signals() as stop:
+            training = Training(model, optimizer, scheduler, ema, train_loader, test_loader, settings, stop)
+            _fit(cfg, training, start_epoch, tracker, metrics, out_dir)
+        exit_code, status = 0, "completed"
+    except StopRequested:
+        status = "interrupted"
+        raise
     except BaseException as err:
         metrics["error"] = f"{type(err).__name__}: {err}"
         raise
     finally:
-        metrics["status"] = "completed" if exit_code == 0 else "failed"
+        metrics["status"] = status
         tracking.write_json(metrics_path, metrics)
         if tracker is not None:
             tracker.finish(exit_code=exit_code)
     return metrics["final_test_acc"]
 
 
+@dataclass
+class Training:
+    """What the epoch loop works on."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    ema: AveragedModel | None
+    train_loader: Batches
+    test_loader: Batches
+    settings: StepSettings
+    stop: StopFlag
+
+
+# Keys of metrics.json that a resumed run carries on from its checkpoint.
+RESUMED_METRICS = ("epochs", "lr_per_step", "first_step_s", "final_test_acc", "best_test_acc", "best_epoch",
+                   "train_time_s")  # fmt: skip
+
+
 def _fit(
-    cfg: DictConfig,
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
-    train_loader: Batches,
-    test_loader: Batches,
-    settings: StepSettings,
-    tracker: Any,
-    metrics: dict[str, Any],
-    out_dir: Path,
+    cfg: DictConfig, run: Training, start_epoch: int, tracker: Any, metrics: dict[str, Any], out_dir: Path
 ) -> None:
     """The epoch loop: train, evaluate, record. Fills `metrics` in place and rewrites metrics.json each epoch."""
-    steps_per_epoch = len(train_loader)
+    steps_per_epoch = len(run.train_loader)
     # The compiled module shares its parameters with `model`: checkpoints and the range test use `model`.
-    trained = torch.compile(model) if cfg.compile else model
-    ema = None
-    if cfg.ema.decay > 0:  # averages BatchNorm statistics too (use_buffers), so the average is ready to evaluate
-        ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema.decay), use_buffers=True)
-    for epoch in range(1, cfg.epochs + 1):
+    trained = torch.compile(run.model) if cfg.compile else run.model
+    for epoch in range(start_epoch, cfg.epochs + 1):
         started = time.perf_counter()
         bar = tqdm(
-            train_loader, desc=f"epoch {epoch}/{cfg.epochs}", disable=not cfg.progress, leave=False, dynamic_ncols=True
-        )
+            run.train_loader, desc=f"epoch {epoch}/{cfg.epochs}", disable=not cfg.progress, leave=False,
+            dynamic_ncols=True,
+        )  # fmt: skip
         first_step = (epoch - 1) * steps_per_epoch
-        averaging = ema if ema is not None and epoch >= cfg.ema.start_epoch else None
+        averaging = run.ema if run.ema is not None and epoch >= cfg.ema.start_epoch else None
         train_loss, train_acc, lrs = train_one_epoch(
-            trained, bar, optimizer, scheduler, settings, first_step, tracker, averaging, metrics
+            trained, bar, run.optimizer, run.scheduler, run.settings, first_step, tracker, averaging, metrics, run.stop
         )
         train_time = time.perf_counter() - started
-        evaluated = averaging.module if averaging is not None else model
-        test_loss, test_acc = evaluate(evaluated, test_loader, settings, tta=cfg.eval_tta)
+        evaluated = averaging.module if averaging is not None else run.model
+        test_loss, test_acc = evaluate(evaluated, run.test_loader, run.settings, tta=cfg.eval_tta)
         row = {
             "epoch": epoch,
             "train_loss": train_loss,
@@ -170,18 +212,26 @@ def _fit(
             best_epoch=best["epoch"],
             train_time_s=sum(r["train_time_s"] for r in metrics["epochs"]),
         )
-        tracking.write_json(out_dir / "metrics.json", metrics)
         if cfg.checkpoint:
             tracking.save_checkpoint(out_dir / "last.pt", {
                 "model": evaluated.state_dict(),  # the weights that were evaluated (EMA when averaging)
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
                 "epoch": epoch,
                 "config": metrics["config"],
                 "lr_min": metrics["lr_min"],
                 "lr_max": metrics["lr_max"],
                 "test_acc": test_acc,
+                "train_state": {  # everything needed to continue exactly from here (see resume.py)
+                    "model": run.model.state_dict(),
+                    "optimizer": run.optimizer.state_dict(),
+                    "scheduler": run.scheduler.state_dict(),
+                    "ema": run.ema.state_dict() if run.ema is not None else None,
+                    "rng": resume.capture_rng(run.train_loader.generator),
+                    "metrics": {key: metrics[key] for key in (*RESUMED_METRICS, "lr_source") if key in metrics},
+                    "tracker_run_id": getattr(tracker, "run_id", None),
+                },
             })  # fmt: skip
+        # metrics.json after the checkpoint: an epoch it lists is always one a resume starts after.
+        tracking.write_json(out_dir / "metrics.json", metrics)
         tracker.log({f"epoch/{key}": value for key, value in row.items()}, step=first_step + steps_per_epoch - 1)
         log.info(
             "epoch %2d/%d  train loss %.4f acc %.2f%%  test loss %.4f acc %.2f%%  lr %.4g  %.1fs",

@@ -1,0 +1,112 @@
+"""Checkpoint and resume: a run killed mid-epoch and resumed ends exactly like an uninterrupted one."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import REPO
+
+KEYS = ("train_loss", "train_acc", "test_loss", "test_acc", "lr", "ema")
+
+
+def command(root: Path, out: Path, *extra: str) -> list[str]:
+    return [
+        sys.executable, "-m", "resnet9.train", f"data.root={root}", "data.limit_train=2000", "data.limit_test=200",
+        "epochs=3", "scheduler.peak_epoch=1", "batch_size=40", "model.width=0.125", "optimizer.lr=0.05",
+        "scheduler.lr_min=0.005", "ema.decay=0.9", "ema.start_epoch=2", "logger=none", "progress=false",
+        "device=cpu", f"hydra.run.dir={out}", *extra,
+    ]  # fmt: skip
+
+
+def env() -> dict[str, str]:
+    return {**os.environ, "WANDB_MODE": "offline"}
+
+
+def metrics(out: Path) -> dict:
+    return json.loads((out / "metrics.json").read_text())
+
+
+def start_and_wait_for_first_epoch(root: Path, out: Path) -> subprocess.Popen:
+    process = subprocess.Popen(command(root, out), cwd=REPO, env=env(), stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True)  # fmt: skip
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        if (out / "metrics.json").exists() and len(metrics(out)["epochs"]) >= 1:
+            return process  # epoch 2 has begun (metrics.json is written after the checkpoint, atomically)
+        assert process.poll() is None, process.stderr.read()[-2000:]
+        time.sleep(0.02)
+    process.kill()
+    raise AssertionError("the run never finished its first epoch")
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(synthetic_root, tmp_path_factory) -> dict:
+    out = tmp_path_factory.mktemp("uninterrupted")
+    result = subprocess.run(command(synthetic_root, out), cwd=REPO, env=env(), capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return metrics(out)
+
+
+def assert_same_run(resumed: dict, reference: dict) -> None:
+    assert resumed["status"] == "completed"
+    assert [[row[k] for k in KEYS] for row in resumed["epochs"]] == [
+        [row[k] for k in KEYS] for row in reference["epochs"]
+    ]
+    assert resumed["lr_per_step"] == reference["lr_per_step"]
+    assert resumed["final_test_acc"] == reference["final_test_acc"]
+
+
+def test_kill_9_in_epoch_2_then_resume_ends_exactly_like_an_uninterrupted_run(synthetic_root, tmp_path, uninterrupted):
+    out = tmp_path / "run"
+    process = start_and_wait_for_first_epoch(synthetic_root, out)
+    process.send_signal(signal.SIGKILL)
+    assert process.wait(timeout=60) == -signal.SIGKILL
+    killed = metrics(out)
+    assert killed["status"] == "running" and len(killed["epochs"]) < 3  # died in the middle of the run
+
+    result = subprocess.run(command(synthetic_root, out), cwd=REPO, env=env(), capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    resumed = metrics(out)
+    assert resumed["resumed_from_epoch"] == len(killed["epochs"]) + 1
+    assert_same_run(resumed, uninterrupted)
+
+
+def test_sigterm_stops_at_a_step_keeps_the_checkpoint_and_resumes(synthetic_root, tmp_path, uninterrupted):
+    out = tmp_path / "run"
+    process = start_and_wait_for_first_epoch(synthetic_root, out)
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=120) == 128 + signal.SIGTERM
+    stopped = metrics(out)
+    assert stopped["status"] == "interrupted" and "error" not in stopped
+    assert "resume by rerunning with the same output folder" in process.stderr.read()
+
+    result = subprocess.run(command(synthetic_root, out), cwd=REPO, env=env(), capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert_same_run(metrics(out), uninterrupted)
+
+
+def test_another_config_in_the_folder_is_refused_in_one_line(synthetic_root, tmp_path, uninterrupted):
+    out = tmp_path / "run"
+    process = start_and_wait_for_first_epoch(synthetic_root, out)
+    process.kill()
+    process.wait(timeout=60)
+    result = subprocess.run(command(synthetic_root, out, "model.width=0.25"), cwd=REPO, env=env(),
+                            capture_output=True, text=True)  # fmt: skip
+    assert result.returncode == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith(
+        f"error: cannot resume from {out / 'last.pt'}: its run had model.width=0.125 there, 0.25 now"
+    )
+    assert "resume=false" in line
+
+    again = subprocess.run(command(synthetic_root, out, "resume=false"), cwd=REPO, env=env(), capture_output=True,
+                           text=True)  # fmt: skip
+    assert again.returncode == 0, again.stderr[-2000:]
+    fresh = metrics(out)
+    assert "resumed_from_epoch" not in fresh
+    assert_same_run(fresh, uninterrupted)
