@@ -128,3 +128,16 @@ def test_damaged_cache_entry_is_recomputed(small_setup, tmp_path):
     again = lr_find.find_lr_range(cfg, cifar, torch.device("cpu"), tmp_path / "b")
     assert not again.cached
     assert json.loads((entry / "lr_finder.json").read_text())["lr_max"] == again.lr_max
+
+
+def test_cli_runs_the_test_once_then_answers_from_the_cache(run_cli, synthetic_root, tmp_path):
+    args = [f"data.root={synthetic_root}", "data.limit_train=400", "batch_size=40", "model.width=0.125",
+            "lr_finder.num_iter=30", "device=cpu"]  # fmt: skip
+    first = run_cli("resnet9.lr_find", *args, f"hydra.run.dir={tmp_path}/a")
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert "(new test;" in first.stdout
+    saved = json.loads((tmp_path / "a" / "lr_finder.json").read_text())
+    assert f"LRMIN={saved['lr_min']:.4g} LRMAX={saved['lr_max']:.4g}" in first.stdout
+    assert (tmp_path / "a" / "lr_finder.png").is_file()
+    second = run_cli("resnet9.lr_find", *args, "seed=5", f"hydra.run.dir={tmp_path}/b")
+    assert second.returncode == 0 and "(cache;" in second.stdout  # a run seed does not change the test
