@@ -111,7 +111,7 @@ def validate(cfg: DictConfig) -> None:
     if not (_is_number(peak) and 0 < peak < cfg.epochs):
         raise ConfigError(
             f"scheduler.peak_epoch must lie inside the run (0 < peak_epoch < epochs={cfg.epochs}), got {peak!r}; "
-            f"e.g. scheduler.peak_epoch=5 with epochs=24"
+            f"e.g. scheduler.peak_epoch={cfg.epochs * 5 / 24:.3g} (the mission's 5 of 24 epochs)"
         )
 
     finder = cfg.lr_finder
