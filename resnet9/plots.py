@@ -78,3 +78,23 @@ def image_gallery(images: np.ndarray, captions: list[str], path: Path, title: st
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def sweep_accuracy(groups: dict[str, list[dict[str, Any]]], path: Path, title: str) -> Path:
+    """Test accuracy per epoch of every job (metrics.json contents, grouped by setting); one colour per setting."""
+    fig, ax = plt.subplots(figsize=(9, 5.5))
+    colours = plt.get_cmap("tab10")
+    for index, (setting, runs) in enumerate(groups.items()):
+        for n, job in enumerate(r for r in runs if r.get("epochs")):
+            epochs = [row["epoch"] for row in job["epochs"]]
+            accuracy = [100 * row["test_acc"] for row in job["epochs"]]
+            label = setting if n == 0 else None
+            ax.plot(epochs, accuracy, "o-", color=colours(index % 10), alpha=0.8, markersize=3, label=label)
+    ax.set(title=title, xlabel="epoch", ylabel="test accuracy (%)")
+    ax.grid(True, alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(title="setting (seeds share a colour)", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -20,16 +20,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+from hydra.experimental.callback import Callback
+from hydra.types import RunMode
+from hydra.utils import instantiate
+from omegaconf import DictConfig
 
-matplotlib.use("Agg")  # files only, never a window
-import matplotlib.pyplot as plt  # noqa: E402
-from hydra.experimental.callback import Callback  # noqa: E402
-from hydra.types import RunMode  # noqa: E402
-from hydra.utils import instantiate  # noqa: E402
-from omegaconf import DictConfig  # noqa: E402
-
-from resnet9 import tracking  # noqa: E402
+from resnet9 import plots, tracking
 
 NUMBERS = ("final_test_acc", "best_test_acc", "lr_min", "lr_max", "train_time_s")
 
@@ -66,8 +62,12 @@ def load_jobs(sweep_dir: Path) -> dict[str, list[dict[str, Any]]]:
 
 def summarize(sweep_dir: Path) -> list[dict[str, Any]]:
     """One row per setting: job count, failures, and mean ± std of each number over its completed jobs."""
+    return _summarize_groups(load_jobs(sweep_dir))
+
+
+def _summarize_groups(groups: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
     rows = []
-    for setting, runs in load_jobs(sweep_dir).items():
+    for setting, runs in groups.items():
         done = [m for m in runs if m.get("status") == "completed"]
         row: dict[str, Any] = {"setting": setting, "jobs": len(runs), "failed": len(runs) - len(done)}
         if done:
@@ -95,34 +95,17 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def accuracy_figure(sweep_dir: Path, path: Path) -> Path:
-    """Test accuracy per epoch of every job that recorded an epoch; one colour per setting."""
-    fig, ax = plt.subplots(figsize=(9, 5.5))
-    colours = plt.get_cmap("tab10")
-    for index, (setting, runs) in enumerate(load_jobs(sweep_dir).items()):
-        for n, job in enumerate(r for r in runs if r.get("epochs")):
-            epochs = [row["epoch"] for row in job["epochs"]]
-            accuracy = [100 * row["test_acc"] for row in job["epochs"]]
-            label = setting if n == 0 else None
-            ax.plot(epochs, accuracy, "o-", color=colours(index % 10), alpha=0.8, markersize=3, label=label)
-    ax.set(title=f"Test accuracy of every job in {sweep_dir.name}", xlabel="epoch", ylabel="test accuracy (%)")
-    ax.grid(True, alpha=0.3)
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(title="setting (seeds share a colour)", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
 def write_report(sweep_dir: Path) -> tuple[list[dict[str, Any]], str]:
-    rows = summarize(sweep_dir)
+    groups = load_jobs(sweep_dir)  # read every job's metrics.json once, for the table and the figure
+    rows = _summarize_groups(groups)
     table = format_table(rows)
     (sweep_dir / "summary.json").write_text(json.dumps(rows, indent=1))
     (sweep_dir / "summary.md").write_text(
         f"# Sweep {sweep_dir}\n\nmean ± std over seeds\n\n{table}\n\n![test accuracy](test_accuracy.png)\n"
     )
-    accuracy_figure(sweep_dir, sweep_dir / "test_accuracy.png")
+    plots.sweep_accuracy(
+        groups, sweep_dir / "test_accuracy.png", title=f"Test accuracy of every job in {sweep_dir.name}"
+    )
     return rows, table
 
 
