@@ -11,6 +11,8 @@ from __future__ import annotations
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import OneCycleLR
 
+from resnet9.config import ConfigError
+
 
 def one_cycle(
     optimizer: Optimizer,
@@ -30,8 +32,12 @@ def one_cycle(
         raise ValueError(f"One Cycle needs 0 < LRMIN < LRMAX, got LRMIN={lr_min:g}, LRMAX={lr_max:g}")
     total_steps = epochs * steps_per_epoch
     peak_step = round(peak_epoch * steps_per_epoch) - 1  # last batch of the peak epoch
-    if not 0 < peak_step < total_steps - 1:
-        raise ValueError(f"peak epoch {peak_epoch} must lie inside the {epochs} epochs")
+    if not 0 < peak_step < total_steps - 1:  # too few steps to rise and fall (a bad config, so one line)
+        raise ConfigError(
+            f"scheduler.peak_epoch={peak_epoch} puts the LR peak at step {peak_step} of a {total_steps}-step run "
+            f"({steps_per_epoch} per epoch), not strictly inside it; train more steps (epochs, data.limit_train) "
+            f"or move the peak"
+        )
     return OneCycleLR(
         optimizer,
         max_lr=lr_max,

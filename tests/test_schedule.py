@@ -4,6 +4,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
+from resnet9.config import ConfigError
 from resnet9.schedule import one_cycle
 
 LR_MIN, LR_MAX, EPOCHS, STEPS = 0.04, 0.4, 24, 97  # 50,000 images at batch 512 with drop_last
@@ -60,9 +61,15 @@ def test_config_builds_the_same_schedule():
 
 
 @pytest.mark.parametrize(
-    "kwargs, message",
-    [({"lr_min": 0.5}, "LRMIN < LRMAX"), ({"peak_epoch": 24}, "inside"), ({"peak_epoch": 0}, "inside")],
+    "kwargs, error, message",
+    [
+        ({"lr_min": 0.5}, ValueError, "LRMIN < LRMAX"),
+        ({"peak_epoch": 24}, ConfigError, "peak at step 2327 of a 2328-step run"),
+        ({"peak_epoch": 0}, ConfigError, "not strictly inside it"),
+        # a fractional peak that rounds to the very first step of a short run
+        ({"peak_epoch": 0.01}, ConfigError, "scheduler.peak_epoch=0.01 puts the LR peak at step 0"),
+    ],
 )
-def test_bad_arguments_are_refused(kwargs, message):
-    with pytest.raises(ValueError, match=message):
+def test_bad_arguments_are_refused(kwargs, error, message):
+    with pytest.raises(error, match=message):
         lrs_per_step(**kwargs)
