@@ -134,6 +134,13 @@ def validate(cfg: DictConfig) -> None:
     _require(_is_int(finder.seed), "lr_finder.seed", finder.seed, "an integer", "0")
     _require(_is_number(finder.scale) and finder.scale > 0, "lr_finder.scale", finder.scale, "a number > 0", "1.0")
     _require(
+        _is_number(finder.min_drop) and 0 < finder.min_drop < 1,
+        "lr_finder.min_drop",
+        finder.min_drop,
+        "a number in (0, 1)",
+        "0.1",
+    )
+    _require(
         _is_number(finder.max_divisor) and finder.max_divisor >= 1,
         "lr_finder.max_divisor",
         finder.max_divisor,

@@ -1,4 +1,4 @@
-"""Figures drawn from metrics.json's content (never from the trainer's state)."""
+"""Figures drawn from recorded results — metrics.json, lr_finder.json — never from the trainer's state."""
 
 from __future__ import annotations
 
@@ -10,6 +10,28 @@ import matplotlib
 matplotlib.use("Agg")  # files only, never a window
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+
+
+def lr_range_test(found: dict[str, Any], skip_start: int, skip_end: int, title: str, path: Path) -> Path:
+    """The range test's smoothed loss against LR (log scale, trimmed as the rule reads it), with its picks."""
+    history = found["history"]
+    end = len(history["lr"]) - skip_end
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    ax.plot(history["lr"][skip_start:end], history["loss"][skip_start:end], color="tab:blue")
+    ax.set_xscale("log")
+    ax.axvline(found["lr_min"], color="tab:green", linestyle="--", label=f"LRMIN = {found['lr_min']:.3g}")
+    ax.axvline(found["lr_max"], color="tab:red", linestyle="--", label=f"LRMAX = {found['lr_max']:.3g}")
+    ax.axvline(
+        found["steepest_lr"], color="tab:olive", linestyle=":", label=f"steepest fall at {found['steepest_lr']:.3g}"
+    )
+    ax.axvline(found["min_loss_lr"], color="grey", linestyle=":", label=f"lowest loss at {found['min_loss_lr']:.3g}")
+    ax.set(title=title, xlabel="learning rate (log scale)", ylabel="training loss (smoothed)")
+    ax.legend()
+    ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
 
 
 def training_curves(metrics: dict[str, Any], path: Path) -> Path:

@@ -22,22 +22,28 @@ def synthetic_curve() -> tuple[list[float], list[float]]:
     return lrs.tolist(), losses.tolist()
 
 
-def test_rule_reads_the_lowest_loss_and_the_steepest_fall_before_it():
+def test_rule_reads_the_lowest_loss_and_where_the_fall_begins():
     lrs, losses = synthetic_curve()
-    found = lr_find.derive_lr_range(lrs, losses, skip_start=10, skip_end=5, max_divisor=1)
+    found = lr_find.derive_lr_range(lrs, losses, skip_start=10, skip_end=5, max_divisor=1, min_drop=0.1)
     assert found.min_loss_lr == pytest.approx(lrs[int(np.argmin(losses))])
     assert 0.05 < found.lr_max < 0.2
-    assert found.lr_min == pytest.approx(1e-2, rel=0.2)  # the sigmoid's steepest point
-    assert found.lr_min < found.lr_max
+    # The sigmoid has made 10% of its fall where 1 / (1 + exp(-4 (x + 2))) = 0.1, i.e. x = -2 - ln(9) / 4.
+    assert found.lr_min == pytest.approx(10 ** (-2 - np.log(9) / 4), rel=0.15)
+    assert found.steepest_lr == pytest.approx(1e-2, rel=0.2)  # recorded and drawn, no longer LRMIN
+    assert found.lr_min < found.steepest_lr < found.lr_max
     assert lr_find.derive_lr_range(lrs, losses, 10, 5, max_divisor=4).lr_max == pytest.approx(found.lr_max / 4)
+    later = lr_find.derive_lr_range(lrs, losses, 10, 5, max_divisor=1, min_drop=0.5)
+    assert later.lr_min == pytest.approx(1e-2, rel=0.15)  # half way down is the sigmoid's centre
 
 
-def test_steepest_point_past_the_minimum_is_ignored():
+def test_a_drop_past_the_minimum_is_ignored():
     # The loss falls gently to its lowest point, then a sharp *drop* on the way up (noise) follows it.
     lrs = np.logspace(-4, 0, 60).tolist()
     losses = [2.3 - 0.01 * i for i in range(30)] + [3.0 - 0.3 * (i % 2) for i in range(30)]
     found = lr_find.derive_lr_range(lrs, losses, skip_start=5, skip_end=5, max_divisor=1)
     assert found.lr_min < found.lr_max == pytest.approx(lrs[29])
+    # 10% of the way from 2.25 (the first point kept, index 5) down to 2.01 (index 29) is 2.226: index 8
+    assert found.lr_min == pytest.approx(lrs[8])
 
 
 def test_falls_back_to_a_tenth_of_lrmax_when_there_is_no_fall():
@@ -76,7 +82,7 @@ def test_range_test_restores_the_model_it_trained(small_setup):
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr_finder.start_lr, momentum=0.9)
     spec = augment.Augmentation(engine="device")
     loader = spec.train_loader(cifar.train_images, cifar.train_labels, 40, torch.device("cpu"), seed=0)
-    found, _figure = lr_find.run_range_test(model, optimizer, loader, torch.device("cpu"), cfg.lr_finder)
+    found = lr_find.run_range_test(model, optimizer, loader, torch.device("cpu"), cfg.lr_finder)
     assert len(found.history["lr"]) > 20 and 0 < found.lr_min < found.lr_max
     after = model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)  # weights and BN statistics untouched
