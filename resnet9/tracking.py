@@ -10,11 +10,14 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
 
 from resnet9.config import UsageError
 
@@ -22,15 +25,61 @@ log = logging.getLogger(__name__)
 
 
 def _replace_atomically(path: Path, write: Any) -> None:
-    """Write through a temp file in the same folder, then rename: readers never see half a file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-")
-    os.close(fd)
+    """Write through a temp file in the same folder, then rename: readers never see half a file.
+
+    A failure (disk full, permissions, a folder in the way) leaves the previous file as it was and ends the
+    run with one line; rerunning the same folder then resumes from the last checkpoint that was written.
+    """
+    tmp = None
     try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-")
+        os.close(fd)
         write(tmp)
         os.replace(tmp, path)
+    except OSError as err:
+        raise UsageError(
+            f"cannot write {path} ({err.strerror or type(err).__name__}); free space or fix the folder's "
+            f"permissions, then rerun the same folder to resume"
+        ) from None
     finally:
-        if os.path.exists(tmp):
+        if tmp is not None and os.path.exists(tmp):
             os.remove(tmp)
+
+
+class WritableOutput(Callback):
+    """Hydra callback: refuse an output folder that cannot be written, in one line, before anything runs.
+
+    Hydra creates the folder itself (and its log file) before the job starts; without this check a
+    read-only or blocked location would end in a traceback from inside Hydra. Hydra turns a callback's
+    exceptions into warnings, so this one prints its line and exits (status 2) itself.
+    """
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self._check(config.hydra.run.dir, "hydra.run.dir")
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self._check(config.hydra.sweep.dir, "hydra.sweep.dir")
+
+    @staticmethod
+    def _check(folder: str, key: str) -> None:
+        try:
+            ensure_writable(folder, key)
+        except UsageError as err:
+            print(f"error: {err}", file=sys.stderr)
+            sys.exit(2)
+
+
+def ensure_writable(folder: str | Path, key: str) -> None:
+    """Create `folder` if needed and write a probe file there; a UsageError naming `key` if either fails."""
+    try:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as err:
+        reason = err.strerror or type(err).__name__
+        raise UsageError(
+            f"cannot write the output folder {folder} ({reason}); choose a writable one, e.g. {key}=/tmp/resnet9"
+        ) from None
 
 
 def write_json(path: Path, obj: Any) -> None:

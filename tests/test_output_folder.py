@@ -1,0 +1,77 @@
+"""An output folder that cannot be written: one line and exit 2, before any work, and nothing lost mid-run."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+from conftest import REPO
+from test_train import small_run
+
+QUICK = ("logger=none", "optimizer.lr=0.1", "scheduler.lr_min=0.01")
+
+
+def test_a_folder_below_a_file_is_refused_for_runs_and_sweeps(run_cli, cifar_root, tmp_path):
+    blocker = tmp_path / "results"
+    blocker.write_text("a file where the output folder should go")
+    run = run_cli("resnet9.train", *small_run(cifar_root, *QUICK), f"hydra.run.dir={blocker}/run")
+    assert run.returncode == 2
+    assert run.stderr.strip().splitlines() == [
+        f"error: cannot write the output folder {blocker}/run (Not a directory); choose a writable one, "
+        f"e.g. hydra.run.dir=/tmp/resnet9"
+    ]
+    sweep = run_cli("resnet9.train", "--multirun", *small_run(cifar_root, *QUICK), "seed=0,1",
+                    f"hydra.sweep.dir={blocker}/sweep")  # fmt: skip
+    assert sweep.returncode == 2
+    assert sweep.stderr.strip().splitlines() == [
+        f"error: cannot write the output folder {blocker}/sweep (Not a directory); choose a writable one, "
+        f"e.g. hydra.sweep.dir=/tmp/resnet9"
+    ]
+    assert blocker.read_text() == "a file where the output folder should go"
+
+
+def read_only_command(folder, command: list[str]) -> tuple[list[str], str]:
+    """`command` run where `folder` is read-only, and the reason the OS will give: by permissions for a normal
+    user; for root (whom permissions do not stop) inside a private mount namespace that remounts it read-only."""
+    if os.geteuid() != 0:
+        folder.chmod(0o555)
+        return command, "Permission denied"
+    if shutil.which("unshare") is None or subprocess.run(["unshare", "-rm", "true"]).returncode != 0:
+        pytest.skip("running as root without user namespaces: no way to make a folder read-only here")
+    script = f'mount --bind "{folder}" "{folder}" && mount -o remount,bind,ro "{folder}" "{folder}" && exec "$@"'
+    return ["unshare", "-rm", "sh", "-c", script, "sh", *command], "Read-only file system"
+
+
+def test_a_read_only_folder_is_refused_in_one_line(cifar_root, tmp_path):
+    folder = tmp_path / "read-only"
+    folder.mkdir()
+    command = [sys.executable, "-m", "resnet9.train", *small_run(cifar_root, *QUICK), f"hydra.run.dir={folder}/run"]
+    env = {**os.environ, "RESNET9_CACHE": str(tmp_path / "cache")}
+    try:
+        command, reason = read_only_command(folder, command)
+        result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    finally:
+        folder.chmod(0o755)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert result.stderr.strip().splitlines() == [
+        f"error: cannot write the output folder {folder}/run ({reason}); choose a writable one, "
+        f"e.g. hydra.run.dir=/tmp/resnet9"
+    ]
+    assert list(folder.iterdir()) == []
+
+
+def test_a_write_failing_mid_run_ends_in_one_line_and_keeps_what_was_written(run_cli, cifar_root, tmp_path):
+    out = tmp_path / "run"
+    (out / "last.pt").mkdir(parents=True)  # the checkpoint cannot be written: a folder is in the way
+    result = run_cli("resnet9.train", *small_run(cifar_root, *QUICK), f"hydra.run.dir={out}")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"error: cannot write {out}/last.pt (Is a directory); free space or fix the folder's permissions, then "
+        f"rerun the same folder to resume"
+    ]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["status"] == "failed" and metrics["error"].startswith("UsageError: cannot write")
+    assert (out / "model_summary.txt").is_file() and (out / ".hydra" / "config.yaml").is_file()
+    assert not list(out.glob(".last.pt-*"))  # no temporary file left behind
