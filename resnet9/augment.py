@@ -27,7 +27,7 @@ import albumentations as A
 import cv2
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, get_worker_info
+from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, Sampler, get_worker_info
 
 ENGINES = ("auto", "device", "albumentations")
 
@@ -80,8 +80,8 @@ def normalize_images(images: np.ndarray) -> torch.Tensor:
 class AugmentedImages(Dataset):
     """uint8 HWC images + labels -> (float32 CHW tensor, int label), through an albumentations pipeline."""
 
-    def __init__(self, images: np.ndarray, labels: np.ndarray, transform: A.Compose) -> None:
-        self.images, self.labels, self.transform = images, labels, transform
+    def __init__(self, images: np.ndarray, labels: np.ndarray, transform: A.Compose, rank: int = 0) -> None:
+        self.images, self.labels, self.transform, self.rank = images, labels, transform, rank
 
     def __len__(self) -> int:
         return len(self.images)
@@ -91,12 +91,31 @@ class AugmentedImages(Dataset):
         return torch.from_numpy(image.transpose(2, 0, 1).copy()), int(self.labels[index])
 
 
+# Added to a data-parallel rank's augmentation seeds so that ranks do not repeat each other's draws.
+RANK_SEED_STRIDE = 1_000_003
+
+
 def _reseed_worker(worker_id: int) -> None:
     # albumentations keeps its own random state, copied into every worker: without this each worker would
     # produce the same augmentations. torch gives each worker a seed derived from the loader's generator,
     # so this stays deterministic for a fixed run seed while differing between workers and epochs.
     info = get_worker_info()
-    info.dataset.transform.set_random_seed(torch.initial_seed() % 2**32)
+    info.dataset.transform.set_random_seed((torch.initial_seed() + RANK_SEED_STRIDE * info.dataset.rank) % 2**32)
+
+
+class RankSlices(Sampler[list[int]]):
+    """This rank's slice of every global batch: the ranks of a data-parallel job split the same batches."""
+
+    def __init__(self, batches: BatchSampler, rank: int, world_size: int) -> None:
+        self.batches, self.rank, self.world_size = batches, rank, world_size
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for batch in self.batches:
+            per_rank = len(batch) // self.world_size
+            yield batch[self.rank * per_rank : (self.rank + 1) * per_rank]
 
 
 def make_loader(
@@ -107,14 +126,25 @@ def make_loader(
     train: bool,
     seed: int,
     num_workers: int = 0,
+    rank: int = 0,
+    world_size: int = 1,
 ) -> DataLoader:
-    """Shuffled, drop_last loader for training (every step a full batch); ordered loader for evaluation."""
+    """Shuffled, drop_last loader for training (every step a full batch); ordered loader for evaluation.
+
+    For training, `batch_size` is the global batch and this rank gets its batch_size / world_size slice.
+    """
     generator = torch.Generator().manual_seed(seed)
+    dataset = AugmentedImages(images, labels, transform, rank)
+    if train:
+        if batch_size % world_size:
+            raise ValueError(f"batch_size={batch_size} does not split evenly over {world_size} processes")
+        shuffled = BatchSampler(RandomSampler(dataset, generator=generator), batch_size, drop_last=True)
+        batching = {"batch_sampler": RankSlices(shuffled, rank, world_size)}
+    else:
+        batching = {"batch_size": batch_size, "shuffle": False}
     return DataLoader(
-        AugmentedImages(images, labels, transform),
-        batch_size=batch_size,
-        shuffle=train,
-        drop_last=train,
+        dataset,
+        **batching,
         num_workers=num_workers,
         worker_init_fn=_reseed_worker if num_workers > 0 else None,
         generator=generator,
@@ -131,6 +161,10 @@ class DeviceLoader:
     cutout x cutout square of zeros (after normalization) whose corner is uniform over the positions that keep
     it fully inside. Randomness comes from one torch.Generator seeded with `seed`, so epochs differ and runs
     repeat. `train=False` gives unshuffled, unaugmented batches including the last partial one.
+
+    For data-parallel training (`world_size` > 1) `batch_size` is the global batch: every rank draws the same
+    permutation and the same per-sample draws for the whole global batch, then computes only its own
+    batch_size / world_size slice. Together the ranks see exactly the batches one process would.
     """
 
     def __init__(
@@ -145,7 +179,11 @@ class DeviceLoader:
         cutout: int = 0,
         seed: int = 0,
         memory_format: torch.memory_format = torch.contiguous_format,
+        rank: int = 0,
+        world_size: int = 1,
     ) -> None:
+        if batch_size % world_size:
+            raise ValueError(f"batch_size={batch_size} does not split evenly over {world_size} processes")
         self.pad, self.flip, self.cutout = (pad, flip, cutout) if train else (0, False, 0)
         if self.pad:  # numpy "reflect" is OpenCV's BORDER_REFLECT_101, the reference's padding
             images = np.pad(images, ((0, 0), (self.pad, self.pad), (self.pad, self.pad), (0, 0)), mode="reflect")
@@ -153,6 +191,8 @@ class DeviceLoader:
         self.images = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2))).to(device)
         self.labels = torch.from_numpy(labels).to(device)
         self.batch_size, self.train, self.device, self.memory_format = batch_size, train, device, memory_format
+        per_rank = batch_size // world_size
+        self.my_part = slice(rank * per_rank, (rank + 1) * per_rank) if train else slice(None)
         self.generator = torch.Generator(device=device).manual_seed(seed)
         self.mean = torch.tensor(CIFAR10_MEAN, device=device).view(1, 3, 1, 1) * 255
         self.std = torch.tensor(CIFAR10_STD, device=device).view(1, 3, 1, 1) * 255
@@ -170,27 +210,41 @@ class DeviceLoader:
             order = torch.arange(n, device=self.device)
         for i in range(len(self)):
             index = order[i * self.batch_size : (i + 1) * self.batch_size]
-            yield self.augment(self.images[index]), self.labels[index]
+            draws = {name: drawn[self.my_part] for name, drawn in self.draw(len(index)).items()}
+            index = index[self.my_part]
+            yield self.augment(self.images[index], draws), self.labels[index]
 
     def _uniform_ints(self, high: int, count: int) -> torch.Tensor:
         return torch.randint(0, high, (count,), generator=self.generator, device=self.device)
 
-    def augment(self, batch: torch.Tensor) -> torch.Tensor:
+    def draw(self, count: int) -> dict[str, torch.Tensor]:
+        """The random choices for `count` samples: crop offsets, flips, cutout corners (those switched on)."""
+        draws = {}
+        if self.pad:
+            draws["row"] = self._uniform_ints(2 * self.pad + 1, count)
+            draws["col"] = self._uniform_ints(2 * self.pad + 1, count)
+        if self.flip:
+            draws["flip"] = torch.rand(count, generator=self.generator, device=self.device) < 0.5
+        if self.cutout:
+            draws["top"] = self._uniform_ints(IMAGE_SIZE - self.cutout + 1, count)
+            draws["left"] = self._uniform_ints(IMAGE_SIZE - self.cutout + 1, count)
+        return draws
+
+    def augment(self, batch: torch.Tensor, draws: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
         """uint8 (B, 3, 32 + 2 pad, 32 + 2 pad) -> normalized float (B, 3, 32, 32), each sample its own draw."""
         count = batch.shape[0]
+        draws = self.draw(count) if draws is None else draws
         if self.pad:
-            rows = self._uniform_ints(2 * self.pad + 1, count)[:, None] + self.pixel  # (B, 32) source rows
-            cols = self._uniform_ints(2 * self.pad + 1, count)[:, None] + self.pixel
+            rows = draws["row"][:, None] + self.pixel  # (B, 32) source rows
+            cols = draws["col"][:, None] + self.pixel
             sample = torch.arange(count, device=self.device)[:, None, None]
             # Advanced indexing on dims 0, 2, 3 gathers each sample's own window: (B, 32, 32, C).
             batch = batch[sample, :, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
         if self.flip:
-            flipped = torch.rand(count, generator=self.generator, device=self.device) < 0.5
-            batch = torch.where(flipped[:, None, None, None], batch.flip(3), batch)
+            batch = torch.where(draws["flip"][:, None, None, None], batch.flip(3), batch)
         batch = (batch.float() - self.mean) / self.std
         if self.cutout:
-            top = self._uniform_ints(IMAGE_SIZE - self.cutout + 1, count)[:, None, None]
-            left = self._uniform_ints(IMAGE_SIZE - self.cutout + 1, count)[:, None, None]
+            top, left = draws["top"][:, None, None], draws["left"][:, None, None]
             ys, xs = self.pixel[None, :, None], self.pixel[None, None, :]
             hole = (ys >= top) & (ys < top + self.cutout) & (xs >= left) & (xs < left + self.cutout)
             batch = batch.masked_fill(hole[:, None], 0.0)
@@ -219,13 +273,17 @@ class Augmentation:
         seed: int,
         num_workers: int = 0,
         memory_format: torch.memory_format = torch.contiguous_format,
+        rank: int = 0,
+        world_size: int = 1,
     ) -> DeviceLoader | DataLoader:
+        """Training batches; with world_size > 1, this rank's slice of each global batch of `batch_size`."""
         if self.engine == "albumentations":
-            transform = train_transform(self.pad, self.flip, self.cutout, seed=seed)
-            return make_loader(images, labels, transform, batch_size, train=True, seed=seed, num_workers=num_workers)
+            transform = train_transform(self.pad, self.flip, self.cutout, seed=seed + RANK_SEED_STRIDE * rank)
+            return make_loader(images, labels, transform, batch_size, train=True, seed=seed, num_workers=num_workers,
+                               rank=rank, world_size=world_size)  # fmt: skip
         return DeviceLoader(
             images, labels, batch_size, device, train=True, pad=self.pad, flip=self.flip, cutout=self.cutout,
-            seed=seed, memory_format=memory_format,
+            seed=seed, memory_format=memory_format, rank=rank, world_size=world_size,
         )  # fmt: skip
 
     def test_loader(

@@ -21,6 +21,7 @@ from hydra.errors import CompactHydraException
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from resnet9 import distributed  # also registers the resolvers that name conf/config.yaml's output folders
 from resnet9.augment import ENGINES
 from resnet9.data import DataError
 
@@ -88,6 +89,13 @@ def validate(cfg: DictConfig) -> None:
         "an integer >= 0",
         "2",
     )
+    processes = distributed.world().size
+    if cfg.batch_size % processes:
+        fitting = max(cfg.batch_size // processes, 1) * processes
+        raise ConfigError(
+            f"batch_size={cfg.batch_size} (the global batch) does not split evenly over {processes} torchrun "
+            f"processes; use a multiple of {processes}, e.g. batch_size={fitting}"
+        )
     train_size = data.limit_train or TRAIN_SIZE
     if cfg.batch_size > train_size:
         raise ConfigError(
@@ -172,9 +180,12 @@ def validate(cfg: DictConfig) -> None:
 
 
 def resolve_device(name: str) -> torch.device:
-    """'auto' -> cuda if available, else cpu. An unavailable or unknown device is a ConfigError."""
+    """'auto' -> cuda if available, else cpu. An unavailable or unknown device is a ConfigError.
+
+    Under torchrun every process takes the GPU of its local rank: device=auto or cuda gives cuda:LOCAL_RANK.
+    """
     if name == AUTO:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     try:
         device = torch.device(name)
     except (RuntimeError, TypeError):
@@ -183,6 +194,11 @@ def resolve_device(name: str) -> torch.device:
         raise ConfigError(f"device={name} but no CUDA GPU is visible to torch; use device=cpu or device=auto")
     if device.type not in ("cpu", "cuda"):
         raise ConfigError(f"device must be auto, cpu or cuda[:N], got {name!r}; e.g. device=auto")
+    here = distributed.world()
+    if device.type == "cuda" and here.is_parallel:
+        if device.index is not None:
+            raise ConfigError(f"device={name} under torchrun: each process uses cuda:LOCAL_RANK; use device=cuda")
+        device = torch.device("cuda", here.local_rank)
     return device
 
 

@@ -16,6 +16,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.optim.swa_utils import AveragedModel
 
+from resnet9 import distributed
+
 # A DataLoader (albumentations engine) or an augment.DeviceLoader: both yield (images, labels) batches.
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
 
@@ -66,7 +68,8 @@ def train_one_epoch(
     """One pass over the training batches; the scheduler steps after every batch.
 
     Nothing is read back from the device inside the epoch: loss and accuracy accumulate there, every step's
-    loss is kept there, and all of it is read once at the end (then sent to the tracker, step by step). Only
+    loss is kept there, and all of it is read once at the end (then sent to the tracker, step by step); in
+    data-parallel training these numbers are first averaged over the ranks (one all-reduce). Only
     a progress bar (when `batches` is one) reads its running numbers every `log_every` steps. A non-finite
     loss stops the run at that read. The very first step of a run is timed on its own
     (`metrics["first_step_s"]`): with `compile=true` it holds the compilation.
@@ -108,6 +111,11 @@ def train_one_epoch(
             batches.set_postfix(
                 loss=f"{running_loss:.3f}", acc=f"{100 * correct.item() / seen:.1f}%", lr=f"{lrs[-1]:.3g}"
             )
+    if distributed.is_active():  # data parallel: the epoch's numbers over all ranks' slices, one all-reduce
+        world_size = torch.distributed.get_world_size()
+        totals = distributed.sum_over_ranks(torch.cat([torch.stack(step_losses).float() / world_size,
+                                                       torch.stack([loss_sum, correct.float()])]))  # fmt: skip
+        step_losses, loss_sum, correct, seen = list(totals[:-2]), totals[-2], totals[-1].long(), seen * world_size
     losses = torch.stack(step_losses).float().tolist()  # the epoch's one read from the device
     for i, step_loss in enumerate(losses):
         _stop_if_diverged(step_loss, first_step + i, lrs[i])

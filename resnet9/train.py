@@ -7,7 +7,8 @@ One run, top to bottom:
   test accuracy (for sweepers).
 
 Everything lands in Hydra's output folder: outputs/<date>/<time>/ for a run, multirun/<date>/<time>/<job>/
-for each job of a sweep.
+for each job of a sweep. Under torchrun the processes train one data-parallel job and rank 0 alone writes
+(see distributed.py).
 """
 
 from __future__ import annotations
@@ -29,15 +30,27 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
+# `ddp`, not `distributed`: with `config` also named here, cloudpickle (submitit's launcher pickles this
+# module's functions) would take both names for the unpicklable module torch.distributed.config.
 from resnet9 import config, data, lr_find, plots, resume, summary, tracking
+from resnet9 import distributed as ddp
 from resnet9.loop import Batches, StepSettings, StopFlag, StopRequested, evaluate, train_one_epoch
 from resnet9.model import count_parameters
 
 log = logging.getLogger(__name__)
 
 
+def main() -> None:
+    """The command: join torchrun's processes if started by it (before Hydra names the output folder), run."""
+    ddp.init()
+    try:
+        hydra_main()
+    finally:
+        ddp.finish()
+
+
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
-def main(cfg: DictConfig) -> float:
+def hydra_main(cfg: DictConfig) -> float:
     out_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
         with config.exit_on_usage_error():
@@ -49,10 +62,17 @@ def main(cfg: DictConfig) -> float:
 
 def train(cfg: DictConfig, out_dir: Path) -> float:
     """Train as `cfg` says, writing every result under `out_dir`; return the final test accuracy (0..1)."""
+    here = ddp.world()
     config.validate(cfg)
+    if here.is_parallel and HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+        raise config.UsageError("--multirun under torchrun is not supported; start one torchrun per job instead")
+    if not here.is_main:  # rank 0 reports; the other ranks only warn
+        logging.getLogger().setLevel(logging.WARNING)
     device = config.resolve_device(cfg.device)
+    if device.index is not None:  # cuda:N (each torchrun process its own GPU): make it the current device
+        torch.cuda.set_device(device)
     config.seed_everything(cfg.seed, cfg.deterministic)
-    with config.data_errors_as_usage_errors():
+    with config.data_errors_as_usage_errors(), ddp.main_first():  # one download, by rank 0
         dataset = data.load(
             to_absolute_path(cfg.data.root), cfg.data.download, cfg.data.limit_train, cfg.data.limit_test
         )
@@ -64,19 +84,20 @@ def train(cfg: DictConfig, out_dir: Path) -> float:
         log_every=cfg.log_every,
     )
     model = instantiate(cfg.model).to(device, memory_format=settings.memory_format)
-    (out_dir / "model_summary.txt").write_text(summary.describe(model) + "\n")
+    if here.is_main:
+        (out_dir / "model_summary.txt").write_text(summary.describe(model) + "\n")
     resumed = resume.load_resumable(out_dir / "last.pt", cfg)
-    if resumed is None:
-        lr_min, lr_max, lr_source = _resolve_lrs(cfg, dataset, device, out_dir)
+    if resumed is None:  # rank 0 runs the range test; every rank trains with its LRs
+        lr_min, lr_max, lr_source = ddp.broadcast(_resolve_lrs(cfg, dataset, device, out_dir) if here.is_main else None)
     else:  # the LRs the interrupted run derived: no new range test
         lr_min, lr_max, lr_source = resumed["lr_min"], resumed["lr_max"], resumed["train_state"]["metrics"]["lr_source"]
 
     augmentation = instantiate(cfg.augment)
     train_loader = augmentation.train_loader(
         dataset.train_images, dataset.train_labels, cfg.batch_size, device, cfg.seed,
-        num_workers=cfg.data.num_workers, memory_format=settings.memory_format,
+        num_workers=cfg.data.num_workers, memory_format=settings.memory_format, rank=here.rank, world_size=here.size,
     )  # fmt: skip
-    test_loader = augmentation.test_loader(
+    test_loader = augmentation.test_loader(  # built everywhere, used by rank 0 only
         dataset.test_images, dataset.test_labels, cfg.eval_batch_size, device,
         num_workers=cfg.data.num_workers, memory_format=settings.memory_format,
     )  # fmt: skip
@@ -97,6 +118,7 @@ def train(cfg: DictConfig, out_dir: Path) -> float:
         "precision": "bf16 autocast" if settings.autocast_dtype else "fp32",
         "torch": torch.__version__,
         "parameters": count_parameters(model),
+        "processes": here.size,  # torchrun's data-parallel processes; batch_size is the global batch
         "n_train": len(dataset.train_labels),
         "n_test": len(dataset.test_labels),
         "steps_per_epoch": len(train_loader),
@@ -119,7 +141,8 @@ def train(cfg: DictConfig, out_dir: Path) -> float:
         metrics["resumed_from_epoch"] = start_epoch = resumed["epoch"] + 1
         log.info("resuming from %s after epoch %d", out_dir / "last.pt", resumed["epoch"])
     metrics_path = out_dir / "metrics.json"
-    tracking.write_json(metrics_path, metrics)
+    if here.is_main:
+        tracking.write_json(metrics_path, metrics)
     log.info(
         "%d train / %d test images on %s (%s); %s parameters; LRMIN=%.4g LRMAX=%.4g (%s)",
         metrics["n_train"], metrics["n_test"], device, metrics["precision"], f"{metrics['parameters']:,}",
@@ -131,9 +154,12 @@ def train(cfg: DictConfig, out_dir: Path) -> float:
     tracker = None
     exit_code, status = 1, "failed"
     try:
-        tracker = instantiate(cfg.logger, _convert_="all")(
-            config=resolved, dir=out_dir, name=name, group=group, run_id=run_id
-        )
+        if here.is_main:
+            tracker = instantiate(cfg.logger, _convert_="all")(
+                config=resolved, dir=out_dir, name=name, group=group, run_id=run_id
+            )
+        else:
+            tracker = tracking.NullTracker()
         with resume.stop_on_signals() as stop:
             training = Training(model, optimizer, scheduler, ema, train_loader, test_loader, settings, stop)
             _fit(cfg, training, start_epoch, tracker, metrics, out_dir)
@@ -146,10 +172,11 @@ def train(cfg: DictConfig, out_dir: Path) -> float:
         raise
     finally:
         metrics["status"] = status
-        tracking.write_json(metrics_path, metrics)
+        if here.is_main:
+            tracking.write_json(metrics_path, metrics)
         if tracker is not None:
             tracker.finish(exit_code=exit_code)
-    return metrics["final_test_acc"]
+    return ddp.broadcast(metrics.get("final_test_acc"))
 
 
 @dataclass
@@ -176,12 +203,15 @@ def _fit(
 ) -> None:
     """The epoch loop: train, evaluate, record. Fills `metrics` in place and rewrites metrics.json each epoch."""
     steps_per_epoch = len(run.train_loader)
-    # The compiled module shares its parameters with `model`: checkpoints and the range test use `model`.
-    trained = torch.compile(run.model) if cfg.compile else run.model
+    main_rank = ddp.world().is_main
+    # DDP (under torchrun) and the compiled module share their parameters with `model`: checkpoints and
+    # evaluation use `model` itself.
+    trained = ddp.wrap(run.model, run.settings.device)
+    trained = torch.compile(trained) if cfg.compile else trained
     for epoch in range(start_epoch, cfg.epochs + 1):
         started = time.perf_counter()
         bar = tqdm(
-            run.train_loader, desc=f"epoch {epoch}/{cfg.epochs}", disable=not cfg.progress, leave=False,
+            run.train_loader, desc=f"epoch {epoch}/{cfg.epochs}", disable=not (cfg.progress and main_rank), leave=False,
             dynamic_ncols=True,
         )  # fmt: skip
         first_step = (epoch - 1) * steps_per_epoch
@@ -190,6 +220,9 @@ def _fit(
             trained, bar, run.optimizer, run.scheduler, run.settings, first_step, tracker, averaging, metrics, run.stop
         )
         train_time = time.perf_counter() - started
+        ddp.check_replicas_in_sync(run.model)
+        if not main_rank:  # rank 0 evaluates and records; the others go on to the next epoch's first step
+            continue
         evaluated = averaging.module if averaging is not None else run.model
         test_loss, test_acc = evaluate(evaluated, run.test_loader, run.settings, tta=cfg.eval_tta)
         row = {
@@ -238,6 +271,8 @@ def _fit(
             epoch, cfg.epochs, train_loss, 100 * train_acc, test_loss, 100 * test_acc, lrs[-1], row["epoch_time_s"],
         )  # fmt: skip
 
+    if not main_rank:
+        return
     images = {"curves": plots.training_curves(metrics, out_dir / "curves.png")}
     if (out_dir / lr_find.PLOT_NAME).is_file():
         images["lr_finder"] = out_dir / lr_find.PLOT_NAME
