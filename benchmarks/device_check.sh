@@ -1,28 +1,63 @@
 #!/usr/bin/env bash
-# Every GPU check of the speed issue in one command, for a lent GPU machine (no internet there).
+# Every GPU check in one command, for a lent GPU machine (no internet there).
 #
 # Here, once:   mkdir -p .device && cp ../shared/cifar10/cifar10-jpeg.tar.xz ../shared/cifar10/build_batches.py .device/
 #               echo /.device/ >> .git/info/exclude && bash ../shared/tools/offline-wheels.sh .device/whl
+#               (grad-cam ships no wheel: build it into .device/whl first, as that script does for antlr4)
 # There:        bash benchmarks/device_check.sh [SEEDS] [extra Hydra overrides for the full runs...]
 #               (carry .device; results land in $OUT, or in .device/out when OUT is unset)
 #
-# It stages CIFAR-10 from the 18 MB JPEG archive, installs the wheels the image lacks, prints the GPU, runs
-# benchmarks/throughput.py on whole epochs (97 steps of 512) and then SEEDS (default 5) complete 24-epoch runs.
-set -euo pipefail
+# Stages, each under its own time limit so that one slow stage cannot take the others' time:
+#   1. stage CIFAR-10 from the 18 MB JPEG archive, install the wheels the image lacks, print the GPU;
+#   2. benchmarks/throughput.py on whole epochs (97 steps of 512) for the three data paths, then SEEDS
+#      (default 5) complete 24-epoch runs with the defaults (their folders are kept under $OUT/runs);
+#   3. one more complete run with compile=true (seed 0), to compare its training time and first step.
+set -uo pipefail
 cd "$(dirname "$0")/.."
 seeds=${1:-5}
 shift || true
 out=${OUT:-.device/out}
 mkdir -p "$out"
-[ -d .device/data/cifar-10-batches-py ] || python3 .device/build_batches.py .device/cifar10-jpeg.tar.xz .device/data
+started=$(date +%s)
+stage() { echo; echo "== $1 (at $(( $(date +%s) - started )) s)"; }
+
+stage "data and packages"
+[ -d .device/data/cifar-10-batches-py ] || python3 .device/build_batches.py .device/cifar10-jpeg.tar.xz .device/data || exit 1
 if [ -d .device/whl ]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target .device/site .device/whl/*.whl
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target .device/site \
+    .device/whl/*.whl || exit 1
   export PYTHONPATH=$PWD/.device/site:$PWD
 else
   export PYTHONPATH=$PWD
 fi
-export WANDB_MODE=offline PYTHONUNBUFFERED=1
+export WANDB_MODE=offline PYTHONUNBUFFERED=1 NO_ALBUMENTATIONS_UPDATE=1 RESNET9_CACHE=$PWD/.device/cache
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1 | tee "$out/gpu.txt"
 python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), torch.cuda.get_device_name() if torch.cuda.is_available() else '')"
-steps=${STEPS:-97}
-python3 benchmarks/throughput.py --steps "$steps" --rounds "${ROUNDS:-5}" --data-root .device/data \
-  --full-run --seeds "$seeds" "$@" 2>&1 | tee "$out/throughput.txt"
+
+stage "throughput and $seeds full runs"
+timeout "${BENCH_LIMIT:-330}" python3 benchmarks/throughput.py --steps "${STEPS:-97}" --rounds "${ROUNDS:-3}" \
+  --workers "${WORKERS:-8}" --data-root .device/data --full-run --seeds "$seeds" --out "$out/runs" checkpoint=false "$@" 2>&1 \
+  | grep -v "^\[\|it/s\]" | tee "$out/throughput.txt"
+
+stage "compile=true, seed 0"
+timeout "${COMPILE_LIMIT:-150}" python3 -m resnet9.train compile=true seed=0 data.root=.device/data logger=none \
+  progress=false checkpoint=false hydra.run.dir="$out/runs/compile-seed0" "$@" 2>&1 | tail -4
+python3 - "$out/runs" <<'PY' | tee "$out/summary.txt"
+import json, pathlib, statistics, sys
+rows = []
+for path in sorted(pathlib.Path(sys.argv[1]).glob("*/metrics.json")):
+    m = json.loads(path.read_text())
+    if m.get("status") != "completed":
+        print(f"{path.parent.name}: {m.get('status')} {m.get('error', '')}")
+        continue
+    rows.append((path.parent.name, 100 * m["final_test_acc"], m["train_time_s"], m.get("first_step_s", float("nan")),
+                 sum(r["epoch_time_s"] for r in m["epochs"]), m["lr_min"], m["lr_max"]))
+print("| run | final test acc (%) | train time (s) | first step (s) | with evaluation (s) | LRMIN | LRMAX |")
+print("|---|---|---|---|---|---|---|")
+for name, acc, train, first, total, lo, hi in rows:
+    print(f"| {name} | {acc:.2f} | {train:.2f} | {first:.2f} | {total:.2f} | {lo:.4g} | {hi:.4g} |")
+seeds = [r[1] for r in rows if r[0].startswith("seed")]
+if len(seeds) > 1:
+    print(f"\nseeds: {len(seeds)}, mean {statistics.fmean(seeds):.2f} ± {statistics.stdev(seeds):.2f} %")
+PY
+stage "done"

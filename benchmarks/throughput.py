@@ -48,6 +48,7 @@ def parse_args() -> argparse.Namespace:
                         help="CIFAR-10 root; random images when it holds none")  # fmt: skip
     parser.add_argument("--full-run", action="store_true", help="also train --seeds complete runs")
     parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--out", help="keep the full runs' output folders here (default: a temporary folder)")
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for --full-run, e.g. epochs=24")
     return parser.parse_args()
 
@@ -115,7 +116,7 @@ def full_runs(args: argparse.Namespace) -> list[dict]:
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         for seed in range(args.seeds):
-            out = Path(tmp) / f"seed{seed}"
+            out = Path(args.out or tmp) / f"seed{seed}"
             command = [sys.executable, "-m", "resnet9.train", f"seed={seed}", f"data.root={args.data_root}",
                        f"device={args.device}", "logger=none", "progress=false", f"hydra.run.dir={out}",
                        *args.overrides]  # fmt: skip
