@@ -25,8 +25,8 @@ Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
 class StopRequested(Exception):
     """A stop was asked for (SIGTERM/SIGINT); raised at the next step boundary."""
 
-    def __init__(self, signal: int, step: int) -> None:
-        super().__init__(f"stopped by signal {signal} after step {step}")
+    def __init__(self, signal: int, step: int | None = None) -> None:
+        super().__init__(f"stopped by signal {signal}" + (f" after step {step}" if step is not None else ""))
         self.signal = signal
 
 

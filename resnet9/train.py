@@ -152,6 +152,7 @@ def train(cfg: DictConfig, out_dir: Path) -> float:
     name, group = _run_name_and_group(cfg)
     run_id = resumed["train_state"].get("tracker_run_id") if resumed else None
     tracker = None
+    stop = StopFlag()
     exit_code, status = 1, "failed"
     try:
         if here.is_main:
@@ -168,6 +169,9 @@ def train(cfg: DictConfig, out_dir: Path) -> float:
         status = "interrupted"
         raise
     except BaseException as err:
+        if stop.signal is not None:  # under torchrun a stopped rank can leave another inside a collective: the
+            status = "interrupted"  # error it gets there is the stop's doing
+            raise StopRequested(stop.signal) from err
         metrics["error"] = f"{type(err).__name__}: {err}"
         raise
     finally:

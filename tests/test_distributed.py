@@ -2,8 +2,10 @@
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +15,7 @@ import torch.nn.functional as F
 from conftest import REPO
 from ddp_worker import GLOBAL_BATCH, LR, synthetic_images
 from hydra import compose, initialize_config_dir
+from test_resume import assert_same_run, metrics
 
 from resnet9 import augment, config
 from resnet9.model import ResNet9
@@ -20,12 +23,17 @@ from resnet9.model import ResNet9
 WORKER = REPO / "tests" / "ddp_worker.py"
 
 
-def torchrun(*args: str, cwd: Path, processes: int = 2) -> subprocess.CompletedProcess:
-    """Launch `processes` CPU processes the way a user would (torchrun), with one thread each."""
+def torchrun_command(*args: str, cwd: Path, processes: int = 2) -> dict:
+    """Popen arguments that launch `processes` CPU processes the way a user would, one thread each."""
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline",
            "WANDB_SILENT": "true", "RESNET9_CACHE": str(cwd / "cache")}  # fmt: skip
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}", *args]
-    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    return {"args": command, "cwd": cwd, "env": env}
+
+
+def torchrun(*args: str, cwd: Path, processes: int = 2) -> subprocess.CompletedProcess:
+    return subprocess.run(**torchrun_command(*args, cwd=cwd, processes=processes), capture_output=True, text=True,
+                          timeout=300)  # fmt: skip
 
 
 def test_two_ranks_hold_the_same_weights_after_a_step_and_split_the_global_batch(tmp_path):
@@ -85,6 +93,34 @@ def test_torchrun_trains_one_job_into_one_folder_written_by_rank_zero(cifar_root
     assert len(list(run.glob("wandb/offline-run-*"))) == 1  # one W&B run per job, from rank 0
     assert (run / "train.log").read_text().count("final test accuracy") == 1
     assert "INFO" not in (run / "train.rank1.log").read_text()  # rank 1 only warns
+
+
+def test_sigterm_to_torchrun_keeps_the_last_epoch_and_a_rerun_resumes_exactly(cifar_root, tmp_path):
+    train = ["-m", "resnet9.train", "device=cpu", f"data.root={cifar_root}", "data.limit_train=1280",
+             "data.limit_test=200", "batch_size=64", "model.width=0.125", "epochs=8", "scheduler.peak_epoch=1",
+             "optimizer.lr=0.1", "scheduler.lr_min=0.01", "logger=none", "progress=false"]  # fmt: skip
+    out = tmp_path / "run"
+    process = subprocess.Popen(**torchrun_command(*train, f"hydra.run.dir={out}", cwd=tmp_path),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    deadline = time.monotonic() + 300
+    while not ((out / "metrics.json").exists() and metrics(out)["epochs"]):  # rank 0 recorded epoch 1
+        assert process.poll() is None and time.monotonic() < deadline, process.stderr.read()[-2000:]
+        time.sleep(0.02)
+    process.send_signal(signal.SIGTERM)  # to torchrun, which passes it on to both processes
+    assert process.wait(timeout=120) != 0
+    stopped = metrics(out)
+    assert stopped["status"] == "interrupted" and 1 <= len(stopped["epochs"]) < 8, (
+        stopped["status"],
+        stopped.get("error"),
+        process.stderr.read()[-3000:],
+    )
+
+    resumed = torchrun(*train, f"hydra.run.dir={out}", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    straight = torchrun(*train, f"hydra.run.dir={tmp_path / 'straight'}", cwd=tmp_path)
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    assert metrics(out)["resumed_from_epoch"] == len(stopped["epochs"]) + 1
+    assert_same_run(metrics(out), metrics(tmp_path / "straight"))
 
 
 def test_the_global_batch_must_split_evenly_over_the_processes(monkeypatch):
