@@ -67,3 +67,23 @@ def test_seed_sweep_ends_with_a_summary_that_marks_the_failed_setting(run_cli, c
     good, bad = rows["optimizer.lr=0.1"], rows["optimizer.lr=1000000000000.0"]
     assert (good["jobs"], good["failed"]) == (2, 0) and 0 <= good["final_test_acc"] <= 1
     assert (bad["jobs"], bad["failed"]) == (2, 2)
+
+
+def test_a_failing_middle_job_leaves_the_other_jobs_complete_and_the_summary_marks_it(run_cli, cifar_root, tmp_path):
+    sweep = tmp_path / "sweep"
+    result = run_cli(
+        "resnet9.train", "--multirun", *small_run(cifar_root, "epochs=1", "scheduler.peak_epoch=0.5", "logger=none"),
+        "scheduler.lr_min=0.01", "optimizer.lr=0.1,1e12,0.2", f"hydra.sweep.dir={sweep}",
+    )  # fmt: skip
+    assert result.returncode != 0  # Hydra reports the failed job once the sweep has run
+    jobs = [json.loads((sweep / str(job) / "metrics.json").read_text()) for job in range(3)]
+    assert [job["status"] for job in jobs] == ["completed", "failed", "completed"]
+    assert "training loss became" in jobs[1]["error"]
+    for job in (0, 2):  # the job after the failure ran in full too
+        assert len(jobs[job]["epochs"]) == 1
+        assert all((sweep / str(job) / name).is_file() for name in ("last.pt", "curves.png", "model_summary.txt"))
+    rows = {row["setting"]: row for row in json.loads((sweep / "summary.json").read_text())}
+    assert [(rows[s]["jobs"], rows[s]["failed"]) for s in ("optimizer.lr=0.1", "optimizer.lr=1000000000000.0",
+                                                          "optimizer.lr=0.2")] == [(1, 0), (1, 1), (1, 0)]  # fmt: skip
+    lines = (sweep / "summary.md").read_text().splitlines()
+    assert any(line.startswith("| optimizer.lr=1000000000000.0 | 1 | 1 |") for line in lines)  # jobs, failed
