@@ -194,6 +194,10 @@ class DeviceLoader:
         per_rank = batch_size // world_size
         self.my_part = slice(rank * per_rank, (rank + 1) * per_rank) if train else slice(None)
         self.generator = torch.Generator(device=device).manual_seed(seed)
+        # For a mid-epoch checkpoint: the generator as the current epoch began, and how many batches the
+        # next epoch should skip (resuming such a checkpoint) — skipped batches still make their draws.
+        self.epoch_start_state = self.generator.get_state()
+        self.skip_batches = 0
         self.mean = torch.tensor(CIFAR10_MEAN, device=device).view(1, 3, 1, 1) * 255
         self.std = torch.tensor(CIFAR10_STD, device=device).view(1, 3, 1, 1) * 255
         self.pixel = torch.arange(IMAGE_SIZE, device=device)
@@ -204,13 +208,17 @@ class DeviceLoader:
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         n = len(self.labels)
+        skip, self.skip_batches = self.skip_batches, 0
         if self.train:  # one permutation per epoch; drop the last partial batch
+            self.epoch_start_state = self.generator.get_state()
             order = torch.randperm(n, generator=self.generator, device=self.device)
         else:
             order = torch.arange(n, device=self.device)
         for i in range(len(self)):
             index = order[i * self.batch_size : (i + 1) * self.batch_size]
             draws = {name: drawn[self.my_part] for name, drawn in self.draw(len(index)).items()}
+            if i < skip:
+                continue
             index = index[self.my_part]
             yield self.augment(self.images[index], draws), self.labels[index]
 

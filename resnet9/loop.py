@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -23,11 +23,11 @@ Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
 
 
 class StopRequested(Exception):
-    """A stop was asked for (SIGTERM/SIGINT); raised at the next step boundary."""
+    """A stop was asked for (SIGTERM/SIGINT); raised at the next step boundary, with the epoch's progress."""
 
-    def __init__(self, signal: int, step: int | None = None) -> None:
+    def __init__(self, signal: int, step: int | None = None, progress: EpochProgress | None = None) -> None:
         super().__init__(f"stopped by signal {signal}" + (f" after step {step}" if step is not None else ""))
-        self.signal = signal
+        self.signal, self.progress = signal, progress
 
 
 @dataclass
@@ -35,6 +35,32 @@ class StopFlag:
     """Set from a signal handler; the loop checks it after every step, a safe point."""
 
     signal: int | None = None
+
+
+@dataclass
+class EpochProgress:
+    """An epoch's running numbers, kept on the device: what a mid-epoch checkpoint needs to carry on exactly."""
+
+    loss_sum: torch.Tensor
+    correct: torch.Tensor
+    seen: int = 0
+    step_losses: list[torch.Tensor] = field(default_factory=list)
+    lrs: list[float] = field(default_factory=list)
+
+    @classmethod
+    def start(cls, device: torch.device) -> EpochProgress:
+        return cls(torch.zeros((), device=device), torch.zeros((), dtype=torch.long, device=device))
+
+    def state_dict(self) -> dict[str, Any]:
+        """Tensors and plain lists only, so that torch.load(weights_only=True) reads it back."""
+        losses = torch.stack(self.step_losses).float().cpu() if self.step_losses else torch.zeros(0)
+        return {"loss_sum": self.loss_sum.cpu(), "correct": self.correct.cpu(), "seen": self.seen,
+                "step_losses": losses, "lrs": list(self.lrs)}  # fmt: skip
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any], device: torch.device) -> EpochProgress:
+        return cls(state["loss_sum"].to(device), state["correct"].to(device), state["seen"],
+                   list(state["step_losses"].to(device)), list(state["lrs"]))  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -64,6 +90,7 @@ def train_one_epoch(
     ema: AveragedModel | None = None,
     metrics: dict[str, Any] | None = None,
     stop: StopFlag | None = None,
+    progress: EpochProgress | None = None,
 ) -> tuple[float, float, list[float]]:
     """One pass over the training batches; the scheduler steps after every batch.
 
@@ -73,19 +100,19 @@ def train_one_epoch(
     a progress bar (when `batches` is one) reads its running numbers every `log_every` steps. A non-finite
     loss stops the run at that read. The very first step of a run is timed on its own
     (`metrics["first_step_s"]`): with `compile=true` it holds the compilation.
+
+    `progress` continues an epoch that a stop interrupted (its batches skip the steps already done); a stop
+    raises StopRequested carrying the progress so far.
     """
     model.train()
     device = settings.device
-    loss_sum = torch.zeros((), device=device)
-    correct = torch.zeros((), dtype=torch.long, device=device)
-    step_losses: list[torch.Tensor] = []
-    seen = 0
-    lrs: list[float] = []
+    progress = progress or EpochProgress.start(device)
     started = time.perf_counter()
-    for i, (images, labels) in enumerate(batches):
+    for images, labels in batches:
+        step = first_step + len(progress.lrs)
         images = images.to(device, non_blocking=True).contiguous(memory_format=settings.memory_format)
         labels = labels.to(device, non_blocking=True)
-        lrs.append(optimizer.param_groups[0]["lr"])
+        progress.lrs.append(optimizer.param_groups[0]["lr"])
         with settings.autocast():
             logits = model(images)
             loss = F.cross_entropy(logits, labels, label_smoothing=settings.label_smoothing)
@@ -95,22 +122,23 @@ def train_one_epoch(
         scheduler.step()
         if ema is not None:
             ema.update_parameters(model)
-        step_losses.append(loss.detach())
-        loss_sum += loss.detach() * len(labels)
-        correct += (logits.argmax(1) == labels).sum()
-        seen += len(labels)
+        progress.step_losses.append(loss.detach())
+        progress.loss_sum += loss.detach() * len(labels)
+        progress.correct += (logits.argmax(1) == labels).sum()
+        progress.seen += len(labels)
         if stop is not None and stop.signal is not None:
-            raise StopRequested(stop.signal, first_step + i)
-        if first_step + i == 0 and metrics is not None:
+            raise StopRequested(stop.signal, step, progress)
+        if step == 0 and metrics is not None:
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             metrics["first_step_s"] = time.perf_counter() - started
-        if hasattr(batches, "set_postfix") and (i + 1) % settings.log_every == 0:
-            running_loss = loss_sum.item() / seen
-            _stop_if_diverged(running_loss, first_step + i, lrs[-1])
-            batches.set_postfix(
-                loss=f"{running_loss:.3f}", acc=f"{100 * correct.item() / seen:.1f}%", lr=f"{lrs[-1]:.3g}"
-            )
+        if hasattr(batches, "set_postfix") and len(progress.lrs) % settings.log_every == 0:
+            running_loss = progress.loss_sum.item() / progress.seen
+            _stop_if_diverged(running_loss, step, progress.lrs[-1])
+            batches.set_postfix(loss=f"{running_loss:.3f}", acc=f"{100 * progress.correct.item() / progress.seen:.1f}%",
+                                lr=f"{progress.lrs[-1]:.3g}")  # fmt: skip
+    loss_sum, correct, seen, step_losses, lrs = (progress.loss_sum, progress.correct, progress.seen,
+                                                 progress.step_losses, progress.lrs)  # fmt: skip
     if distributed.is_active():  # data parallel: the epoch's numbers over all ranks' slices, one all-reduce
         world_size = torch.distributed.get_world_size()
         totals = distributed.sum_over_ranks(torch.cat([torch.stack(step_losses).float() / world_size,

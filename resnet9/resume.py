@@ -14,8 +14,11 @@ an uninterrupted one (tested with kill -9 in the middle of an epoch). The albume
 its loader's generator (so worker seeds match) but not the main-process pipeline's own state, so with
 `data.num_workers=0` its augmentations differ after a resume.
 
-SIGTERM and SIGINT set a flag that the loop checks after every step: the run stops there, keeps its last
-complete checkpoint, marks metrics.json "interrupted" and exits with 128 + the signal number.
+SIGTERM and SIGINT set a flag that the loop checks after every step: the run stops there, marks
+metrics.json "interrupted" and exits with 128 + the signal number. With the device engine in a single process
+it first saves last.pt at that step: besides the usual state, `partial_epoch` holds the loader's generator as
+the epoch began and the epoch's running sums, so the resumed run replays the loader to that step and carries
+on exactly (tested). Otherwise (albumentations engine, torchrun) last.pt stays at the last complete epoch.
 """
 
 from __future__ import annotations

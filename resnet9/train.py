@@ -34,7 +34,7 @@ from tqdm import tqdm
 # module's functions) would take both names for the unpicklable module torch.distributed.config.
 from resnet9 import config, data, lr_find, plots, resume, summary, tracking
 from resnet9 import distributed as ddp
-from resnet9.loop import Batches, StepSettings, StopFlag, StopRequested, evaluate, train_one_epoch
+from resnet9.loop import Batches, EpochProgress, StepSettings, StopFlag, StopRequested, evaluate, train_one_epoch
 from resnet9.model import count_parameters
 
 log = logging.getLogger(__name__)
@@ -128,7 +128,7 @@ def train(cfg: DictConfig, out_dir: Path) -> float:
         "epochs": [],
         "lr_per_step": [],
     }
-    start_epoch = 1
+    start_epoch, progress = 1, None
     if resumed is not None:
         state = resumed["train_state"]
         model.load_state_dict(state["model"])
@@ -139,7 +139,14 @@ def train(cfg: DictConfig, out_dir: Path) -> float:
         resume.restore_rng(state["rng"], train_loader.generator)
         metrics.update({key: state["metrics"][key] for key in RESUMED_METRICS if key in state["metrics"]})
         metrics["resumed_from_epoch"] = start_epoch = resumed["epoch"] + 1
-        log.info("resuming from %s after epoch %d", out_dir / "last.pt", resumed["epoch"])
+        partial = state.get("partial_epoch")
+        if partial is not None:  # a stop mid-epoch: replay the loader to that step, carry the epoch's sums on
+            train_loader.generator.set_state(partial["loader_state"])
+            train_loader.skip_batches = len(partial["lrs"])
+            progress = EpochProgress.from_state(partial, device)
+            metrics["resumed_from_step"] = (start_epoch - 1) * len(train_loader) + len(partial["lrs"])
+        log.info("resuming from %s after epoch %d%s", out_dir / "last.pt", resumed["epoch"],
+                 f" and {len(partial['lrs'])} steps of the next" if partial else "")  # fmt: skip
     metrics_path = out_dir / "metrics.json"
     if here.is_main:
         tracking.write_json(metrics_path, metrics)
@@ -163,7 +170,7 @@ def train(cfg: DictConfig, out_dir: Path) -> float:
             tracker = tracking.NullTracker()
         with resume.stop_on_signals() as stop:
             training = Training(model, optimizer, scheduler, ema, train_loader, test_loader, settings, stop)
-            _fit(cfg, training, start_epoch, tracker, metrics, out_dir)
+            _fit(cfg, training, start_epoch, tracker, metrics, out_dir, progress)
         exit_code, status = 0, "completed"
     except StopRequested:
         status = "interrupted"
@@ -203,9 +210,18 @@ RESUMED_METRICS = ("epochs", "lr_per_step", "first_step_s", "final_test_acc", "b
 
 
 def _fit(
-    cfg: DictConfig, run: Training, start_epoch: int, tracker: Any, metrics: dict[str, Any], out_dir: Path
+    cfg: DictConfig,
+    run: Training,
+    start_epoch: int,
+    tracker: Any,
+    metrics: dict[str, Any],
+    out_dir: Path,
+    progress: EpochProgress | None = None,
 ) -> None:
-    """The epoch loop: train, evaluate, record. Fills `metrics` in place and rewrites metrics.json each epoch."""
+    """The epoch loop: train, evaluate, record. Fills `metrics` in place and rewrites metrics.json each epoch.
+
+    `progress`: the steps already done in `start_epoch` (resuming a checkpoint written by a stop mid-epoch).
+    """
     steps_per_epoch = len(run.train_loader)
     main_rank = ddp.world().is_main
     # DDP (under torchrun) and the compiled module share their parameters with `model`: checkpoints and
@@ -220,9 +236,25 @@ def _fit(
         )  # fmt: skip
         first_step = (epoch - 1) * steps_per_epoch
         averaging = run.ema if run.ema is not None and epoch >= cfg.ema.start_epoch else None
-        train_loss, train_acc, lrs = train_one_epoch(
-            trained, bar, run.optimizer, run.scheduler, run.settings, first_step, tracker, averaging, metrics, run.stop
-        )
+        try:
+            train_loss, train_acc, lrs = train_one_epoch(
+                trained, bar, run.optimizer, run.scheduler, run.settings, first_step, tracker, averaging, metrics,
+                run.stop, progress if epoch == start_epoch else None,
+            )  # fmt: skip
+        except StopRequested as stopped:
+            # Keep the steps done in this epoch too, where they can be replayed exactly: the device engine
+            # (its position is a generator state plus a batch count) in a single process (one rank's sums).
+            if (
+                cfg.checkpoint
+                and stopped.progress is not None
+                and main_rank
+                and not ddp.is_active()
+                and hasattr(run.train_loader, "epoch_start_state")
+            ):
+                partial = {"epoch": epoch, "loader_state": run.train_loader.epoch_start_state,
+                           **stopped.progress.state_dict()}  # fmt: skip
+                _save_checkpoint(run, metrics, tracker, out_dir / "last.pt", epoch - 1, run.model, partial)
+            raise
         train_time = time.perf_counter() - started
         ddp.check_replicas_in_sync(run.model)
         if not main_rank:  # rank 0 evaluates and records; the others go on to the next epoch's first step
@@ -250,23 +282,7 @@ def _fit(
             train_time_s=sum(r["train_time_s"] for r in metrics["epochs"]),
         )
         if cfg.checkpoint:
-            tracking.save_checkpoint(out_dir / "last.pt", {
-                "model": evaluated.state_dict(),  # the weights that were evaluated (EMA when averaging)
-                "epoch": epoch,
-                "config": metrics["config"],
-                "lr_min": metrics["lr_min"],
-                "lr_max": metrics["lr_max"],
-                "test_acc": test_acc,
-                "train_state": {  # everything needed to continue exactly from here (see resume.py)
-                    "model": run.model.state_dict(),
-                    "optimizer": run.optimizer.state_dict(),
-                    "scheduler": run.scheduler.state_dict(),
-                    "ema": run.ema.state_dict() if run.ema is not None else None,
-                    "rng": resume.capture_rng(run.train_loader.generator),
-                    "metrics": {key: metrics[key] for key in (*RESUMED_METRICS, "lr_source") if key in metrics},
-                    "tracker_run_id": getattr(tracker, "run_id", None),
-                },
-            })  # fmt: skip
+            _save_checkpoint(run, metrics, tracker, out_dir / "last.pt", epoch, evaluated)
         # metrics.json after the checkpoint: an epoch it lists is always one a resume starts after.
         tracking.write_json(out_dir / "metrics.json", metrics)
         tracker.log({f"epoch/{key}": value for key, value in row.items()}, step=first_step + steps_per_epoch - 1)
@@ -288,6 +304,36 @@ def _fit(
         100 * metrics["final_test_acc"], 100 * metrics["best_test_acc"], metrics["best_epoch"],
         metrics["train_time_s"], out_dir,
     )  # fmt: skip
+
+
+def _save_checkpoint(
+    run: Training,
+    metrics: dict[str, Any],
+    tracker: Any,
+    path: Path,
+    epoch: int,
+    evaluated: nn.Module,
+    partial_epoch: dict[str, Any] | None = None,
+) -> None:
+    """last.pt after `epoch` complete epochs (plus, after a stop, the steps done in the next one)."""
+    tracking.save_checkpoint(path, {
+        "model": evaluated.state_dict(),  # the weights that were evaluated (EMA when averaging)
+        "epoch": epoch,
+        "config": metrics["config"],
+        "lr_min": metrics["lr_min"],
+        "lr_max": metrics["lr_max"],
+        "test_acc": metrics.get("final_test_acc"),
+        "train_state": {  # everything needed to continue exactly from here (see resume.py)
+            "model": run.model.state_dict(),
+            "optimizer": run.optimizer.state_dict(),
+            "scheduler": run.scheduler.state_dict(),
+            "ema": run.ema.state_dict() if run.ema is not None else None,
+            "rng": resume.capture_rng(run.train_loader.generator),
+            "metrics": {key: metrics[key] for key in (*RESUMED_METRICS, "lr_source") if key in metrics},
+            "tracker_run_id": getattr(tracker, "run_id", None),
+            "partial_epoch": partial_epoch,
+        },
+    })  # fmt: skip
 
 
 def _fused(cfg: DictConfig, device: torch.device) -> dict[str, bool]:

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -9,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import REPO
 
 KEYS = ("train_loss", "train_acc", "test_loss", "test_acc", "lr", "ema")
@@ -83,11 +85,17 @@ def test_sigterm_stops_at_a_step_keeps_the_checkpoint_and_resumes(synthetic_root
     assert process.wait(timeout=120) == 128 + signal.SIGTERM
     stopped = metrics(out)
     assert stopped["status"] == "interrupted" and "error" not in stopped
-    assert "resume by rerunning with the same output folder" in process.stderr.read()
+    message = process.stderr.read()
+    assert "resume by rerunning with the same output folder" in message
+    last_step = int(re.search(r"stopped by signal 15 after step (\d+)", message).group(1))
+    partial = torch.load(out / "last.pt", weights_only=True)["train_state"]["partial_epoch"]
+    assert len(partial["lrs"]) == last_step + 1 - len(stopped["epochs"]) * stopped["steps_per_epoch"]
 
     result = subprocess.run(command(synthetic_root, out), cwd=REPO, env=env(), capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert_same_run(metrics(out), uninterrupted)
+    resumed = metrics(out)
+    assert resumed["resumed_from_step"] == last_step + 1  # the steps done before the stop are not redone...
+    assert_same_run(resumed, uninterrupted)  # ...and the run still ends exactly like an uninterrupted one
 
 
 def test_another_config_in_the_folder_is_refused_in_one_line(synthetic_root, tmp_path, uninterrupted):
