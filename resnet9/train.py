@@ -55,7 +55,7 @@ def hydra_main(cfg: DictConfig) -> float:
     try:
         with config.exit_on_usage_error():
             return train(cfg, out_dir)
-    except StopRequested as stopped:  # SIGTERM/SIGINT: the last complete epoch is checkpointed; say so, exit
+    except StopRequested as stopped:  # SIGTERM/SIGINT: last.pt holds what a resume needs; say so, exit
         print(f"{stopped}; resume by rerunning with the same output folder ({out_dir})", file=sys.stderr)
         sys.exit(128 + stopped.signal)
 
