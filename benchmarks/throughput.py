@@ -8,9 +8,9 @@
 (b) device-resident: the trainer's epoch loop fed by augment.DeviceLoader (the default engine)
 (c) albumentations:  the same loop fed by the albumentations DataLoader (the reference engine)
 
-All three run through `resnet9.train.train_one_epoch` with the trainer's settings (channels_last, bf16
-autocast on CUDA, fused optimizer on CUDA). The measurements are interleaved in rounds so that a noisy
-machine slows all three alike, and each row reports the median round. The ratio (b)/(a) is the share of
+All three run through the trainer's `loop.train_one_epoch`, built by `resnet9.build` from the trainer's own
+config (channels_last, bf16 autocast on CUDA, fused SGD on CUDA). The measurements are interleaved in rounds
+so that a noisy machine slows all three alike, and each row reports the median round. The ratio (b)/(a) is the share of
 pure compute the data path keeps: 1.0 means augmentation is free.
 """
 
@@ -27,10 +27,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
 
-from resnet9 import augment, config, data
-from resnet9.loop import StepSettings, train_one_epoch
-from resnet9.model import ResNet9
+from resnet9 import build, data, schema
+from resnet9.loop import train_one_epoch
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -42,7 +43,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=4, help="training steps per measurement")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; the median is reported")
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--precision", default="auto", choices=config.PRECISIONS)
+    parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"))
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers for path (c)")
     parser.add_argument("--data-root", default=str(REPO.parent / "shared" / "cifar10"),
                         help="CIFAR-10 root; random images when it holds none")  # fmt: skip
@@ -53,51 +54,60 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def training_images(root: str, count: int) -> tuple[np.ndarray, np.ndarray, str]:
+def training_images(root: str, count: int) -> tuple[data.Cifar10, str]:
     try:
         cifar = data.load(root, download=False, limit_train=count)
-        return cifar.train_images, cifar.train_labels, f"CIFAR-10 from {root}"
+        source = f"CIFAR-10 from {root}"
     except data.DataError:
         rng = np.random.default_rng(0)
         images = rng.integers(0, 256, size=(count, 32, 32, 3), dtype=np.uint8)
-        return images, rng.integers(0, 10, size=count), "random images (no CIFAR-10 found)"
+        labels = rng.integers(0, 10, size=count)
+        cifar = data.Cifar10(images, labels, images[:0], labels[:0])
+        source = "random images (no CIFAR-10 found)"
+    return cifar, source
+
+
+def run_config(args: argparse.Namespace, engine: str) -> DictConfig:
+    """The trainer's own config (conf/), at the benchmark's width, batch, precision and device."""
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=[
+            f"model.width={args.width}", f"batch_size={args.batch_size}", f"precision={args.precision}",
+            f"device={args.device}", f"augment.engine={engine}", f"data.num_workers={args.workers}",
+            "optimizer.lr=0.01", "scheduler.lr_min=0.001",
+        ])  # fmt: skip
+    schema.validate(cfg)
+    return cfg
 
 
 def measure_paths(args: argparse.Namespace) -> list[tuple[str, float]]:
-    device = config.resolve_device(args.device)
-    settings = StepSettings(
-        device=device, memory_format=torch.channels_last, autocast_dtype=config.autocast_dtype(args.precision, device)
-    )
+    cfg = run_config(args, engine="device")
+    device = build.device(cfg.device)
+    settings = build.step_settings(cfg, device)
     torch.manual_seed(0)
-    model = ResNet9(width=args.width).to(device, memory_format=torch.channels_last)
-    fused = {"fused": True} if device.type == "cuda" else {}
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=5e-4, **fused)
+    model = build.model(cfg.model, settings)
+    optimizer = build.optimizer(cfg.optimizer, model, lr=0.01, **build.fused_kernels(cfg.optimizer, device))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)  # the loop steps one; keep LR fixed
 
     count = args.steps * args.batch_size
-    images, labels, source = training_images(args.data_root, count)
+    cifar, source = training_images(args.data_root, count)
     random_batches = [
-        (torch.randn(args.batch_size, 3, 32, 32, device=device).contiguous(memory_format=torch.channels_last),
+        (torch.randn(args.batch_size, 3, 32, 32, device=device).contiguous(memory_format=settings.memory_format),
          torch.randint(0, 10, (args.batch_size,), device=device))
         for _ in range(args.steps)
     ]  # fmt: skip
-    spec = augment.Augmentation(pad=4, flip=True, cutout=8, engine="device")
-    device_loader = spec.train_loader(
-        images, labels, args.batch_size, device, seed=0, memory_format=torch.channels_last
-    )
-    albu = augment.Augmentation(pad=4, flip=True, cutout=8, engine="albumentations")
-    albu_loader = albu.train_loader(images, labels, args.batch_size, device, seed=0, num_workers=args.workers)
     paths = {
         "(a) bare model, random tensors": random_batches,
-        "(b) device-resident loader": device_loader,
-        f"(c) albumentations DataLoader, {args.workers} workers": albu_loader,
+        "(b) device-resident loader": build.train_loader(cfg, cifar, settings, seed=0),
+        f"(c) albumentations DataLoader, {args.workers} workers": build.train_loader(
+            run_config(args, engine="albumentations"), cifar, settings, seed=0
+        ),
     }
 
     def timed(batches) -> float:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         started = time.perf_counter()
-        train_one_epoch(model, batches, optimizer, scheduler, settings)  # ends with a host read: synchronized
+        train_one_epoch(model, batches, optimizer, scheduler, settings).read(first_step=0)  # the read synchronizes
         return time.perf_counter() - started
 
     print(f"device {device} ({settings.autocast_dtype or 'fp32'}), width {args.width}, batch {args.batch_size}, "

@@ -22,14 +22,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import albumentations as A
 import cv2
 import numpy as np
 import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, Sampler, get_worker_info
-
-ENGINES = ("auto", "device", "albumentations")
 
 # Per-channel mean and std of the official CIFAR-10 training images, on the 0..1 scale.
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
@@ -153,6 +152,82 @@ def make_loader(
     )
 
 
+class EpochPosition:
+    """How far into its epoch a training loader is, so that a stop mid-epoch resumes at that very step.
+
+    The loader's random state is taken as each epoch begins. A loader restored from `state_dict()` taken
+    mid-epoch starts that epoch again from the same random state and skips the batches done before the stop;
+    the skipped batches still make their random draws, so every later batch is exactly the one the stopped
+    run would have seen.
+    """
+
+    def __init__(self) -> None:
+        self.epoch_start: Any = None  # the random state as the current epoch began; None between epochs
+        self.handed_out = 0  # batches of the current epoch handed out so far
+        self._skip = 0
+
+    def begin(self, random_state: Any) -> int:
+        """An epoch starts: remember the random state; return how many batches to skip (after a resume)."""
+        self.epoch_start, self.handed_out = random_state, 0
+        skip, self._skip = self._skip, 0
+        return skip
+
+    def end(self) -> None:
+        self.epoch_start, self.handed_out = None, 0
+
+    def state_dict(self, random_state_now: Any) -> dict[str, Any]:
+        if self.epoch_start is None:
+            return {"rng": random_state_now, "batches_done": 0}
+        return {"rng": self.epoch_start, "batches_done": self.handed_out}
+
+    def resume_at(self, batches_done: int) -> None:
+        self._skip = batches_done
+
+
+class AlbumentationsLoader:
+    """The reference engine's training batches (a DataLoader over albumentations pipelines), resumable mid-epoch.
+
+    Its random state is the DataLoader's generator (shuffling, and the seeds of worker processes) and the
+    pipeline's own generators, which draw the augmentations when there are no workers (`num_workers=0`).
+    """
+
+    def __init__(self, loader: DataLoader) -> None:
+        self.loader, self.position = loader, EpochPosition()
+        self.transform: A.Compose = loader.dataset.transform
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        skip = self.position.begin(self._random_state())
+        for i, batch in enumerate(self.loader):
+            if i >= skip:
+                self.position.handed_out = i + 1
+                yield batch
+        self.position.end()
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.position.state_dict(self._random_state())
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.loader.generator.set_state(state["rng"]["loader"])
+        for step, (numpy_state, python_state) in zip(self._steps(), state["rng"]["pipeline"], strict=True):
+            step.random_generator.bit_generator.state = numpy_state
+            version, internal, gauss = python_state
+            step.py_random.setstate((version, tuple(internal), gauss))
+        self.position.resume_at(state["batches_done"])
+
+    def _steps(self) -> list[Any]:
+        return [self.transform, *self.transform.transforms]
+
+    def _random_state(self) -> dict[str, Any]:
+        pipeline = []
+        for step in self._steps():
+            version, internal, gauss = step.py_random.getstate()
+            pipeline.append([step.random_generator.bit_generator.state, [version, list(internal), gauss]])
+        return {"loader": self.loader.generator.get_state(), "pipeline": pipeline}
+
+
 class DeviceLoader:
     """Batches of (normalized float images, labels) from uint8 data held on `device`, augmented in place.
 
@@ -194,10 +269,7 @@ class DeviceLoader:
         per_rank = batch_size // world_size
         self.my_part = slice(rank * per_rank, (rank + 1) * per_rank) if train else slice(None)
         self.generator = torch.Generator(device=device).manual_seed(seed)
-        # For a mid-epoch checkpoint: the generator as the current epoch began, and how many batches the
-        # next epoch should skip (resuming such a checkpoint) — skipped batches still make their draws.
-        self.epoch_start_state = self.generator.get_state()
-        self.skip_batches = 0
+        self.position = EpochPosition()
         self.mean = torch.tensor(CIFAR10_MEAN, device=device).view(1, 3, 1, 1) * 255
         self.std = torch.tensor(CIFAR10_STD, device=device).view(1, 3, 1, 1) * 255
         self.pixel = torch.arange(IMAGE_SIZE, device=device)
@@ -208,19 +280,28 @@ class DeviceLoader:
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         n = len(self.labels)
-        skip, self.skip_batches = self.skip_batches, 0
+        skip = self.position.begin(self.generator.get_state())
         if self.train:  # one permutation per epoch; drop the last partial batch
-            self.epoch_start_state = self.generator.get_state()
             order = torch.randperm(n, generator=self.generator, device=self.device)
         else:
             order = torch.arange(n, device=self.device)
         for i in range(len(self)):
             index = order[i * self.batch_size : (i + 1) * self.batch_size]
             draws = {name: drawn[self.my_part] for name, drawn in self.draw(len(index)).items()}
-            if i < skip:
+            if i < skip:  # resuming mid-epoch: the batches done before the stop still make their draws
                 continue
             index = index[self.my_part]
+            self.position.handed_out = i + 1
             yield self.augment(self.images[index], draws), self.labels[index]
+        self.position.end()
+
+    def state_dict(self) -> dict[str, Any]:
+        """Where the loader stands: its random state, and how far into an epoch a stop came."""
+        return self.position.state_dict(self.generator.get_state())
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.generator.set_state(state["rng"])
+        self.position.resume_at(state["batches_done"])
 
     def _uniform_ints(self, high: int, count: int) -> torch.Tensor:
         return torch.randint(0, high, (count,), generator=self.generator, device=self.device)
@@ -268,10 +349,6 @@ class Augmentation:
     cutout: int = 8
     engine: str = "auto"
 
-    def __post_init__(self) -> None:
-        if self.engine not in ENGINES:
-            raise ValueError(f"augment.engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")
-
     def train_loader(
         self,
         images: np.ndarray,
@@ -283,16 +360,39 @@ class Augmentation:
         memory_format: torch.memory_format = torch.contiguous_format,
         rank: int = 0,
         world_size: int = 1,
-    ) -> DeviceLoader | DataLoader:
-        """Training batches; with world_size > 1, this rank's slice of each global batch of `batch_size`."""
+    ) -> DeviceLoader | AlbumentationsLoader:
+        """Training batches; with world_size > 1, this rank's slice of each global batch of `batch_size`.
+
+        Both engines have `state_dict()` / `load_state_dict()`: their random state and their place in the epoch.
+        """
         if self.engine == "albumentations":
             transform = train_transform(self.pad, self.flip, self.cutout, seed=seed + RANK_SEED_STRIDE * rank)
-            return make_loader(images, labels, transform, batch_size, train=True, seed=seed, num_workers=num_workers,
-                               rank=rank, world_size=world_size)  # fmt: skip
+            loader = make_loader(
+                images,
+                labels,
+                transform,
+                batch_size,
+                train=True,
+                seed=seed,
+                num_workers=num_workers,
+                rank=rank,
+                world_size=world_size,
+            )
+            return AlbumentationsLoader(loader)
         return DeviceLoader(
-            images, labels, batch_size, device, train=True, pad=self.pad, flip=self.flip, cutout=self.cutout,
-            seed=seed, memory_format=memory_format, rank=rank, world_size=world_size,
-        )  # fmt: skip
+            images,
+            labels,
+            batch_size,
+            device,
+            train=True,
+            pad=self.pad,
+            flip=self.flip,
+            cutout=self.cutout,
+            seed=seed,
+            memory_format=memory_format,
+            rank=rank,
+            world_size=world_size,
+        )
 
     def test_loader(
         self,

@@ -3,7 +3,7 @@
 The on-disk form is the official python layout, `<root>/cifar-10-batches-py/{data_batch_1..5,test_batch}`.
 A staged copy is validated by its structure (keys, dtype, shape, label range, counts), not by the official
 per-file MD5s: a re-packed copy is valid data with other bytes, and torchvision's `CIFAR10` class refuses it.
-Every problem surfaces as a `DataError` whose message is one line saying where we looked and how to fix it.
+Every problem surfaces as an `errors.DataError` whose message is one line saying where we looked and how to fix it.
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from resnet9.errors import DataError
+
 BATCHES_DIR = "cifar-10-batches-py"
 TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
 TEST_FILE = "test_batch"
@@ -23,13 +25,10 @@ CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "hors
 NUM_CLASSES = len(CLASSES)
 ROWS_PER_BATCH = 10_000
 TRAIN_PER_CLASS, TEST_PER_CLASS = 5_000, 1_000
+TRAIN_SIZE, TEST_SIZE = NUM_CLASSES * TRAIN_PER_CLASS, NUM_CLASSES * TEST_PER_CLASS
 # Subsets (data.limit_*) are drawn with this fixed seed, not the run's seed, so that every run and every
 # job of a sweep sees the same images.
 SUBSET_SEED = 0
-
-
-class DataError(ValueError):
-    """Missing, unreadable or malformed CIFAR-10 data. The message is one line and names the fix."""
 
 
 @dataclass(frozen=True)

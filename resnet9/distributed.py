@@ -23,7 +23,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -31,6 +31,8 @@ import torch
 import torch.distributed as dist
 from omegaconf import OmegaConf
 from torch import nn
+
+from resnet9.loop import EpochProgress
 
 # Rank 0's range test (≈ 10 min at full width on a small CPU) and its evaluations keep the others waiting
 # in a collective; torchrun ends the whole job if any process dies, so a long timeout never hides a crash.
@@ -92,13 +94,29 @@ def broadcast(value: Any) -> Any:
     return box[0]
 
 
-def sum_over_ranks(tensor: torch.Tensor) -> torch.Tensor:
-    """The element-wise sum of `tensor` over all ranks (a copy); `tensor` itself for a single process."""
+def sum_epoch(progress: EpochProgress) -> EpochProgress:
+    """The epoch's numbers over every rank's slice (one all-reduce); `progress` itself for a single process.
+
+    Step losses are averaged over the ranks (each is a mean over its slice); loss sums, correct counts and
+    the number of images seen add up.
+    """
     if not is_active():
-        return tensor
-    total = tensor.clone()
-    dist.all_reduce(total)
-    return total
+        return progress
+    world_size = dist.get_world_size()
+    totals = torch.cat(
+        [
+            torch.stack(progress.step_losses).float() / world_size,
+            torch.stack([progress.loss_sum, progress.correct.float()]),
+        ]
+    )
+    dist.all_reduce(totals)
+    return replace(
+        progress,
+        loss_sum=totals[-2],
+        correct=totals[-1].long(),
+        seen=progress.seen * world_size,
+        step_losses=list(totals[:-2]),
+    )
 
 
 @contextlib.contextmanager
@@ -147,7 +165,15 @@ def _launch_time_resolver(pattern: str) -> str:
     return _launch_time.strftime(pattern)
 
 
-# conf/config.yaml names its output folders with these, so that every rank of a job resolves the same one.
-OmegaConf.register_new_resolver("launch_time", _launch_time_resolver, replace=True)
-OmegaConf.register_new_resolver("main_rank_only", lambda value: value if world().is_main else None, replace=True)
-OmegaConf.register_new_resolver("rank_suffix", lambda: "" if world().is_main else f".rank{world().rank}", replace=True)
+def register_resolvers() -> None:
+    """The resolvers conf/config.yaml names its output folders with, so that every rank resolves the same one.
+
+    Every command that composes conf/config.yaml calls this before Hydra starts.
+    """
+    resolvers = {
+        "launch_time": _launch_time_resolver,
+        "main_rank_only": lambda value: value if world().is_main else None,
+        "rank_suffix": lambda: "" if world().is_main else f".rank{world().rank}",
+    }
+    for name, resolver in resolvers.items():
+        OmegaConf.register_new_resolver(name, resolver, replace=True)

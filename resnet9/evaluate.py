@@ -17,68 +17,80 @@ import hydra
 import numpy as np
 import torch
 from hydra.core.hydra_config import HydraConfig
-from hydra.utils import instantiate, to_absolute_path
+from hydra.utils import to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from resnet9 import config, data, explain, plots, tracking
-from resnet9.augment import DeviceLoader
+from resnet9 import build, explain, files, plots, schema
+from resnet9.data import Cifar10
+from resnet9.errors import ConfigError, UsageError, exit_on_usage_error
 from resnet9.loop import StepSettings, predict
+from resnet9.state import read_trained
 
 
 def load_checkpoint(path: str | Path, device: torch.device) -> tuple[nn.Module, dict[str, Any]]:
-    """The model a training run saved, rebuilt from the checkpoint's own config; one-line errors otherwise."""
+    """The model a training run saved, rebuilt from the checkpoint's own (validated) config; one-line errors."""
     path = Path(to_absolute_path(str(path)))
+    checkpoint = read_trained(path, device)
     fix = "pass checkpoint=<run folder>/last.pt as written by resnet9.train"
-    if not path.is_file():
-        raise config.UsageError(f"checkpoint not found: {path}; {fix}")
+    config = checkpoint["config"]
     try:
-        checkpoint = torch.load(path, map_location=device, weights_only=True)
-    except Exception as err:  # not a torch file, truncated, or holding objects we do not load
-        raise config.UsageError(f"{path} is not a readable checkpoint ({type(err).__name__}); {fix}") from None
-    if not isinstance(checkpoint, dict) or not {"model", "config"} <= checkpoint.keys():
-        raise config.UsageError(f"{path} holds no model weights and config; {fix}")
-    model_cfg = checkpoint["config"]["model"]
-    model = instantiate(OmegaConf.create(model_cfg))
+        model_cfg = schema.validate_model(config.get("model") if isinstance(config, dict) else None)
+    except ConfigError as err:
+        raise UsageError(f"{path}: its saved config is not a resnet9 model ({err}); {fix}") from None
+    model = build.model(model_cfg.model_dump(by_alias=True), StepSettings(device=torch.device("cpu")))
     try:
         model.load_state_dict(checkpoint["model"])
-    except RuntimeError:
-        raise config.UsageError(f"{path}: its weights do not fit the model {model_cfg}; {fix}") from None
+    except (RuntimeError, TypeError, AttributeError):
+        raise UsageError(f"{path}: its weights do not fit the model {checkpoint['config']['model']}; {fix}") from None
     return model.to(device), checkpoint
 
 
 def evaluate_checkpoint(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
-    device = config.resolve_device(cfg.device)
+    """Evaluate the checkpoint on the run's test images; write evaluation.json and the three figures."""
+    device = build.device(cfg.device)
     model, checkpoint = load_checkpoint(cfg.checkpoint, device)
-    run = checkpoint["config"]
-    root = cfg.data.root or run["data"]["root"]
-    limit_test = cfg.data.limit_test if cfg.data.limit_test is not None else run["data"]["limit_test"]
-    with config.data_errors_as_usage_errors():
-        dataset = data.load(to_absolute_path(root), cfg.data.download, limit_test=limit_test)
-    memory_format = torch.channels_last if run.get("channels_last", True) else torch.contiguous_format
-    settings = StepSettings(
-        device=device,
-        memory_format=memory_format,
-        autocast_dtype=config.autocast_dtype(run.get("precision", "auto"), device),
-    )
-    model = model.to(memory_format=memory_format)
-    loader = DeviceLoader(
-        dataset.test_images, dataset.test_labels, cfg.batch_size or run["eval_batch_size"], device, train=False,
-        memory_format=memory_format,
-    )  # fmt: skip
+    run = OmegaConf.create(checkpoint["config"])
+    run.data.root = cfg.data.root or run.data.root  # the same test images as the run, unless told otherwise
+    run.data.limit_test = cfg.data.limit_test if cfg.data.limit_test is not None else run.data.limit_test
+    run.data.download, run.data.limit_train = cfg.data.download, None
+    run.eval_batch_size = cfg.batch_size or run.eval_batch_size  # the run's own batches give the same numbers
+    run.augment.engine = "device"
+    cifar = build.dataset(run.data)
+    settings = build.step_settings(run, device)
+    model = model.to(memory_format=settings.memory_format)
+    loader = build.test_loader(run, cifar, settings)
     logits, labels = predict(model, loader, settings)
     logits_tta, _ = predict(model, loader, settings, tta=True)
-    probs = torch.softmax(logits, 1).cpu().numpy()
-    truth = labels.cpu().numpy()
-    predicted = probs.argmax(1)
-    classes = dataset.classes
+    results = _scores(logits, logits_tta, labels, cifar.classes)
+    results |= {"checkpoint": str(Path(to_absolute_path(str(cfg.checkpoint)))), "epoch": checkpoint.get("epoch")}
+    _draw(model, cifar, results, logits, cfg, out_dir)
+    files.write_json(out_dir / "evaluation.json", results)
+    return results
 
+
+def _scores(logits: torch.Tensor, logits_tta: torch.Tensor, labels: torch.Tensor, classes: tuple[str, ...]) -> dict:
+    """Accuracy with and without flip TTA, per-class accuracy and the confusion matrix."""
+    predicted, truth = logits.argmax(1).cpu().numpy(), labels.cpu().numpy()
     confusion = np.zeros((len(classes), len(classes)), dtype=np.int64)
     np.add.at(confusion, (truth, predicted), 1)
-    accuracy = float((predicted == truth).mean())
-    accuracy_tta = int((logits_tta.argmax(1) == labels).sum()) / len(truth)
-    per_class = {name: float(confusion[c, c] / confusion[c].sum()) for c, name in enumerate(classes)}
+    return {
+        "n_test": int(len(truth)),
+        "test_acc": float((predicted == truth).mean()),
+        "test_acc_flip_tta": int((logits_tta.argmax(1) == labels).sum()) / len(truth),
+        "per_class_acc": {name: float(confusion[c, c] / confusion[c].sum()) for c, name in enumerate(classes)},
+        "confusion_matrix": confusion.tolist(),
+        "classes": list(classes),
+    }
 
+
+def _draw(
+    model: nn.Module, cifar: Cifar10, results: dict, logits: torch.Tensor, cfg: DictConfig, out_dir: Path
+) -> None:
+    """confusion_matrix.png, misclassified.png (the most confident mistakes) and their GradCAM maps."""
+    classes, truth = cifar.classes, cifar.test_labels
+    probs = torch.softmax(logits, 1).cpu().numpy()
+    predicted = probs.argmax(1)
     wrong = np.flatnonzero(predicted != truth)
     wrong = wrong[np.argsort(-probs[wrong, predicted[wrong]], kind="stable")][: cfg.gallery_size]
     captions = [
@@ -87,39 +99,41 @@ def evaluate_checkpoint(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     ]
     name = "/".join(Path(str(cfg.checkpoint)).parts[-3:-1]) or str(cfg.checkpoint)  # e.g. <date>/<time> of the run
     plots.confusion_matrix(
-        confusion, classes, out_dir / "confusion_matrix.png",
-        title=f"{name}: test accuracy {100 * accuracy:.2f}% on {len(truth):,} images",
-    )  # fmt: skip
+        np.array(results["confusion_matrix"]),
+        classes,
+        out_dir / "confusion_matrix.png",
+        title=f"{name}: test accuracy {100 * results['test_acc']:.2f}% on {results['n_test']:,} images",
+    )
     plots.image_gallery(
-        dataset.test_images[wrong], captions, out_dir / "misclassified.png",
+        cifar.test_images[wrong],
+        captions,
+        out_dir / "misclassified.png",
         title=f"{name}: the {len(wrong)} most confident mistakes",
-    )  # fmt: skip
-    maps = explain.class_activation_maps(model.float(), dataset.test_images[wrong], predicted[wrong].tolist())
+    )
+    maps = explain.class_activation_maps(model.float(), cifar.test_images[wrong], predicted[wrong].tolist())
     plots.image_gallery(  # an empty grid when there is no mistake to explain
-        explain.overlays(dataset.test_images[wrong], maps), captions, out_dir / "gradcam.png",
+        explain.overlays(cifar.test_images[wrong], maps),
+        captions,
+        out_dir / "gradcam.png",
         title=f"{name}: GradCAM on the last residual block, for the predicted class",
-    )  # fmt: skip
-    results = {
-        "checkpoint": str(Path(to_absolute_path(str(cfg.checkpoint)))),
-        "epoch": checkpoint.get("epoch"),
-        "n_test": int(len(truth)),
-        "test_acc": accuracy,
-        "test_acc_flip_tta": accuracy_tta,
-        "per_class_acc": per_class,
-        "confusion_matrix": confusion.tolist(),
-        "classes": list(classes),
-    }
-    tracking.write_json(out_dir / "evaluation.json", results)
-    return results
+    )
+
+
+def main() -> None:
+    """`python -m resnet9.evaluate checkpoint=<run>/last.pt [overrides]`."""
+    _hydra_main()
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="evaluate")
-def main(cfg: DictConfig) -> None:
-    with config.exit_on_usage_error():
+def _hydra_main(cfg: DictConfig) -> None:
+    with exit_on_usage_error():
+        schema.validate_evaluate(cfg)
         out_dir = Path(HydraConfig.get().runtime.output_dir)
         results = evaluate_checkpoint(cfg, out_dir)
-    print(f"test accuracy {100 * results['test_acc']:.2f}%, with flip TTA {100 * results['test_acc_flip_tta']:.2f}%"
-          f" ({results['n_test']:,} images, checkpoint of epoch {results['epoch']})")  # fmt: skip
+    print(
+        f"test accuracy {100 * results['test_acc']:.2f}%, with flip TTA {100 * results['test_acc_flip_tta']:.2f}%"
+        f" ({results['n_test']:,} images, checkpoint of epoch {results['epoch']})"
+    )
     print("\n| class | accuracy (%) |\n|---|---|")
     for name, acc in results["per_class_acc"].items():
         print(f"| {name} | {100 * acc:.1f} |")

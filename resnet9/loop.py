@@ -1,6 +1,8 @@
-"""The train loop: one epoch of training, and evaluation — used by the trainer, the benchmark, and evaluate.
+"""The steps themselves: one epoch of training, and evaluation. Used by the trainer, the benchmark and evaluate.
 
-Both run on whatever yields (images, labels) batches: an augment.DeviceLoader or a DataLoader.
+Both run on whatever yields (images, labels) batches: an augment.DeviceLoader, an AlbumentationsLoader, a
+DataLoader or a list. Nothing here knows about checkpoints, trackers or processes: `train_one_epoch` fills an
+`EpochProgress` on the device, and the trainer decides what to do with it.
 """
 
 from __future__ import annotations
@@ -16,51 +18,80 @@ import torch.nn.functional as F
 from torch import nn
 from torch.optim.swa_utils import AveragedModel
 
-from resnet9 import distributed
-
 # A DataLoader (albumentations engine) or an augment.DeviceLoader: both yield (images, labels) batches.
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
 
 
 class StopRequested(Exception):
-    """A stop was asked for (SIGTERM/SIGINT); raised at the next step boundary, with the epoch's progress."""
+    """A stop was asked for (SIGTERM/SIGINT); raised at the next step boundary, a safe point."""
 
-    def __init__(self, signal: int, step: int | None = None, progress: EpochProgress | None = None) -> None:
+    def __init__(self, signal: int, step: int | None = None) -> None:
         super().__init__(f"stopped by signal {signal}" + (f" after step {step}" if step is not None else ""))
-        self.signal, self.progress = signal, progress
+        self.signal = signal
 
 
 @dataclass
 class StopFlag:
-    """Set from a signal handler; the loop checks it after every step, a safe point."""
+    """Set from a signal handler; the loop checks it after every step."""
 
     signal: int | None = None
 
 
 @dataclass
+class EpochResult:
+    """An epoch's numbers, read from the device once: mean loss and accuracy, and every step's loss and LR."""
+
+    loss: float
+    accuracy: float
+    step_losses: list[float]
+    lrs: list[float]
+
+
+@dataclass
 class EpochProgress:
-    """An epoch's running numbers, kept on the device: what a mid-epoch checkpoint needs to carry on exactly."""
+    """An epoch's running numbers, kept on the device while it runs; part of the training state, so that a
+    stop mid-epoch saves them and the resumed run carries on with the same sums."""
 
     loss_sum: torch.Tensor
     correct: torch.Tensor
     seen: int = 0
     step_losses: list[torch.Tensor] = field(default_factory=list)
     lrs: list[float] = field(default_factory=list)
+    first_step_s: float | None = None  # the run's very first step (with compile=true: the compilation)
 
     @classmethod
     def start(cls, device: torch.device) -> EpochProgress:
         return cls(torch.zeros((), device=device), torch.zeros((), dtype=torch.long, device=device))
 
     def state_dict(self) -> dict[str, Any]:
-        """Tensors and plain lists only, so that torch.load(weights_only=True) reads it back."""
+        """Tensors and plain values only, so that torch.load(weights_only=True) reads it back."""
         losses = torch.stack(self.step_losses).float().cpu() if self.step_losses else torch.zeros(0)
-        return {"loss_sum": self.loss_sum.cpu(), "correct": self.correct.cpu(), "seen": self.seen,
-                "step_losses": losses, "lrs": list(self.lrs)}  # fmt: skip
+        return {
+            "loss_sum": self.loss_sum.cpu(),
+            "correct": self.correct.cpu(),
+            "seen": self.seen,
+            "step_losses": losses,
+            "lrs": list(self.lrs),
+            "first_step_s": self.first_step_s,
+        }
 
     @classmethod
     def from_state(cls, state: dict[str, Any], device: torch.device) -> EpochProgress:
-        return cls(state["loss_sum"].to(device), state["correct"].to(device), state["seen"],
-                   list(state["step_losses"].to(device)), list(state["lrs"]))  # fmt: skip
+        return cls(
+            state["loss_sum"].to(device),
+            state["correct"].to(device),
+            state["seen"],
+            list(state["step_losses"].to(device)),
+            list(state["lrs"]),
+            state["first_step_s"],
+        )
+
+    def read(self, first_step: int) -> EpochResult:
+        """The epoch's one read from the device; a non-finite step loss stops training with its step and LR."""
+        losses = torch.stack(self.step_losses).float().tolist()
+        for i, step_loss in enumerate(losses):
+            _stop_if_diverged(step_loss, first_step + i, self.lrs[i])
+        return EpochResult(self.loss_sum.item() / self.seen, self.correct.item() / self.seen, losses, self.lrs)
 
 
 @dataclass(frozen=True)
@@ -85,28 +116,22 @@ def train_one_epoch(
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     settings: StepSettings,
-    first_step: int = 0,
-    tracker: Any = None,
-    ema: AveragedModel | None = None,
-    metrics: dict[str, Any] | None = None,
-    stop: StopFlag | None = None,
     progress: EpochProgress | None = None,
-) -> tuple[float, float, list[float]]:
-    """One pass over the training batches; the scheduler steps after every batch.
+    first_step: int = 0,
+    ema: AveragedModel | None = None,
+    stop: StopFlag | None = None,
+) -> EpochProgress:
+    """One pass over the training batches; the scheduler steps after every batch. Returns the epoch's sums.
 
-    Nothing is read back from the device inside the epoch: loss and accuracy accumulate there, every step's
-    loss is kept there, and all of it is read once at the end (then sent to the tracker, step by step); in
-    data-parallel training these numbers are first averaged over the ranks (one all-reduce). Only
-    a progress bar (when `batches` is one) reads its running numbers every `log_every` steps. A non-finite
-    loss stops the run at that read. The very first step of a run is timed on its own
-    (`metrics["first_step_s"]`): with `compile=true` it holds the compilation.
-
-    `progress` continues an epoch that a stop interrupted (its batches skip the steps already done); a stop
-    raises StopRequested carrying the progress so far.
+    Nothing is read back from the device inside the epoch: loss and accuracy accumulate there and every
+    step's loss is kept there (`EpochProgress.read` reads them once, afterwards). Only a progress bar (when
+    `batches` is one) reads its running numbers every `log_every` steps. The run's very first step (step 0)
+    is timed on its own. `progress` continues an epoch that a stop interrupted (its loader skips the steps
+    already done); a stop raises StopRequested after the step, with `progress` holding every step done.
     """
     model.train()
     device = settings.device
-    progress = progress or EpochProgress.start(device)
+    progress = progress if progress is not None else EpochProgress.start(device)
     started = time.perf_counter()
     for images, labels in batches:
         step = first_step + len(progress.lrs)
@@ -127,30 +152,24 @@ def train_one_epoch(
         progress.correct += (logits.argmax(1) == labels).sum()
         progress.seen += len(labels)
         if stop is not None and stop.signal is not None:
-            raise StopRequested(stop.signal, step, progress)
-        if step == 0 and metrics is not None:
+            raise StopRequested(stop.signal, step)
+        if step == 0:
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
-            metrics["first_step_s"] = time.perf_counter() - started
+            progress.first_step_s = time.perf_counter() - started
         if hasattr(batches, "set_postfix") and len(progress.lrs) % settings.log_every == 0:
-            running_loss = progress.loss_sum.item() / progress.seen
-            _stop_if_diverged(running_loss, step, progress.lrs[-1])
-            batches.set_postfix(loss=f"{running_loss:.3f}", acc=f"{100 * progress.correct.item() / progress.seen:.1f}%",
-                                lr=f"{progress.lrs[-1]:.3g}")  # fmt: skip
-    loss_sum, correct, seen, step_losses, lrs = (progress.loss_sum, progress.correct, progress.seen,
-                                                 progress.step_losses, progress.lrs)  # fmt: skip
-    if distributed.is_active():  # data parallel: the epoch's numbers over all ranks' slices, one all-reduce
-        world_size = torch.distributed.get_world_size()
-        totals = distributed.sum_over_ranks(torch.cat([torch.stack(step_losses).float() / world_size,
-                                                       torch.stack([loss_sum, correct.float()])]))  # fmt: skip
-        step_losses, loss_sum, correct, seen = list(totals[:-2]), totals[-2], totals[-1].long(), seen * world_size
-    losses = torch.stack(step_losses).float().tolist()  # the epoch's one read from the device
-    for i, step_loss in enumerate(losses):
-        _stop_if_diverged(step_loss, first_step + i, lrs[i])
-    if tracker is not None:
-        for i, (lr, step_loss) in enumerate(zip(lrs, losses, strict=True)):
-            tracker.log({"train/lr": lr, "train/loss": step_loss}, step=first_step + i)
-    return loss_sum.item() / seen, correct.item() / seen, lrs
+            _show_progress(batches, progress, step)
+    return progress
+
+
+def _show_progress(bar: Any, progress: EpochProgress, step: int) -> None:
+    running_loss = progress.loss_sum.item() / progress.seen
+    _stop_if_diverged(running_loss, step, progress.lrs[-1])
+    bar.set_postfix(
+        loss=f"{running_loss:.3f}",
+        acc=f"{100 * progress.correct.item() / progress.seen:.1f}%",
+        lr=f"{progress.lrs[-1]:.3g}",
+    )
 
 
 def _stop_if_diverged(loss: float, step: int, lr: float) -> None:

@@ -27,7 +27,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -35,18 +35,18 @@ import hydra
 import numpy as np
 import torch
 from hydra.core.hydra_config import HydraConfig
-from hydra.utils import instantiate, to_absolute_path
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch import nn
 from torch.utils.data import DataLoader
 from torch_lr_finder import LRFinder, TrainDataLoaderIter
 
-from resnet9 import config, data, plots
+from resnet9 import build, distributed, plots, schema
+from resnet9.errors import ConfigError, UsageError, exit_on_usage_error
 
 JSON_NAME, PLOT_NAME = "lr_finder.json", "lr_finder.png"
 
 
-class LRFinderError(config.UsageError):
+class LRFinderError(UsageError):
     """The range test produced a curve too short to read."""
 
 
@@ -131,56 +131,48 @@ def draw(result: LRRange, finder_cfg: DictConfig, path: Path) -> Path:
     return plots.lr_range_test(asdict(result), finder_cfg.skip_start, finder_cfg.skip_end, title, path)
 
 
-def _key_parts(cfg: DictConfig) -> dict:
-    """Everything that shapes the curve; not the LRs it is meant to derive, nor scale/cache settings."""
-    optimizer = OmegaConf.to_container(cfg.optimizer, resolve=True)
-    optimizer.pop("lr", None)
-    finder = OmegaConf.to_container(cfg.lr_finder, resolve=True)
-    for key in ("scale", "cache", "cache_dir"):
-        finder.pop(key, None)
-    return {
-        "model": OmegaConf.to_container(cfg.model, resolve=True),
-        "optimizer": optimizer,
-        "augment": OmegaConf.to_container(cfg.augment, resolve=True),
-        "batch_size": cfg.batch_size,
-        "data": [str(Path(to_absolute_path(cfg.data.root)).expanduser()), cfg.data.limit_train],
-        "lr_finder": finder,
-        "device": config.resolve_device(cfg.device).type,
-    }
+def find_lr_range(finder_cfg: DictConfig, probe: build.Probe, device: torch.device, out_dir: Path) -> LRRange:
+    """LRMIN/LRMAX for this probe: from the cache if an identical test ran before, else by running it.
 
-
-def find_lr_range(cfg: DictConfig, dataset: data.Cifar10, device: torch.device, out_dir: Path) -> LRRange:
-    """LRMIN/LRMAX for this config: from the cache if an identical test ran before, else by running it.
-
-    The test uses its own seed (`lr_finder.seed`), not the run's: a freshly initialised probe of the
-    configured model, a fresh optimizer of the configured kind, and the configured augmentation, all seeded
-    with it, without touching the run's random state. So every seed of a sweep trains with the same
-    LRMIN/LRMAX from one shared test, and seed statistics measure training noise, not range-test noise.
-    Writes lr_finder.json and lr_finder.png into `out_dir` either way.
+    The probe (build.range_test_probe) has its own seed, `lr_finder.seed`, not the run's, so every seed of a
+    sweep trains with the same LRMIN/LRMAX from one shared test, and seed statistics measure training noise,
+    not range-test noise. Writes lr_finder.json and lr_finder.png into `out_dir` either way.
     """
-    finder_cfg = cfg.lr_finder
-    key = hashlib.sha256(json.dumps(_key_parts(cfg), sort_keys=True).encode()).hexdigest()[:16]
+    key = hashlib.sha256(json.dumps(probe.key, sort_keys=True).encode()).hexdigest()[:16]
     cache_entry = Path(os.path.expanduser(finder_cfg.cache_dir)) / key
     result = _read_cache(cache_entry) if finder_cfg.cache else None
     if result is not None:
         shutil.copyfile(cache_entry / PLOT_NAME, out_dir / PLOT_NAME)
     else:
-        memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            torch.manual_seed(finder_cfg.seed)
-            probe = instantiate(cfg.model).to(device, memory_format=memory_format)
-        optimizer = instantiate(cfg.optimizer, _convert_="all")(probe.parameters(), lr=finder_cfg.start_lr)
-        loader = instantiate(cfg.augment).train_loader(
-            dataset.train_images, dataset.train_labels, cfg.batch_size, device, finder_cfg.seed,
-            num_workers=cfg.data.num_workers, memory_format=memory_format,
-        )  # fmt: skip
-        result = run_range_test(probe, optimizer, loader, device, finder_cfg)
+        model, optimizer, loader = probe.build()
+        result = run_range_test(model, optimizer, loader, device, finder_cfg)
         draw(result, finder_cfg, out_dir / PLOT_NAME)
     result.cache_key = key
     (out_dir / JSON_NAME).write_text(json.dumps(asdict(result), indent=1))
     if finder_cfg.cache and not result.cached:
         _write_cache(cache_entry, out_dir)
     return result
+
+
+def lrs_for_run(
+    lr_max: float | str, lr_min: float | str, scale: float, range_test: Callable[[], LRRange]
+) -> tuple[float, float, str]:
+    """(LRMIN, LRMAX, where they came from): numbers from the config where given; where "auto", the range
+    test's (run only then) times `scale`."""
+    if lr_max != "auto" and lr_min != "auto":
+        return float(lr_min), float(lr_max), "config"
+    found = range_test()
+    source = "range test (cached)" if found.cached else "range test"
+    if scale != 1:
+        source += f" x {scale:g}"
+    lr_max = found.lr_max * scale if lr_max == "auto" else float(lr_max)
+    lr_min = found.lr_min * scale if lr_min == "auto" else float(lr_min)
+    if not lr_min < lr_max:
+        raise ConfigError(
+            f"LRMIN={lr_min:.4g} is not below LRMAX={lr_max:.4g} (from {source} and the config); "
+            f"set both optimizer.lr and scheduler.lr_min, or leave both auto"
+        )
+    return lr_min, lr_max, source
 
 
 def _read_cache(entry: Path) -> LRRange | None:
@@ -207,21 +199,22 @@ def _write_cache(entry: Path, out_dir: Path) -> None:
         shutil.rmtree(staging, ignore_errors=True)
 
 
+def main() -> None:
+    """`python -m resnet9.lr_find [overrides]`: run (or reuse) the range test alone and print LRMIN/LRMAX."""
+    distributed.register_resolvers()
+    _hydra_main()
+
+
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
-def main(cfg: DictConfig) -> None:
-    """`python -m resnet9.lr_find`: run the range test alone and print LRMIN/LRMAX."""
-    with config.exit_on_usage_error():
-        _find_and_report(cfg)
-
-
-def _find_and_report(cfg: DictConfig) -> None:
-    config.validate(cfg)
-    device = config.resolve_device(cfg.device)
-    config.seed_everything(cfg.seed, cfg.deterministic)
-    with config.data_errors_as_usage_errors():
-        dataset = data.load(to_absolute_path(cfg.data.root), cfg.data.download, cfg.data.limit_train)
-    out_dir = Path(HydraConfig.get().runtime.output_dir)
-    result = find_lr_range(cfg, dataset, device, out_dir)
+def _hydra_main(cfg: DictConfig) -> None:
+    with exit_on_usage_error():
+        schema.validate(cfg)
+        device = build.device(cfg.device)
+        build.seed_everything(cfg.seed, cfg.deterministic)
+        settings = build.step_settings(cfg, device)
+        probe = build.range_test_probe(cfg, build.dataset(cfg.data), settings)
+        out_dir = Path(HydraConfig.get().runtime.output_dir)
+        result = find_lr_range(cfg.lr_finder, probe, device, out_dir)
     source = "cache" if result.cached else "new test"
     print(f"LRMIN={result.lr_min:.4g} LRMAX={result.lr_max:.4g} ({source}; {result.rule})")
     print(f"plot and numbers: {out_dir / PLOT_NAME}, {out_dir / JSON_NAME}")

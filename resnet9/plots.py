@@ -75,8 +75,15 @@ def confusion_matrix(matrix: np.ndarray, classes: tuple[str, ...], path: Path, t
     for true in range(len(classes)):
         for pred in range(len(classes)):
             dark = share[true, pred] > 0.5
-            ax.text(pred, true, str(matrix[true, pred]), ha="center", va="center", fontsize=8,
-                    color="white" if dark else "black")  # fmt: skip
+            ax.text(
+                pred,
+                true,
+                str(matrix[true, pred]),
+                ha="center",
+                va="center",
+                fontsize=8,
+                color="white" if dark else "black",
+            )
     ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
     ax.set_yticks(range(len(classes)), classes)
     ax.set(xlabel="predicted class", ylabel="true class", title=title)

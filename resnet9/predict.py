@@ -19,8 +19,9 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from resnet9 import augment, config
+from resnet9 import augment, build
 from resnet9.data import CLASSES
+from resnet9.errors import UsageError, exit_on_usage_error
 from resnet9.evaluate import load_checkpoint
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
@@ -38,14 +39,12 @@ def image_paths(inputs: list[str]) -> list[Path]:
         if item.is_dir():
             inside = sorted(p for p in item.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
             if not inside:
-                raise config.UsageError(
-                    f"{item}: no image files in this folder; pass PNG/JPEG files or a folder of them"
-                )
+                raise UsageError(f"{item}: no image files in this folder; pass PNG/JPEG files or a folder of them")
             paths += inside
         elif item.is_file():
             paths.append(item)
         else:
-            raise config.UsageError(f"{item}: no such file or folder; pass PNG/JPEG files or a folder of them")
+            raise UsageError(f"{item}: no such file or folder; pass PNG/JPEG files or a folder of them")
     return paths
 
 
@@ -57,7 +56,7 @@ def load_image(path: Path) -> tuple[np.ndarray, str | None]:
             rgb = image.convert("RGB")
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         reason = (str(err).splitlines() or [type(err).__name__])[0]
-        raise config.UsageError(f"{path}: not a readable image ({reason}); pass PNG/JPEG files") from None
+        raise UsageError(f"{path}: not a readable image ({reason}); pass PNG/JPEG files") from None
     note = None
     if rgb.size != (32, 32):
         note = f"resized from {rgb.size[0]}x{rgb.size[1]} to 32x32"
@@ -81,21 +80,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--json", action="store_true", help="print JSON: every class's probability per image")
     args = parser.parse_args(argv)
-    try:
+    with exit_on_usage_error():
         checkpoint = args.checkpoint or newest_checkpoint()
         if checkpoint is None:
-            raise config.UsageError("no checkpoint given and none under outputs/; pass --checkpoint <run>/last.pt")
-        device = config.resolve_device(args.device)
+            raise UsageError("no checkpoint given and none under outputs/; pass --checkpoint <run>/last.pt")
+        device = build.device(args.device)
         model, _ = load_checkpoint(checkpoint, device)
         paths = image_paths(args.inputs)
         loaded = [load_image(path) for path in paths]
-    except config.UsageError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
     probabilities = classify(model, np.stack([image for image, _ in loaded]), device)
     if args.json:
-        rows = [{"path": str(path), "note": note, "probabilities": dict(zip(CLASSES, map(float, probs), strict=True))}
-                for path, (_, note), probs in zip(paths, loaded, probabilities, strict=True)]  # fmt: skip
+        rows = [
+            {"path": str(path), "note": note, "probabilities": dict(zip(CLASSES, map(float, probs), strict=True))}
+            for path, (_, note), probs in zip(paths, loaded, probabilities, strict=True)
+        ]
         print(json.dumps(rows, indent=1))
         return 0
     print(f"checkpoint: {checkpoint}")

@@ -11,7 +11,7 @@ from __future__ import annotations
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import OneCycleLR
 
-from resnet9.config import ConfigError
+from resnet9.errors import ConfigError
 
 
 def one_cycle(
@@ -28,8 +28,6 @@ def one_cycle(
     `cycle_momentum=False` keeps the optimizer's own momentum (Page's recipe: fixed 0.9); True lets
     OneCycleLR cycle it 0.95 -> 0.85 -> 0.95 against the LR.
     """
-    if not 0 < lr_min < lr_max:
-        raise ValueError(f"One Cycle needs 0 < LRMIN < LRMAX, got LRMIN={lr_min:g}, LRMAX={lr_max:g}")
     total_steps = epochs * steps_per_epoch
     peak_step = round(peak_epoch * steps_per_epoch) - 1  # last batch of the peak epoch
     if not 0 < peak_step < total_steps - 1:  # too few steps to rise and fall (a bad config, so one line)

@@ -17,7 +17,8 @@ from omegaconf import DictConfig
 from torch import nn
 from torchinfo import summary
 
-from resnet9 import config
+from resnet9 import distributed, schema
+from resnet9.errors import exit_on_usage_error
 
 
 def describe(model: nn.Module) -> str:
@@ -35,10 +36,16 @@ def describe(model: nn.Module) -> str:
     return str(stats)
 
 
+def main() -> None:
+    """`python -m resnet9.summary [model.width=...]`: the torchinfo table of the configured model."""
+    distributed.register_resolvers()
+    _hydra_main()
+
+
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
-def main(cfg: DictConfig) -> None:
-    with config.exit_on_usage_error():
-        config.validate(cfg)
+def _hydra_main(cfg: DictConfig) -> None:
+    with exit_on_usage_error():
+        schema.validate(cfg)
         print(describe(instantiate(cfg.model)))
 
 

@@ -1,4 +1,4 @@
-"""Where results go: metrics.json and the checkpoint (always, written atomically) and an experiment tracker.
+"""The experiment tracker: W&B, or none. (metrics.json and the checkpoint are written by listeners.py.)
 
 Trackers share one small interface — `log`, `log_images`, `summary`, `finish` — so the trainer never knows
 which one it talks to. `WandbTracker` imports wandb only when it is chosen (`logger=wandb`, the default);
@@ -7,96 +7,44 @@ which one it talks to. `WandbTracker` imports wandb only when it is chosen (`log
 
 from __future__ import annotations
 
-import json
 import logging
-import os
-import sys
-import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-import torch
-from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 
-from resnet9.config import UsageError
+from resnet9.errors import UsageError
 
 log = logging.getLogger(__name__)
 
 
-def _replace_atomically(path: Path, write: Any) -> None:
-    """Write through a temp file in the same folder, then rename: readers never see half a file.
+class Tracker(Protocol):
+    def log(self, metrics: dict[str, float], step: int) -> None: ...
 
-    A failure (disk full, permissions, a folder in the way) leaves the previous file as it was and ends the
-    run with one line; rerunning the same folder then resumes from the last checkpoint that was written.
-    """
-    tmp = None
-    try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-")
-        os.close(fd)
-        write(tmp)
-        os.replace(tmp, path)
-    except OSError as err:
-        raise UsageError(
-            f"cannot write {path} ({err.strerror or type(err).__name__}); free space or fix the folder's "
-            f"permissions, then rerun the same folder to resume"
-        ) from None
-    finally:
-        if tmp is not None and os.path.exists(tmp):
-            os.remove(tmp)
+    def log_images(self, images: dict[str, Path], step: int) -> None: ...
 
+    def log_table(self, key: str, rows: list[dict[str, Any]], step: int) -> None: ...
 
-class WritableOutput(Callback):
-    """Hydra callback: refuse an output folder that cannot be written, in one line, before anything runs.
+    def summary(self, values: dict[str, Any]) -> None: ...
 
-    Hydra creates the folder itself (and its log file) before the job starts; without this check a
-    read-only or blocked location would end in a traceback from inside Hydra. Hydra turns a callback's
-    exceptions into warnings, so this one prints its line and exits (status 2) itself.
-    """
-
-    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-        self._check(config.hydra.run.dir, "hydra.run.dir")
-
-    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        self._check(config.hydra.sweep.dir, "hydra.sweep.dir")
-
-    @staticmethod
-    def _check(folder: str, key: str) -> None:
-        try:
-            ensure_writable(folder, key)
-        except UsageError as err:
-            print(f"error: {err}", file=sys.stderr)
-            sys.exit(2)
-
-
-def ensure_writable(folder: str | Path, key: str) -> None:
-    """Create `folder` if needed and write a probe file there; a UsageError naming `key` if either fails."""
-    try:
-        Path(folder).mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=folder):
-            pass
-    except OSError as err:
-        reason = err.strerror or type(err).__name__
-        raise UsageError(
-            f"cannot write the output folder {folder} ({reason}); choose a writable one, e.g. {key}=/tmp/resnet9"
-        ) from None
-
-
-def write_json(path: Path, obj: Any) -> None:
-    def write(tmp: str) -> None:
-        with open(tmp, "w") as f:
-            json.dump(obj, f, indent=1)
-
-    _replace_atomically(path, write)
-
-
-def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    _replace_atomically(path, lambda tmp: torch.save(state, tmp))
+    def finish(self, exit_code: int = 0) -> None: ...
 
 
 def sweep_group(sweep_dir: Path) -> str:
     """The W&B group of all runs of one sweep, after its folder: multirun/<date>/<time> -> sweep-<date>_<time>."""
     return f"sweep-{sweep_dir.parent.name}_{sweep_dir.name}"
+
+
+def run_name_and_group(group: str | None) -> tuple[str, str | None]:
+    """Name a run after its overrides; put every job of one sweep into one group (W&B compares groups)."""
+    if not HydraConfig.initialized():
+        return "run", group
+    hydra_cfg = HydraConfig.get()
+    name = hydra_cfg.job.override_dirname or "defaults"
+    if group is None and hydra_cfg.mode == RunMode.MULTIRUN:
+        group = sweep_group(Path(hydra_cfg.sweep.dir))
+    return name, group
 
 
 def _table(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[Any]]]:

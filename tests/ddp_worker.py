@@ -40,7 +40,9 @@ def main(out: Path) -> None:
     first_batch = next(iter(loader))
     optimizer = torch.optim.SGD(model.parameters(), lr=LR)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
-    loss, accuracy, _ = train_one_epoch(trained, [first_batch], optimizer, scheduler, StepSettings(device=cpu))
+    progress = train_one_epoch(trained, [first_batch], optimizer, scheduler, StepSettings(device=cpu))
+    epoch = distributed.sum_epoch(progress).read(first_step=0)  # over both ranks' slices
+    loss, accuracy = epoch.loss, epoch.accuracy
     after = {name: p.detach().clone() for name, p in model.named_parameters()}
 
     if here.rank == 1:

@@ -143,11 +143,6 @@ def test_device_loader_repeats_for_a_seed():
     assert torch.equal(epoch(1), epoch(1)) and not torch.equal(epoch(1), epoch(2))
 
 
-def test_unknown_engine_is_refused():
-    with pytest.raises(ValueError, match="augment.engine"):
-        augment.Augmentation(engine="gpu")
-
-
 def test_seeded_pipelines_repeat_and_differ_by_seed(image):
     def draws(seed: int) -> list[np.ndarray]:
         transform = augment.train_transform(seed=seed)

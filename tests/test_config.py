@@ -5,8 +5,10 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException, MissingConfigException
 from hydra.utils import instantiate
+from omegaconf import OmegaConf
 
-from resnet9 import augment, config
+from resnet9 import augment, build, schema
+from resnet9.errors import ConfigError
 from resnet9.model import ResNet9
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -21,7 +23,7 @@ def compose_with(*overrides: str):
 
 def test_defaults_are_the_mission():
     cfg = compose_with()
-    config.validate(cfg)
+    schema.validate(cfg)
     assert (cfg.epochs, cfg.batch_size, cfg.scheduler.peak_epoch) == (24, 512, 5)
     assert cfg.optimizer.lr == "auto" and cfg.scheduler.lr_min == "auto"
     assert cfg.model.width == 1.0 and cfg.augment.cutout == 8 and cfg.augment.pad == 4
@@ -32,7 +34,7 @@ def test_defaults_are_the_mission():
 @pytest.mark.parametrize("group, option", OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
 def test_every_group_option_composes_validates_and_instantiates(group, option):
     cfg = compose_with(f"{group}={option}")
-    config.validate(cfg)
+    schema.validate(cfg)
     built = instantiate(cfg[group], _convert_="all")
     if group == "model":
         assert isinstance(built, ResNet9)
@@ -58,41 +60,58 @@ def test_typod_group_option_and_key_fail_in_composition():
 
 
 BAD = [
-    (("optimizer.lr=-1",), "optimizer.lr must be a number > 0 or 'auto', got -1"),
-    (("optimizer.lr=fast",), "optimizer.lr must be a number > 0 or 'auto'"),
-    (("batch_size=0",), "batch_size must be an integer >= 1, got 0"),
-    (("epochs=0",), "epochs must be an integer >= 1, got 0"),
-    (("epochs=two",), "epochs must be an integer >= 1, got 'two'"),
+    (("optimizer.lr=-1",), "optimizer.lr must be a number > 0 or 'auto', got -1; e.g. optimizer.lr=0.4"),
+    (("optimizer.lr=fast",), "optimizer.lr must be a number > 0 or 'auto', got 'fast'"),
+    (("batch_size=0",), "batch_size must be greater than or equal to 1, got 0; e.g. batch_size=512"),
+    (("epochs=0",), "epochs must be greater than or equal to 1, got 0; e.g. epochs=24"),
+    (("epochs=two",), "epochs must be a valid integer, got 'two'; e.g. epochs=24"),
+    (("epochs=true",), "epochs must be a valid integer, got True"),
     (("scheduler.peak_epoch=30",), "scheduler.peak_epoch must lie inside the run"),
-    (("epochs=4",), "scheduler.peak_epoch must lie inside the run (0 < peak_epoch < epochs=4), got 5"),
+    (("epochs=4",), "scheduler.peak_epoch must lie inside the run (0 < peak_epoch < epochs=4), got 5.0"),
     (("scheduler.lr_min=0.5", "optimizer.lr=0.1"), "must be below the peak optimizer.lr"),
     (("scheduler.lr_min=0",), "scheduler.lr_min must be a number > 0 or 'auto'"),
-    (("model.width=0",), "model.width must be a number > 0"),
-    (("data.limit_train=5",), "data.limit_train must be null or an integer in 10..50000"),
-    (("data.limit_test=20000",), "data.limit_test must be null or an integer in 10..10000"),
+    (("model.width=0",), "model.width must be greater than 0, got 0; e.g. model.width=1.0"),
+    (("data.limit_train=5",), "data.limit_train must be greater than or equal to 10, got 5; e.g. data.limit_train=1"),
+    (("data.limit_test=20000",), "data.limit_test must be less than or equal to 10000, got 20000"),
     (("data.limit_train=100",), "batch_size=512 is larger than the 100 training images"),
-    (("augment.cutout=40",), "augment.cutout must be an integer in 0..32"),
-    (("augment.engine=gpu",), "augment.engine must be one of auto, device, albumentations, got 'gpu'"),
-    (("device=tpu",), "device must be auto, cpu or cuda[:N], got 'tpu'"),
-    (("logger.mode=sometimes",), "logger.mode must be one of offline, online, disabled"),
+    (("augment.cutout=40",), "augment.cutout must be less than or equal to 32, got 40; e.g. augment.cutout=8"),
+    (("augment.engine=gpu",), "augment.engine must be 'auto', 'device' or 'albumentations', got 'gpu'"),
+    (("device=tpu",), "device must be auto, cpu or cuda[:N], got 'tpu'; e.g. device=auto"),
+    (("logger.mode=sometimes",), "logger.mode must be 'offline', 'online' or 'disabled', got 'sometimes'"),
     (("lr_finder.num_iter=5",), "lr_finder.num_iter must be an integer >= 25"),
-    (("lr_finder.scale=-2",), "lr_finder.scale must be a number > 0"),
+    (("lr_finder.scale=-2",), "lr_finder.scale must be greater than 0, got -2"),
+    (("lr_finder.end_lr=1e-6",), "lr_finder.end_lr must be above lr_finder.start_lr"),
+    (("label_smoothing=1",), "label_smoothing must be less than 1, got 1; e.g. label_smoothing=0.2"),
+    (("ema.decay=0.9", "ema.start_epoch=30"), "ema.start_epoch must be in 1..epochs=24, got 30"),
+    (("precision=fp16",), "precision must be 'auto', 'fp32' or 'bf16', got 'fp16'"),
+    (("optimizer=adam", "optimizer.betas=[0.9,1.5]"), "optimizer.betas[1] must be less than 1, got 1.5"),
+    (("optimizer._target_=torch.optim.AdamW",), "optimizer._target_ must be one of 'torch.optim.SGD', 'torch."),
 ]
 
 
 @pytest.mark.parametrize("overrides, message", BAD, ids=[" ".join(o) for o, _ in BAD])
 def test_bad_values_fail_validation_with_a_one_line_fix(overrides, message):
-    with pytest.raises(config.ConfigError) as err:
-        config.validate(compose_with(*overrides))
+    with pytest.raises(ConfigError) as err:
+        schema.validate(compose_with(*overrides))
     assert message in str(err.value)
     assert "\n" not in str(err.value)
     assert "; " in str(err.value)  # what was wrong; how to fix it
 
 
+def test_every_key_of_config_yaml_has_a_typed_field():
+    """The schema mirrors conf/: a key it does not declare is refused, so none can slip past validation."""
+    cfg = compose_with()
+    validated = schema.validate(cfg).model_dump(by_alias=True)
+    assert validated == OmegaConf.to_container(cfg, resolve=True)
+    values = {**OmegaConf.to_container(cfg), "epochz": 3}  # a key added behind Hydra's back
+    with pytest.raises(ConfigError, match="epochz is not a setting here"):
+        schema.validate(values)
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message for a machine without a GPU")
 def test_cuda_without_a_gpu_is_refused():
-    with pytest.raises(config.ConfigError, match="no CUDA GPU"):
-        config.validate(compose_with("device=cuda"))
+    with pytest.raises(ConfigError, match="no CUDA GPU"):
+        build.device("cuda")
 
 
 def test_cli_bad_value_prints_one_line_and_exits_2(run_cli, tmp_path):

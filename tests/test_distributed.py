@@ -17,7 +17,8 @@ from ddp_worker import GLOBAL_BATCH, LR, synthetic_images
 from hydra import compose, initialize_config_dir
 from test_resume import assert_same_run, metrics
 
-from resnet9 import augment, config
+from resnet9 import augment, schema
+from resnet9.errors import ConfigError
 from resnet9.model import ResNet9
 
 WORKER = REPO / "tests" / "ddp_worker.py"
@@ -123,12 +124,11 @@ def test_sigterm_to_torchrun_keeps_the_last_epoch_and_a_rerun_resumes_exactly(ci
     assert_same_run(metrics(out), metrics(tmp_path / "straight"))
 
 
-def test_the_global_batch_must_split_evenly_over_the_processes(monkeypatch):
-    monkeypatch.setenv("WORLD_SIZE", "3")
+def test_the_global_batch_must_split_evenly_over_the_processes():
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         cfg = compose(config_name="config", overrides=["batch_size=512"])
-    with pytest.raises(config.ConfigError) as error:
-        config.validate(cfg)
+    with pytest.raises(ConfigError) as error:
+        schema.validate(cfg, processes=3)
     assert str(error.value) == (
         "batch_size=512 (the global batch) does not split evenly over 3 torchrun processes; "
         "use a multiple of 3, e.g. batch_size=510"

@@ -8,7 +8,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from PIL import Image
 
-from resnet9 import augment, data, lr_find
+from resnet9 import augment, build, data, lr_find
 from resnet9.model import ResNet9
 
 CONF = str(Path(__file__).resolve().parents[1] / "conf")
@@ -88,11 +88,17 @@ def test_range_test_restores_the_model_it_trained(small_setup):
     assert all(torch.equal(before[k], after[k]) for k in before)  # weights and BN statistics untouched
 
 
+def find(cfg, cifar, out_dir: Path) -> lr_find.LRRange:
+    """The range test as the trainer runs it: the config's probe, on the CPU."""
+    settings = build.step_settings(cfg, torch.device("cpu"))
+    return lr_find.find_lr_range(cfg.lr_finder, build.range_test_probe(cfg, cifar, settings), settings.device, out_dir)
+
+
 def test_range_test_on_small_data_writes_plot_and_json(small_setup, tmp_path):
     cfg, cifar = small_setup
     cfg.lr_finder.cache_dir = str(tmp_path / "cache")
     rng = torch.get_rng_state()
-    found = lr_find.find_lr_range(cfg, cifar, torch.device("cpu"), tmp_path)
+    found = find(cfg, cifar, tmp_path)
     assert torch.equal(rng, torch.get_rng_state())  # the run's random state is left as it was
     assert 0 < found.lr_min < found.lr_max
     assert not found.cached and len(found.history["lr"]) > 20
@@ -105,7 +111,7 @@ def test_range_test_on_small_data_writes_plot_and_json(small_setup, tmp_path):
 def test_second_identical_test_comes_from_the_cache(small_setup, tmp_path, monkeypatch):
     cfg, cifar = small_setup
     cfg.lr_finder.cache_dir = str(tmp_path / "cache")
-    first = lr_find.find_lr_range(cfg, cifar, torch.device("cpu"), tmp_path / "a")
+    first = find(cfg, cifar, tmp_path / "a")
 
     def must_not_run(*args, **kwargs):
         raise AssertionError("the range test ran again instead of using the cache")
@@ -114,7 +120,7 @@ def test_second_identical_test_comes_from_the_cache(small_setup, tmp_path, monke
     cfg.optimizer.lr = 0.05  # the LRs to be derived are not part of the key...
     cfg.lr_finder.scale = 2.0  # ...nor is the scale applied afterwards...
     cfg.seed = 7  # ...nor the run's seed: all seeds of a sweep share one test
-    second = lr_find.find_lr_range(cfg, cifar, torch.device("cpu"), tmp_path / "b")
+    second = find(cfg, cifar, tmp_path / "b")
     assert second.cached and (second.lr_min, second.lr_max) == (first.lr_min, first.lr_max)
     assert (tmp_path / "b" / "lr_finder.png").is_file()
 
@@ -122,16 +128,16 @@ def test_second_identical_test_comes_from_the_cache(small_setup, tmp_path, monke
         changed = cfg.copy()
         OmegaConf.update(changed, key, value)  # another reading of the curve, or another curve: must run
         with pytest.raises(AssertionError, match="ran again"):
-            lr_find.find_lr_range(changed, cifar, torch.device("cpu"), tmp_path / "c")
+            find(changed, cifar, tmp_path / "c")
 
 
 def test_damaged_cache_entry_is_recomputed(small_setup, tmp_path):
     cfg, cifar = small_setup
     cfg.lr_finder.cache_dir = str(tmp_path / "cache")
-    first = lr_find.find_lr_range(cfg, cifar, torch.device("cpu"), tmp_path / "a")
+    first = find(cfg, cifar, tmp_path / "a")
     entry = Path(cfg.lr_finder.cache_dir) / first.cache_key
     (entry / "lr_finder.json").write_text("{truncated")
-    again = lr_find.find_lr_range(cfg, cifar, torch.device("cpu"), tmp_path / "b")
+    again = find(cfg, cifar, tmp_path / "b")
     assert not again.cached
     assert json.loads((entry / "lr_finder.json").read_text())["lr_max"] == again.lr_max
 

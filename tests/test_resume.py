@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import REPO
+from recorded_runs import SAME_MACHINE_KIND, assert_as_recorded, recorded_command, same_machine_kind
 
 KEYS = ("train_loss", "train_acc", "test_loss", "test_acc", "lr", "ema")
 
@@ -33,8 +34,8 @@ def metrics(out: Path) -> dict:
     return json.loads((out / "metrics.json").read_text())
 
 
-def start_and_wait_for_first_epoch(root: Path, out: Path) -> subprocess.Popen:
-    process = subprocess.Popen(command(root, out), cwd=REPO, env=env(), stdout=subprocess.DEVNULL,
+def start_and_wait_for_first_epoch(root: Path, out: Path, run: list[str] | None = None) -> subprocess.Popen:
+    process = subprocess.Popen(run or command(root, out), cwd=REPO, env=env(), stdout=subprocess.DEVNULL,
                                stderr=subprocess.PIPE, text=True)  # fmt: skip
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
@@ -52,6 +53,16 @@ def uninterrupted(synthetic_root, tmp_path_factory) -> dict:
     result = subprocess.run(command(synthetic_root, out), cwd=REPO, env=env(), capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
     return metrics(out)
+
+
+def test_the_command_is_the_recorded_one(synthetic_root, tmp_path):
+    recorded = recorded_command(synthetic_root, "device_engine_ema", tmp_path)
+    assert sorted(command(synthetic_root, tmp_path)) == sorted(recorded)  # the same overrides, in any order
+
+
+@same_machine_kind
+def test_an_uninterrupted_run_gives_the_numbers_recorded_before_the_state_redesign(uninterrupted):
+    assert_as_recorded(uninterrupted, "device_engine_ema")
 
 
 def assert_same_run(resumed: dict, reference: dict) -> None:
@@ -76,6 +87,8 @@ def test_kill_9_in_epoch_2_then_resume_ends_exactly_like_an_uninterrupted_run(sy
     resumed = metrics(out)
     assert resumed["resumed_from_epoch"] == len(killed["epochs"]) + 1
     assert_same_run(resumed, uninterrupted)
+    if SAME_MACHINE_KIND:  # ...and so the numbers the code before the TrainState redesign recorded
+        assert_as_recorded(resumed, "device_engine_ema")
 
 
 def test_sigterm_stops_at_a_step_keeps_the_checkpoint_and_resumes(synthetic_root, tmp_path, uninterrupted):
@@ -88,7 +101,7 @@ def test_sigterm_stops_at_a_step_keeps_the_checkpoint_and_resumes(synthetic_root
     message = process.stderr.read()
     assert "resume by rerunning with the same output folder" in message
     last_step = int(re.search(r"stopped by signal 15 after step (\d+)", message).group(1))
-    partial = torch.load(out / "last.pt", weights_only=True)["train_state"]["partial_epoch"]
+    partial = torch.load(out / "last.pt", weights_only=True)["train_state"]["progress"]
     assert len(partial["lrs"]) == last_step + 1 - len(stopped["epochs"]) * stopped["steps_per_epoch"]
 
     result = subprocess.run(command(synthetic_root, out), cwd=REPO, env=env(), capture_output=True, text=True)

@@ -2,16 +2,19 @@
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from torch import nn
 
-from resnet9 import augment, config, data
+from resnet9 import augment, build, data
+from resnet9.listeners import TrackerLog
 from resnet9.loop import StepSettings, evaluate, train_one_epoch
 from resnet9.model import ResNet9
-from resnet9.train import _fused, train
+from resnet9.state import RunRecord
+from resnet9.train import train
 
 CONF = str(Path(__file__).resolve().parents[1] / "conf")
 CPU = torch.device("cpu")
@@ -30,17 +33,18 @@ def compose_small(root: Path, *extra: str):
 
 
 def test_precision_auto_is_bf16_on_cuda_and_fp32_on_cpu():
-    assert config.autocast_dtype("auto", torch.device("cuda")) is torch.bfloat16
-    assert config.autocast_dtype("auto", CPU) is None
-    assert config.autocast_dtype("fp32", torch.device("cuda")) is None
-    assert config.autocast_dtype("bf16", CPU) is torch.bfloat16
+    assert build.autocast_dtype("auto", torch.device("cuda")) is torch.bfloat16
+    assert build.autocast_dtype("auto", CPU) is None
+    assert build.autocast_dtype("fp32", torch.device("cuda")) is None
+    assert build.autocast_dtype("bf16", CPU) is torch.bfloat16
 
 
 def test_fused_optimizer_only_on_cuda_unless_forced(synthetic_root):
     cfg = compose_small(synthetic_root)
-    assert _fused(cfg, torch.device("cuda")) == {"fused": True}
-    assert _fused(cfg, CPU) == {}
-    assert _fused(compose_small(synthetic_root, "optimizer.fused=false"), torch.device("cuda")) == {}
+    assert build.fused_kernels(cfg.optimizer, torch.device("cuda")) == {"fused": True}
+    assert build.fused_kernels(cfg.optimizer, CPU) == {}
+    forced_off = compose_small(synthetic_root, "optimizer.fused=false")
+    assert build.fused_kernels(forced_off.optimizer, torch.device("cuda")) == {}
 
 
 class Asymmetric(nn.Module):
@@ -69,8 +73,8 @@ def test_bf16_autocast_trains_on_cpu_with_fp32_batchnorm_statistics():
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
     batches = [(torch.randn(16, 3, 32, 32), torch.randint(0, 10, (16,))) for _ in range(3)]
     settings = StepSettings(device=CPU, autocast_dtype=torch.bfloat16)
-    loss, _, lrs = train_one_epoch(model, batches, optimizer, scheduler, settings)
-    assert torch.isfinite(torch.tensor(loss)) and len(lrs) == 3
+    epoch = train_one_epoch(model, batches, optimizer, scheduler, settings).read(first_step=0)
+    assert torch.isfinite(torch.tensor(epoch.loss)) and len(epoch.lrs) == 3
     assert model[1].running_mean.dtype == torch.float32 and model[0].weight.dtype == torch.float32
 
 
@@ -120,16 +124,23 @@ def tiny_training(lr: float = 0.1):
 
 def test_every_steps_loss_and_lr_reach_the_tracker_after_the_epoch():
     model, optimizer, scheduler, batches = tiny_training()
-    tracker = RecordingTracker()
     settings = StepSettings(device=CPU, log_every=1000)  # no progress reads at all
-    mean_loss, _, lrs = train_one_epoch(model, batches, optimizer, scheduler, settings, first_step=20, tracker=tracker)
-    assert [step for step, _ in tracker.rows] == [20, 21, 22, 23, 24]
-    assert [row["train/lr"] for _, row in tracker.rows] == lrs == pytest.approx([0.1 / (1 + k) for k in range(5)])
-    step_losses = [row["train/loss"] for _, row in tracker.rows]
-    assert mean_loss == pytest.approx(sum(step_losses) / 5)  # equal batch sizes
+    epoch = train_one_epoch(model, batches, optimizer, scheduler, settings, first_step=20).read(first_step=20)
+    tracker = RecordingTracker()
+    listener = TrackerLog(start_tracker=lambda run_id: tracker, out_dir=Path("unused"))
+    state = SimpleNamespace(record=RunRecord(steps_per_epoch=5))
+    listener.on_run_start(state)
+    listener.on_epoch_end(state, {"epoch": 5, "test_acc": 0.5}, epoch)
+    steps = [(step, row) for step, row in tracker.rows if "train/lr" in row]
+    assert [step for step, _ in steps] == [20, 21, 22, 23, 24]
+    assert [row["train/lr"] for _, row in steps] == epoch.lrs == pytest.approx([0.1 / (1 + k) for k in range(5)])
+    step_losses = [row["train/loss"] for _, row in steps]
+    assert epoch.loss == pytest.approx(sum(step_losses) / 5)  # equal batch sizes
+    assert tracker.rows[-1] == (24, {"epoch/epoch": 5, "epoch/test_acc": 0.5})  # the epoch's row, at its last step
 
 
 def test_a_diverged_loss_stops_training_with_its_step_and_lr():
     model, optimizer, scheduler, batches = tiny_training(lr=float("inf"))
+    progress = train_one_epoch(model, batches * 4, optimizer, scheduler, StepSettings(device=CPU))
     with pytest.raises(FloatingPointError, match=r"training loss became (nan|inf) at step \d+ \(LR"):
-        train_one_epoch(model, batches * 4, optimizer, scheduler, StepSettings(device=CPU))
+        progress.read(first_step=0)

@@ -1,0 +1,190 @@
+"""Config -> the pieces of a run: device and precision, data, model, loaders, optimizer, schedule, range-test probe.
+
+Setup is written once, here; training, the range test, evaluation and the benchmark all build through it.
+The config is validated first (schema.py), so the `_target_`s that Hydra instantiates here can only name
+the project's own classes and torch's optimizers.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from hydra.utils import instantiate, to_absolute_path
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from resnet9 import data, tracking
+from resnet9.distributed import World
+from resnet9.errors import ConfigError
+from resnet9.loop import Batches, StepSettings
+
+
+def device(name: str, world: World | None = None) -> torch.device:
+    """'auto' -> cuda if available, else cpu. An unavailable device is a ConfigError.
+
+    Under torchrun every process takes the GPU of its local rank: device=auto or cuda gives cuda:LOCAL_RANK.
+    """
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        chosen = torch.device(name)
+    except (RuntimeError, TypeError):
+        chosen = None
+    if chosen is None or chosen.type not in ("cpu", "cuda"):
+        raise ConfigError(f"device must be auto, cpu or cuda[:N], got {name!r}; e.g. device=auto")
+    if chosen.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device={name} but no CUDA GPU is visible to torch; use device=cpu or device=auto")
+    if chosen.type == "cuda" and world is not None and world.is_parallel:
+        if chosen.index is not None:
+            raise ConfigError(f"device={name} under torchrun: each process uses cuda:LOCAL_RANK; use device=cuda")
+        chosen = torch.device("cuda", world.local_rank)
+    if chosen.index is not None:  # cuda:N: make it the current device, as libraries expect
+        torch.cuda.set_device(chosen)
+    return chosen
+
+
+def autocast_dtype(precision: str, on: torch.device) -> torch.dtype | None:
+    """The autocast dtype for `precision` on a device: bf16, or None for plain fp32.
+
+    auto = bf16 on CUDA (tensor cores; BatchNorm keeps fp32 statistics under autocast) and fp32 on CPU, where
+    CPUs without native bf16 (like our 2-core Xeon) run it slower than fp32.
+    """
+    if precision == "bf16" or (precision == "auto" and on.type == "cuda"):
+        return torch.bfloat16
+    return None
+
+
+def seed_everything(seed: int, deterministic: bool = False) -> None:
+    """Seed Python, NumPy and torch (all devices); optionally insist on deterministic kernels."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+    else:
+        torch.backends.cudnn.benchmark = True  # autotuned kernels; the input shape never changes
+
+
+def step_settings(cfg: DictConfig, on: torch.device) -> StepSettings:
+    """How each batch is computed, from the run's channels_last, precision, label_smoothing and log_every."""
+    return StepSettings(
+        device=on,
+        memory_format=torch.channels_last if cfg.channels_last else torch.contiguous_format,
+        autocast_dtype=autocast_dtype(cfg.precision, on),
+        label_smoothing=cfg.get("label_smoothing", 0.0),
+        log_every=cfg.get("log_every", 10),
+    )
+
+
+def dataset(data_cfg: DictConfig) -> data.Cifar10:
+    """CIFAR-10 as the config's `data` section says (root relative to where the command was started)."""
+    root = to_absolute_path(data_cfg.root)
+    return data.load(root, data_cfg.download, data_cfg.get("limit_train"), data_cfg.get("limit_test"))
+
+
+def model(model_cfg: DictConfig | dict, settings: StepSettings) -> nn.Module:
+    """The network of the `model` section, on the device in the run's memory layout (random init: seed first)."""
+    return instantiate(OmegaConf.create(model_cfg)).to(settings.device, memory_format=settings.memory_format)
+
+
+def train_loader(
+    cfg: DictConfig, cifar: data.Cifar10, settings: StepSettings, seed: int, world: World | None = None
+) -> Batches:
+    """Augmented training batches of `batch_size` (this rank's slice under torchrun), drawn with `seed`."""
+    world = world or World()
+    return instantiate(cfg.augment).train_loader(
+        cifar.train_images,
+        cifar.train_labels,
+        cfg.batch_size,
+        settings.device,
+        seed,
+        num_workers=cfg.data.num_workers,
+        memory_format=settings.memory_format,
+        rank=world.rank,
+        world_size=world.size,
+    )
+
+
+def test_loader(cfg: DictConfig, cifar: data.Cifar10, settings: StepSettings) -> Batches:
+    """The test images in order, normalised only, in batches of `eval_batch_size`."""
+    return instantiate(cfg.augment).test_loader(
+        cifar.test_images,
+        cifar.test_labels,
+        cfg.eval_batch_size,
+        settings.device,
+        num_workers=cfg.data.num_workers,
+        memory_format=settings.memory_format,
+    )
+
+
+def fused_kernels(optimizer_cfg: DictConfig, on: torch.device) -> dict[str, bool]:
+    """On CUDA, torch's fused SGD/Adam kernels (one launch for all parameters) unless the config says otherwise."""
+    return {"fused": True} if on.type == "cuda" and optimizer_cfg.get("fused", "absent") is None else {}
+
+
+def optimizer(optimizer_cfg: DictConfig, params: nn.Module, lr: float, **options: bool) -> torch.optim.Optimizer:
+    """The configured optimizer over `params.parameters()`, at `lr`."""
+    return instantiate(optimizer_cfg, _convert_="all")(params.parameters(), lr=lr, **options)
+
+
+def scheduler(
+    cfg: DictConfig, opt: torch.optim.Optimizer, lr_min: float, lr_max: float, steps_per_epoch: int
+) -> torch.optim.lr_scheduler.LRScheduler:
+    """One Cycle over the run's epochs, stepped once per batch."""
+    return instantiate(cfg.scheduler)(
+        opt, lr_min=lr_min, lr_max=lr_max, epochs=cfg.epochs, steps_per_epoch=steps_per_epoch
+    )
+
+
+def tracker(logger_cfg: DictConfig, **run: object) -> tracking.Tracker:
+    """The experiment tracker of the `logger` group (W&B or none) for one run (config, dir, name, group, run_id)."""
+    return instantiate(logger_cfg, _convert_="all")(**run)
+
+
+@dataclass
+class Probe:
+    """What an LR range test trains, built only when the cache has no answer, and what keys that cache."""
+
+    key: dict  # everything that shapes the curve
+    build: Callable[[], tuple[nn.Module, torch.optim.Optimizer, Batches]]
+
+
+def range_test_probe(cfg: DictConfig, cifar: data.Cifar10, settings: StepSettings) -> Probe:
+    """What the LR range test trains: a fresh model, optimizer and training loader, all seeded with
+    `lr_finder.seed` (not the run's seed, and without touching the run's random state), and the description
+    of exactly that setup which keys the range-test cache."""
+    finder = cfg.lr_finder
+
+    def build() -> tuple[nn.Module, torch.optim.Optimizer, Batches]:
+        on = settings.device
+        with torch.random.fork_rng(devices=[on] if on.type == "cuda" else []):
+            torch.manual_seed(finder.seed)
+            probe = model(cfg.model, settings)
+        loader = train_loader(cfg, cifar, settings, finder.seed)
+        return probe, optimizer(cfg.optimizer, probe, lr=finder.start_lr), loader
+
+    return Probe(key=_range_test_key(cfg, settings), build=build)
+
+
+def _range_test_key(cfg: DictConfig, settings: StepSettings) -> dict:
+    """Everything that shapes the range test's curve; not the LRs it is meant to derive, nor scale/cache settings."""
+    optimizer_cfg = OmegaConf.to_container(cfg.optimizer, resolve=True)
+    optimizer_cfg.pop("lr", None)
+    finder = OmegaConf.to_container(cfg.lr_finder, resolve=True)
+    for key in ("scale", "cache", "cache_dir"):
+        finder.pop(key, None)
+    return {
+        "model": OmegaConf.to_container(cfg.model, resolve=True),
+        "optimizer": optimizer_cfg,
+        "augment": OmegaConf.to_container(cfg.augment, resolve=True),
+        "batch_size": cfg.batch_size,
+        "data": [str(Path(to_absolute_path(cfg.data.root)).expanduser()), cfg.data.limit_train],
+        "lr_finder": finder,
+        "device": settings.device.type,
+    }

@@ -1,0 +1,216 @@
+"""What happens around the epochs: listeners the trainer notifies, each owning one concern.
+
+    SignalStop        SIGTERM/SIGINT raise a flag that the loop checks after every step
+    CheckpointWriter  last.pt after every epoch (and at the step where a stop came, where that can resume)
+    RunFiles          metrics.json (every epoch and at the end, with the final status), model_summary.txt,
+                      curves.png
+    TrackerLog        the experiment tracker (W&B): every step's loss and LR, epoch rows, figures, summary
+    ConsoleLog        the lines a user reads in the terminal and in train.log
+
+The trainer calls, in list order: `on_run_start` before the first epoch, `on_epoch_end` after each evaluated
+epoch, `on_stop` when a signal stopped training mid-epoch, and `on_run_end` with the final status
+(completed, failed or interrupted) however the run ends. `notifying` wraps the epochs and turns what
+happened into that status.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import signal
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from resnet9 import files, lr_find, plots, summary
+from resnet9.loop import EpochResult, StopFlag, StopRequested
+from resnet9.state import TrainState
+
+log = logging.getLogger("resnet9.train")
+
+
+class Listener:
+    """The hooks, all optional."""
+
+    def on_run_start(self, state: TrainState) -> None:
+        pass
+
+    def on_epoch_end(self, state: TrainState, row: dict[str, Any], result: EpochResult) -> None:
+        pass
+
+    def on_stop(self, state: TrainState) -> None:
+        pass
+
+    def on_run_end(self, state: TrainState, status: str) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def notifying(listeners: list[Listener], state: TrainState, stop: StopFlag) -> Iterator[None]:
+    """Run the block (the epochs) between `on_run_start` and `on_run_end`, recording how it ended."""
+    status = "failed"
+    try:
+        for listener in listeners:
+            listener.on_run_start(state)
+        yield
+        status = "completed"
+    except StopRequested:
+        status = "interrupted"
+        for listener in listeners:
+            listener.on_stop(state)
+        raise
+    except BaseException as err:
+        if stop.signal is not None:  # under torchrun a stopped rank can leave another inside a collective:
+            status = "interrupted"  # the error it gets there is the stop's doing
+            raise StopRequested(stop.signal) from err
+        state.record.update(error=f"{type(err).__name__}: {err}")
+        raise
+    finally:
+        state.record.update(status=status)
+        for listener in listeners:
+            listener.on_run_end(state, status)
+
+
+class SignalStop(Listener):
+    """SIGTERM/SIGINT set `flag` instead of killing the process; the previous handlers come back at the end.
+
+    The loop checks the flag after every step, a safe point: the run then saves what it can and exits with
+    128 + the signal number. Without a main thread (some launchers) there are no handlers and no flag.
+    """
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self) -> None:
+        self.flag = StopFlag()
+        self._previous: dict[int, Any] = {}
+
+    def on_run_start(self, state: TrainState) -> None:
+        def request_stop(signum: int, _frame: Any) -> None:
+            self.flag.signal = signum
+
+        with contextlib.suppress(ValueError):  # not the main thread
+            self._previous = {sig: signal.signal(sig, request_stop) for sig in self.SIGNALS}
+
+    def on_run_end(self, state: TrainState, status: str) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+class CheckpointWriter(Listener):
+    """last.pt, atomically, after every epoch; after a stop, at the step it came (`mid_epoch`).
+
+    `mid_epoch=False` under torchrun: a rank's running sums cover only its own slice, and the others may
+    already be gone, so the checkpoint stays at the last complete epoch and the partial epoch is redone.
+    """
+
+    def __init__(self, path: Path, config: dict[str, Any], mid_epoch: bool = True) -> None:
+        self.path, self.config, self.mid_epoch = path, config, mid_epoch
+
+    def on_epoch_end(self, state: TrainState, row: dict[str, Any], result: EpochResult) -> None:
+        files.save_torch(self.path, state.checkpoint(self.config))
+
+    def on_stop(self, state: TrainState) -> None:
+        if self.mid_epoch and state.progress is not None:
+            files.save_torch(self.path, state.checkpoint(self.config))
+
+
+class RunFiles(Listener):
+    """The run folder's record: metrics.json (running -> completed/failed/interrupted), model_summary.txt,
+    and curves.png once the run completes. metrics.json is written after the checkpoint: an epoch it lists
+    is always one a resume starts after."""
+
+    def __init__(self, out_dir: Path) -> None:
+        self.out_dir = out_dir
+
+    def on_run_start(self, state: TrainState) -> None:
+        (self.out_dir / "model_summary.txt").write_text(summary.describe(state.model) + "\n")
+        files.write_json(self.out_dir / "metrics.json", state.record.data)
+
+    def on_epoch_end(self, state: TrainState, row: dict[str, Any], result: EpochResult) -> None:
+        files.write_json(self.out_dir / "metrics.json", state.record.data)
+
+    def on_run_end(self, state: TrainState, status: str) -> None:
+        files.write_json(self.out_dir / "metrics.json", state.record.data)
+        if status == "completed":
+            plots.training_curves(state.record.data, self.out_dir / "curves.png")
+
+
+class TrackerLog(Listener):
+    """The experiment tracker: started with the run (a resumed run continues its own W&B run), every step's
+    loss and LR and the epoch's row after each epoch, the figures and summary numbers at the end."""
+
+    SUMMARY = ("final_test_acc", "best_test_acc", "best_epoch", "train_time_s", "lr_min", "lr_max", "parameters")
+
+    def __init__(self, start_tracker: Callable[[str | None], Any], out_dir: Path) -> None:
+        self.start_tracker, self.out_dir, self.tracker = start_tracker, out_dir, None
+
+    def on_run_start(self, state: TrainState) -> None:
+        self.tracker = self.start_tracker(state.record.get("tracker_run_id"))
+        state.record.update(tracker_run_id=getattr(self.tracker, "run_id", None))
+
+    def on_epoch_end(self, state: TrainState, row: dict[str, Any], result: EpochResult) -> None:
+        first_step = (row["epoch"] - 1) * state.record["steps_per_epoch"]
+        for i, (lr, step_loss) in enumerate(zip(result.lrs, result.step_losses, strict=True)):
+            self.tracker.log({"train/lr": lr, "train/loss": step_loss}, step=first_step + i)
+        self.tracker.log({f"epoch/{key}": value for key, value in row.items()}, step=first_step + len(result.lrs) - 1)
+
+    def on_run_end(self, state: TrainState, status: str) -> None:
+        if self.tracker is None:
+            return
+        if status == "completed":
+            images = {"curves": self.out_dir / "curves.png"}
+            if (self.out_dir / lr_find.PLOT_NAME).is_file():
+                images["lr_finder"] = self.out_dir / lr_find.PLOT_NAME
+            self.tracker.log_images(images, step=len(state.record["lr_per_step"]) - 1)
+            self.tracker.summary({key: state.record[key] for key in self.SUMMARY})
+        self.tracker.finish(exit_code=0 if status == "completed" else 1)
+
+
+class ConsoleLog(Listener):
+    """The run's story in the terminal (and train.log): what it trains with, one line per epoch, the result."""
+
+    def __init__(self, out_dir: Path) -> None:
+        self.out_dir = out_dir
+
+    def on_run_start(self, state: TrainState) -> None:
+        r = state.record
+        log.info(
+            "%d train / %d test images on %s (%s); %s parameters; LRMIN=%.4g LRMAX=%.4g (%s)",
+            r["n_train"],
+            r["n_test"],
+            r["device"],
+            r["precision"],
+            f"{r['parameters']:,}",
+            r["lr_min"],
+            r["lr_max"],
+            r["lr_source"],
+        )
+        if "resumed_from_epoch" in r.data:
+            steps = f" and {len(state.progress.lrs)} steps of the next" if state.progress is not None else ""
+            log.info("resuming from %s after epoch %d%s", self.out_dir / "last.pt", state.epoch, steps)
+
+    def on_epoch_end(self, state: TrainState, row: dict[str, Any], result: EpochResult) -> None:
+        log.info(
+            "epoch %2d/%d  train loss %.4f acc %.2f%%  test loss %.4f acc %.2f%%  lr %.4g  %.1fs",
+            row["epoch"],
+            state.record["config"]["epochs"],
+            row["train_loss"],
+            100 * row["train_acc"],
+            row["test_loss"],
+            100 * row["test_acc"],
+            row["lr"],
+            row["epoch_time_s"],
+        )
+
+    def on_run_end(self, state: TrainState, status: str) -> None:
+        if status != "completed":
+            return
+        r = state.record
+        log.info(
+            "final test accuracy %.2f%% (best %.2f%% at epoch %d); training time %.1fs; results in %s",
+            100 * r["final_test_acc"],
+            100 * r["best_test_acc"],
+            r["best_epoch"],
+            r["train_time_s"],
+            self.out_dir,
+        )

@@ -1,0 +1,235 @@
+"""The training state, and checkpoints: everything that changes while a run trains, in one object.
+
+`TrainState` owns the model, optimizer, scheduler, EMA, the training loader (which saves its own random
+state and its place in the epoch), the epoch's running sums when a stop comes mid-epoch, every global random
+state (torch, CUDA, NumPy, Python) and the run's record (metrics.json). `state_dict()` / `load_state_dict()`
+round-trip all of it, so a checkpoint is "save the state" and a resume is "load the state":
+
+    last.pt = {format, model (the weights evaluated), epoch, config, lr_min, lr_max, test_acc,
+               train_state: TrainState.state_dict()}
+
+Everything in it is tensors and plain values: `torch.load(weights_only=True)` reads it, never running code.
+
+`resume=auto` (default): a run whose output folder already holds such a checkpoint continues from it --
+rerun the same folder (`hydra.run.dir=...`) after a crash, a kill or a pre-emption. A checkpoint of another
+configuration there is refused with one line; `resume=false` starts over in place. With a fixed seed on the
+CPU the resumed run ends exactly like an uninterrupted one, for both augmentation engines (tested).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+from torch.optim.swa_utils import AveragedModel
+
+from resnet9.errors import UsageError
+from resnet9.loop import EpochProgress
+
+CHECKPOINT_FORMAT = 2  # 1: before the TrainState (no "format" key)
+
+# Settings that may differ between a run and its resumption: they change no result.
+FREE_TO_CHANGE = ("resume", "progress", "log_every", "device", "logger", "data.num_workers", "data.root")
+
+
+class RunRecord:
+    """metrics.json: what the run is (config, device, LRs, sizes), what it measured so far, and its status.
+
+    `data` is the JSON document itself. The measurements carry over a resume (`state_dict`); the facts about
+    the run are written anew by the resumed run.
+    """
+
+    CARRIED_OVER = (
+        "epochs",
+        "lr_per_step",
+        "first_step_s",
+        "final_test_acc",
+        "best_test_acc",
+        "best_epoch",
+        "train_time_s",
+        "lr_source",
+        "tracker_run_id",
+    )
+
+    def __init__(self, **facts: Any) -> None:
+        self.data: dict[str, Any] = {"status": "running", **facts, "epochs": [], "lr_per_step": []}
+
+    def __getitem__(self, key: str) -> Any:
+        return self.data[key]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.data.get(key, default)
+
+    def update(self, **values: Any) -> None:
+        self.data.update(values)
+
+    def add_epoch(self, row: dict[str, Any], lrs: list[float]) -> None:
+        """One epoch's row; final, best and the total training time follow from the rows."""
+        self.data["epochs"].append(row)
+        self.data["lr_per_step"].extend(lrs)
+        best = max(self.data["epochs"], key=lambda r: r["test_acc"])
+        self.update(
+            final_test_acc=row["test_acc"],
+            best_test_acc=best["test_acc"],
+            best_epoch=best["epoch"],
+            train_time_s=sum(r["train_time_s"] for r in self.data["epochs"]),
+        )
+
+    def state_dict(self) -> dict[str, Any]:
+        return {key: self.data[key] for key in self.CARRIED_OVER if key in self.data}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.data.update(state)
+
+
+@dataclass
+class TrainState:
+    """Everything a run changes as it trains; `epoch` counts the complete epochs."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    ema: AveragedModel | None
+    loader: Any  # augment.DeviceLoader or AlbumentationsLoader: both have state_dict()/load_state_dict()
+    record: RunRecord
+    ema_start_epoch: int = 1
+    epoch: int = 0
+    progress: EpochProgress | None = None  # the running sums of an epoch a stop interrupted
+
+    def averaging(self, epoch: int) -> AveragedModel | None:
+        """The EMA that epoch `epoch` updates (and evaluates), or None before `ema.start_epoch`."""
+        return self.ema if self.ema is not None and epoch >= self.ema_start_epoch else None
+
+    def evaluated_model(self) -> nn.Module:
+        """The weights the run reports: the EMA once it has averaged a step, else the trained model."""
+        if self.ema is not None and int(self.ema.n_averaged) > 0:
+            return self.ema.module
+        return self.model
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "epoch": self.epoch,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "ema": self.ema.state_dict() if self.ema is not None else None,
+            "loader": self.loader.state_dict(),
+            "progress": self.progress.state_dict() if self.progress is not None else None,
+            "rng": capture_rng(),
+            "record": self.record.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.epoch = state["epoch"]
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if self.ema is not None:
+            self.ema.load_state_dict(state["ema"])
+        self.loader.load_state_dict(state["loader"])
+        device = next(self.model.parameters()).device
+        self.progress = EpochProgress.from_state(state["progress"], device) if state["progress"] else None
+        restore_rng(state["rng"])
+        self.record.load_state_dict(state["record"])
+
+    def checkpoint(self, config: dict[str, Any]) -> dict[str, Any]:
+        """last.pt: the state, plus what evaluate and predict read (the weights evaluated, the config)."""
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "model": self.evaluated_model().state_dict(),
+            "epoch": self.epoch,
+            "config": config,
+            "lr_min": self.record["lr_min"],
+            "lr_max": self.record["lr_max"],
+            "test_acc": self.record.get("final_test_acc"),
+            "train_state": self.state_dict(),
+        }
+
+
+def capture_rng() -> dict[str, Any]:
+    """Every global random state, as tensors and plain lists (loadable with torch.load(weights_only=True))."""
+    kind, keys, position, has_gauss, cached = np.random.get_state()
+    version, internal, gauss = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": [kind, keys.tolist(), position, has_gauss, cached],
+        "python": [version, list(internal), gauss],
+    }
+
+
+def restore_rng(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    kind, keys, position, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, np.array(keys, dtype=np.uint32), position, has_gauss, cached))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+
+
+def read_resumable(path: Path, cfg: DictConfig) -> dict[str, Any] | None:
+    """The checkpoint to continue from, or None to start fresh. Refuses one of another configuration."""
+    if cfg.resume is False or not path.is_file():
+        return None
+    fix = f"rerun with the same overrides, use a new output folder, or resume=false to start over in {path.parent}"
+    checkpoint = _load(path, fix)
+    if not isinstance(checkpoint, dict) or "train_state" not in checkpoint or "config" not in checkpoint:
+        raise UsageError(f"cannot resume from {path}: it is not a resnet9 training checkpoint; {fix}")
+    if checkpoint.get("format") != CHECKPOINT_FORMAT:
+        raise UsageError(f"cannot resume from {path}: it was written by an older resnet9; {fix}")
+    differences = _differences(_comparable(checkpoint["config"]), _comparable(OmegaConf.to_container(cfg)))
+    if differences:
+        raise UsageError(f"cannot resume from {path}: its run had {'; '.join(differences[:3])}; {fix}")
+    return checkpoint
+
+
+def saved_lrs(checkpoint: dict[str, Any]) -> tuple[float, float, str]:
+    """(LRMIN, LRMAX, their source) of the run a checkpoint belongs to: a resumed run trains with these."""
+    return checkpoint["lr_min"], checkpoint["lr_max"], checkpoint["train_state"]["record"]["lr_source"]
+
+
+def read_trained(path: Path, device: torch.device) -> dict[str, Any]:
+    """A checkpoint to evaluate or predict with: it must hold model weights and the run's config."""
+    fix = "pass checkpoint=<run folder>/last.pt as written by resnet9.train"
+    if not path.is_file():
+        raise UsageError(f"checkpoint not found: {path}; {fix}")
+    checkpoint = _load(path, fix, device)
+    if not isinstance(checkpoint, dict) or not {"model", "config"} <= checkpoint.keys():
+        raise UsageError(f"{path} holds no model weights and config; {fix}")
+    return checkpoint
+
+
+def _load(path: Path, fix: str, device: torch.device | str = "cpu") -> Any:
+    try:
+        return torch.load(path, map_location=device, weights_only=True)
+    except Exception as err:  # truncated, foreign, or holding objects we do not load
+        raise UsageError(f"{path} is not a readable checkpoint ({type(err).__name__}); {fix}") from None
+
+
+def _comparable(config: dict[str, Any]) -> dict[str, Any]:
+    config = OmegaConf.to_container(OmegaConf.create(config), resolve=True)
+    for dotted in FREE_TO_CHANGE:
+        *parents, leaf = dotted.split(".")
+        node = config
+        for key in parents:
+            node = node.get(key, {})
+        node.pop(leaf, None)
+    return config
+
+
+def _differences(saved: dict[str, Any], current: dict[str, Any], prefix: str = "") -> list[str]:
+    found = []
+    for key in sorted(set(saved) | set(current)):
+        a, b = saved.get(key, "<absent>"), current.get(key, "<absent>")
+        if isinstance(a, dict) and isinstance(b, dict):
+            found += _differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            found.append(f"{prefix}{key}={a!r} there, {b!r} now")
+    return found

@@ -1,0 +1,153 @@
+"""The training state round-trips: saved mid-epoch and loaded into fresh objects (or a fresh process), training
+goes on exactly as if it had never stopped; and today's runs give the numbers recorded before the redesign."""
+
+import signal
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import REPO
+from hydra import compose, initialize_config_dir
+from recorded_runs import assert_as_recorded, recorded_command, same_machine_kind
+from test_resume import env, metrics, start_and_wait_for_first_epoch
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+from resnet9 import augment, build, data
+from resnet9.loop import EpochProgress, StopFlag, StopRequested, train_one_epoch
+from resnet9.state import RunRecord, TrainState
+
+CPU = torch.device("cpu")
+
+
+# -- loaders: each engine saves and restores its own place in the epoch -----------------------------------
+
+
+@pytest.mark.parametrize("engine, workers", [("device", 0), ("albumentations", 0), ("albumentations", 2)])
+def test_a_loader_saved_mid_epoch_gives_the_batches_it_would_have_given(engine, workers, tmp_path):
+    rng = np.random.default_rng(0)
+    images, labels = rng.integers(0, 256, (120, 32, 32, 3), dtype=np.uint8), np.arange(120)
+
+    def loader(seed: int):
+        return augment.Augmentation(engine=engine).train_loader(images, labels, 20, CPU, seed, num_workers=workers)
+
+    straight = loader(seed=3)
+    epochs = [list(straight) for _ in range(3)]
+    stopped = loader(seed=3)
+    list(stopped)  # epoch 1
+    batches = iter(stopped)
+    done = [next(batches) for _ in range(2)]  # two steps of epoch 2, then a stop
+    torch.save(stopped.state_dict(), tmp_path / "loader.pt")
+    del batches
+
+    fresh = loader(seed=99)  # another seed: everything that matters must come from the saved state
+    fresh.load_state_dict(torch.load(tmp_path / "loader.pt", weights_only=True))
+    resumed = [done + list(fresh), list(fresh)]  # the rest of epoch 2, then epoch 3
+    for got, expected in zip(resumed, epochs[1:], strict=True):
+        assert len(got) == len(expected) == 6
+        for (got_images, got_labels), (images_, labels_) in zip(got, expected, strict=True):
+            assert torch.equal(got_images, images_) and torch.equal(got_labels, labels_)
+
+
+# -- the whole training state, through a file, into freshly built objects --------------------------------
+
+
+def small_config(root: Path, engine: str):
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        return compose(
+            config_name="config",
+            overrides=[f"data.root={root}", "data.limit_train=200", "data.limit_test=100", "batch_size=40",
+                       "model.width=0.125", "epochs=3", "scheduler.peak_epoch=1", f"augment.engine={engine}",
+                       "data.num_workers=0", "device=cpu"],
+        )  # fmt: skip
+
+
+def new_state(cfg, cifar: data.Cifar10, init_seed: int) -> TrainState:
+    settings = build.step_settings(cfg, CPU)
+    build.seed_everything(init_seed)
+    model = build.model(cfg.model, settings)
+    loader = build.train_loader(cfg, cifar, settings, cfg.seed)
+    optimizer = build.optimizer(cfg.optimizer, model, lr=0.05)
+    scheduler = build.scheduler(cfg, optimizer, 0.005, 0.05, len(loader))
+    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(0.9), use_buffers=True)
+    record = RunRecord(lr_min=0.005, lr_max=0.05, lr_source="config", steps_per_epoch=len(loader))
+    return TrainState(model, optimizer, scheduler, ema, loader, record, ema_start_epoch=2)
+
+
+def train_epoch(state: TrainState, epoch: int, stop_after: int | None = None) -> list[float]:
+    """The trainer's epoch: the state's own progress, loader, EMA; a stop raised after `stop_after` steps."""
+    stop = StopFlag()
+
+    def batches():
+        for handed_out, batch in enumerate(state.loader, start=1):
+            if handed_out == stop_after:
+                stop.signal = signal.SIGTERM  # the loop stops after this step
+            yield batch
+
+    settings = build.step_settings(small_config(Path("."), "device"), CPU)
+    state.progress = state.progress or EpochProgress.start(CPU)
+    first_step = (epoch - 1) * len(state.loader)
+    train_one_epoch(state.model, batches(), state.optimizer, state.scheduler, settings, state.progress, first_step,
+                    ema=state.averaging(epoch), stop=stop)  # fmt: skip
+    result = state.progress.read(first_step)
+    state.epoch, state.progress = epoch, None
+    return [result.loss, result.accuracy, *result.step_losses]
+
+
+@pytest.mark.parametrize("engine", ["device", "albumentations"])
+def test_the_state_saved_mid_epoch_and_loaded_into_new_objects_continues_exactly(synthetic_root, tmp_path, engine):
+    cfg = small_config(synthetic_root, engine)
+    cifar = build.dataset(cfg.data)
+    straight = new_state(cfg, cifar, init_seed=0)
+    expected = [train_epoch(straight, epoch) for epoch in (1, 2, 3)]
+
+    stopped = new_state(cfg, cifar, init_seed=0)
+    train_epoch(stopped, 1)
+    with pytest.raises(StopRequested):
+        train_epoch(stopped, 2, stop_after=3)
+    torch.save(stopped.state_dict(), tmp_path / "state.pt")
+    saved_rng = torch.get_rng_state()
+
+    torch.manual_seed(12345)  # a fresh state, other weights and random numbers: the file must restore them all
+    fresh = new_state(cfg, cifar, init_seed=7)
+    fresh.load_state_dict(torch.load(tmp_path / "state.pt", weights_only=True))
+    assert torch.equal(torch.get_rng_state(), saved_rng)
+    assert (fresh.epoch, len(fresh.progress.lrs)) == (1, 3)
+    assert [train_epoch(fresh, 2), train_epoch(fresh, 3)] == expected[1:]
+    for name, value in straight.model.state_dict().items():
+        assert torch.equal(fresh.model.state_dict()[name], value), name
+    for name, value in straight.ema.state_dict().items():
+        assert torch.equal(fresh.ema.state_dict()[name], value), name
+    assert fresh.scheduler.state_dict() == straight.scheduler.state_dict()
+
+
+# -- the real command, in fresh processes, against the numbers recorded before the redesign ---------------
+
+
+@same_machine_kind
+def test_a_run_with_derived_lrs_gives_the_recorded_numbers(synthetic_root, tmp_path):
+    out = tmp_path / "run"
+    run_env = {**env(), "RESNET9_CACHE": str(tmp_path / "cache")}
+    result = subprocess.run(recorded_command(synthetic_root, "derived_lrs", out), cwd=REPO, env=run_env,
+                            capture_output=True, text=True)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert metrics(out)["lr_source"] == "range test"
+    assert_as_recorded(metrics(out), "derived_lrs")
+
+
+@same_machine_kind
+def test_albumentations_engine_stopped_mid_epoch_resumes_to_the_recorded_numbers(synthetic_root, tmp_path):
+    out = tmp_path / "run"
+    command = recorded_command(synthetic_root, "albumentations_engine", out)
+    process = start_and_wait_for_first_epoch(synthetic_root, out, command)
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=120) == 128 + signal.SIGTERM
+    stopped = metrics(out)
+    assert stopped["status"] == "interrupted" and len(stopped["epochs"]) == 1
+
+    result = subprocess.run(command, cwd=REPO, env=env(), capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    resumed = metrics(out)
+    assert resumed["resumed_from_step"] > resumed["steps_per_epoch"]  # it went on from inside epoch 2
+    assert_as_recorded(resumed, "albumentations_engine")
