@@ -18,9 +18,9 @@ from hydra.utils import instantiate, to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from resnet9 import data, tracking
+from resnet9 import data, schema, state, tracking
 from resnet9.distributed import World
-from resnet9.errors import ConfigError
+from resnet9.errors import ConfigError, UsageError
 from resnet9.loop import Batches, StepSettings
 
 
@@ -140,6 +140,27 @@ def scheduler(
     return instantiate(cfg.scheduler)(
         opt, lr_min=lr_min, lr_max=lr_max, epochs=cfg.epochs, steps_per_epoch=steps_per_epoch
     )
+
+
+def trained_model(path: Path, device: torch.device) -> tuple[nn.Module, dict]:
+    """The model a training run saved (last.pt), rebuilt from the checkpoint's own config, and the checkpoint.
+
+    The saved config is validated first: only the project's own network, from plain values, is ever built
+    from a file on disk. Anything else, or weights that do not fit, is a one-line UsageError.
+    """
+    checkpoint = state.read_trained(path, device)
+    fix = "pass checkpoint=<run folder>/last.pt as written by resnet9.train"
+    config = checkpoint["config"]
+    try:
+        model_cfg = schema.validate_model(config.get("model") if isinstance(config, dict) else None)
+    except ConfigError as err:
+        raise UsageError(f"{path}: its saved config is not a resnet9 model ({err}); {fix}") from None
+    network = model(model_cfg.model_dump(by_alias=True), StepSettings(device=torch.device("cpu")))
+    try:
+        network.load_state_dict(checkpoint["model"])
+    except (RuntimeError, TypeError, AttributeError):
+        raise UsageError(f"{path}: its weights do not fit the model {config['model']}; {fix}") from None
+    return network.to(device), checkpoint
 
 
 def tracker(logger_cfg: DictConfig, **run: object) -> tracking.Tracker:

@@ -21,35 +21,16 @@ from hydra.utils import to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from resnet9 import build, explain, files, plots, schema
+from resnet9 import build, files, plots, schema
 from resnet9.data import Cifar10
-from resnet9.errors import ConfigError, UsageError, exit_on_usage_error
-from resnet9.loop import StepSettings, predict
-from resnet9.state import read_trained
-
-
-def load_checkpoint(path: str | Path, device: torch.device) -> tuple[nn.Module, dict[str, Any]]:
-    """The model a training run saved, rebuilt from the checkpoint's own (validated) config; one-line errors."""
-    path = Path(to_absolute_path(str(path)))
-    checkpoint = read_trained(path, device)
-    fix = "pass checkpoint=<run folder>/last.pt as written by resnet9.train"
-    config = checkpoint["config"]
-    try:
-        model_cfg = schema.validate_model(config.get("model") if isinstance(config, dict) else None)
-    except ConfigError as err:
-        raise UsageError(f"{path}: its saved config is not a resnet9 model ({err}); {fix}") from None
-    model = build.model(model_cfg.model_dump(by_alias=True), StepSettings(device=torch.device("cpu")))
-    try:
-        model.load_state_dict(checkpoint["model"])
-    except (RuntimeError, TypeError, AttributeError):
-        raise UsageError(f"{path}: its weights do not fit the model {checkpoint['config']['model']}; {fix}") from None
-    return model.to(device), checkpoint
+from resnet9.errors import exit_on_usage_error
+from resnet9.loop import predict
 
 
 def evaluate_checkpoint(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     """Evaluate the checkpoint on the run's test images; write evaluation.json and the three figures."""
     device = build.device(cfg.device)
-    model, checkpoint = load_checkpoint(cfg.checkpoint, device)
+    model, checkpoint = build.trained_model(Path(to_absolute_path(str(cfg.checkpoint))), device)
     run = OmegaConf.create(checkpoint["config"])
     run.data.root = cfg.data.root or run.data.root  # the same test images as the run, unless told otherwise
     run.data.limit_test = cfg.data.limit_test if cfg.data.limit_test is not None else run.data.limit_test
@@ -110,6 +91,8 @@ def _draw(
         out_dir / "misclassified.png",
         title=f"{name}: the {len(wrong)} most confident mistakes",
     )
+    from resnet9 import explain  # grad-cam brings torchvision's models: 3.5 s of imports, paid only here
+
     maps = explain.class_activation_maps(model.float(), cifar.test_images[wrong], predicted[wrong].tolist())
     plots.image_gallery(  # an empty grid when there is no mistake to explain
         explain.overlays(cifar.test_images[wrong], maps),

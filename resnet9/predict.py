@@ -22,7 +22,6 @@ from PIL import Image, UnidentifiedImageError
 from resnet9 import augment, build
 from resnet9.data import CLASSES
 from resnet9.errors import UsageError, exit_on_usage_error
-from resnet9.evaluate import load_checkpoint
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
@@ -85,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         if checkpoint is None:
             raise UsageError("no checkpoint given and none under outputs/; pass --checkpoint <run>/last.pt")
         device = build.device(args.device)
-        model, _ = load_checkpoint(checkpoint, device)
+        model, _ = build.trained_model(Path(checkpoint), device)
         paths = image_paths(args.inputs)
         loaded = [load_image(path) for path in paths]
     probabilities = classify(model, np.stack([image for image, _ in loaded]), device)

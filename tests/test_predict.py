@@ -5,9 +5,8 @@ import pytest
 import torch
 from PIL import Image
 
-from resnet9 import data
+from resnet9 import build, data
 from resnet9.augment import DeviceLoader
-from resnet9.evaluate import load_checkpoint
 from resnet9.loop import StepSettings, predict
 
 
@@ -34,7 +33,7 @@ def test_probabilities_sum_to_one_and_match_the_test_pipeline(run_cli, trained_r
         assert list(row["probabilities"]) == list(data.CLASSES)
     assert rows[0]["note"] is None and rows[1]["note"] == "resized from 64x48 to 32x32"
     # The PNG of a test image gets the probabilities the evaluation pipeline gives that image.
-    model, _ = load_checkpoint(trained_run / "last.pt", torch.device("cpu"))
+    model, _ = build.trained_model(trained_run / "last.pt", torch.device("cpu"))
     loader = DeviceLoader(cifar.test_images[:1], cifar.test_labels[:1], 1, torch.device("cpu"), train=False)
     logits, _ = predict(model, loader, StepSettings(device=torch.device("cpu")))
     expected = torch.softmax(logits, 1)[0].tolist()
