@@ -256,15 +256,12 @@ class DeviceLoader:
         memory_format: torch.memory_format = torch.contiguous_format,
         rank: int = 0,
         world_size: int = 1,
+        copies: dict | None = None,
     ) -> None:
         if batch_size % world_size:
             raise ValueError(f"batch_size={batch_size} does not split evenly over {world_size} processes")
         self.pad, self.flip, self.cutout = (pad, flip, cutout) if train else (0, False, 0)
-        if self.pad:  # numpy "reflect" is OpenCV's BORDER_REFLECT_101, the reference's padding
-            images = np.pad(images, ((0, 0), (self.pad, self.pad), (self.pad, self.pad), (0, 0)), mode="reflect")
-        # NCHW uint8 on the device: 150 MB for CIFAR-10's training set (240 MB padded).
-        self.images = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2))).to(device)
-        self.labels = torch.from_numpy(labels).to(device)
+        self.images, self.labels = self._on_device(images, labels, device, train, copies)
         self.batch_size, self.train, self.device, self.memory_format = batch_size, train, device, memory_format
         per_rank = batch_size // world_size
         self.my_part = slice(rank * per_rank, (rank + 1) * per_rank) if train else slice(None)
@@ -273,6 +270,22 @@ class DeviceLoader:
         self.mean = torch.tensor(CIFAR10_MEAN, device=device).view(1, 3, 1, 1) * 255
         self.std = torch.tensor(CIFAR10_STD, device=device).view(1, 3, 1, 1) * 255
         self.pixel = torch.arange(IMAGE_SIZE, device=device)
+
+    def _on_device(
+        self, images: np.ndarray, labels: np.ndarray, device: torch.device, train: bool, copies: dict | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The images as NCHW uint8 on the device (150 MB for CIFAR-10's training set, 240 MB padded), and the
+        labels. `copies` (a Cifar10's `device_copies`) keeps them for the next loader of the same data."""
+        key = (train, self.pad, str(device))
+        if copies is not None and key in copies:
+            return copies[key]
+        if self.pad:  # numpy "reflect" is OpenCV's BORDER_REFLECT_101, the reference's padding
+            images = np.pad(images, ((0, 0), (self.pad, self.pad), (self.pad, self.pad), (0, 0)), mode="reflect")
+        made = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2))).to(device)
+        made = (made, torch.from_numpy(labels).to(device))
+        if copies is not None:
+            copies[key] = made
+        return made
 
     def __len__(self) -> int:
         n = len(self.labels)
@@ -360,10 +373,12 @@ class Augmentation:
         memory_format: torch.memory_format = torch.contiguous_format,
         rank: int = 0,
         world_size: int = 1,
+        copies: dict | None = None,
     ) -> DeviceLoader | AlbumentationsLoader:
         """Training batches; with world_size > 1, this rank's slice of each global batch of `batch_size`.
 
         Both engines have `state_dict()` / `load_state_dict()`: their random state and their place in the epoch.
+        `copies`: where the device engine keeps (and finds) the images it put on the device.
         """
         if self.engine == "albumentations":
             transform = train_transform(self.pad, self.flip, self.cutout, seed=seed + RANK_SEED_STRIDE * rank)
@@ -392,6 +407,7 @@ class Augmentation:
             memory_format=memory_format,
             rank=rank,
             world_size=world_size,
+            copies=copies,
         )
 
     def test_loader(
@@ -402,9 +418,10 @@ class Augmentation:
         device: torch.device,
         num_workers: int = 0,
         memory_format: torch.memory_format = torch.contiguous_format,
+        copies: dict | None = None,
     ) -> DeviceLoader | DataLoader:
         if self.engine == "albumentations":
             return make_loader(
                 images, labels, test_transform(), batch_size, train=False, seed=0, num_workers=num_workers
             )
-        return DeviceLoader(images, labels, batch_size, device, train=False, memory_format=memory_format)
+        return DeviceLoader(images, labels, batch_size, device, train=False, memory_format=memory_format, copies=copies)

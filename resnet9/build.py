@@ -7,6 +7,7 @@ the project's own classes and torch's optimizers.
 
 from __future__ import annotations
 
+import contextlib
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ from hydra.utils import instantiate, to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from resnet9 import data, schema, state, tracking
+from resnet9 import data, jobcache, schema, state, tracking
 from resnet9.distributed import World
 from resnet9.errors import ConfigError, UsageError
 from resnet9.loop import Batches, StepSettings
@@ -83,14 +84,50 @@ def step_settings(cfg: DictConfig, on: torch.device) -> StepSettings:
 
 
 def dataset(data_cfg: DictConfig) -> data.Cifar10:
-    """CIFAR-10 as the config's `data` section says (root relative to where the command was started)."""
-    root = to_absolute_path(data_cfg.root)
-    return data.load(root, data_cfg.download, data_cfg.get("limit_train"), data_cfg.get("limit_test"))
+    """CIFAR-10 as the config's `data` section says (root relative to where the command was started).
+
+    Read once per process and shared by every job that asks for the same files and subsets (jobcache.py).
+    """
+    root = Path(to_absolute_path(data_cfg.root)).expanduser()
+    limits = (data_cfg.get("limit_train"), data_cfg.get("limit_test"))
+    key = [str(root), data_cfg.download, *limits, _file_stamps(root / data.BATCHES_DIR)]
+    return jobcache.shared.get("data", key, lambda: data.load(root, data_cfg.download, *limits))
 
 
-def model(model_cfg: DictConfig | dict, settings: StepSettings) -> nn.Module:
-    """The network of the `model` section, on the device in the run's memory layout (random init: seed first)."""
-    return instantiate(OmegaConf.create(model_cfg)).to(settings.device, memory_format=settings.memory_format)
+def _file_stamps(folder: Path) -> list[tuple[str, int, int]]:
+    """Name, size and modification time of the batch files: changed files are never served from the cache."""
+    stamps = []
+    for name in (*data.TRAIN_FILES, data.TEST_FILE):
+        with contextlib.suppress(OSError):
+            stat = (folder / name).stat()
+            stamps.append((name, stat.st_size, stat.st_mtime_ns))
+    return stamps
+
+
+def model(model_cfg: DictConfig | dict, settings: StepSettings, reuse: bool = False) -> nn.Module:
+    """The network of the `model` section, on the device in the run's memory layout (random init: seed first).
+
+    `reuse=True` (with compile=true): the network built for an earlier job of the same settings in this
+    process, its weights and BatchNorm statistics drawn again in place, exactly as a new one's would be, so
+    that its compiled form (`compiled`) serves this job too.
+    """
+
+    def make() -> nn.Module:
+        return instantiate(OmegaConf.create(model_cfg)).to(settings.device, memory_format=settings.memory_format)
+
+    if not reuse:
+        return make()
+    key = [OmegaConf.to_container(OmegaConf.create(model_cfg)), str(settings.device), str(settings.memory_format)]
+    if not jobcache.shared.holds("model", key):
+        return jobcache.shared.get("model", key, make)
+    network = jobcache.shared.get("model", key, make)
+    network.reset_parameters()
+    return network
+
+
+def compiled(module: nn.Module) -> nn.Module:
+    """`torch.compile(module)`, compiled once per module object in this process (see `model(reuse=True)`)."""
+    return jobcache.shared.get("compiled", id(module), lambda: torch.compile(module))
 
 
 def train_loader(
@@ -108,6 +145,7 @@ def train_loader(
         memory_format=settings.memory_format,
         rank=world.rank,
         world_size=world.size,
+        copies=cifar.device_copies,
     )
 
 
@@ -120,6 +158,7 @@ def test_loader(cfg: DictConfig, cifar: data.Cifar10, settings: StepSettings) ->
         settings.device,
         num_workers=cfg.data.num_workers,
         memory_format=settings.memory_format,
+        copies=cifar.device_copies,
     )
 
 
@@ -198,7 +237,7 @@ def _range_test_key(cfg: DictConfig, settings: StepSettings) -> dict:
     optimizer_cfg = OmegaConf.to_container(cfg.optimizer, resolve=True)
     optimizer_cfg.pop("lr", None)
     finder = OmegaConf.to_container(cfg.lr_finder, resolve=True)
-    for key in ("scale", "cache", "cache_dir"):
+    for key in ("scale", "max_scale", "min_scale", "cache", "cache_dir"):
         finder.pop(key, None)
     return {
         "model": OmegaConf.to_container(cfg.model, resolve=True),

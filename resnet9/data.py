@@ -9,7 +9,7 @@ Every problem surfaces as an `errors.DataError` whose message is one line saying
 from __future__ import annotations
 
 import pickle
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -33,13 +33,18 @@ SUBSET_SEED = 0
 
 @dataclass(frozen=True)
 class Cifar10:
-    """Images are (N, 32, 32, 3) uint8 in HWC order; labels are (N,) int64 in 0..9."""
+    """Images are (N, 32, 32, 3) uint8 in HWC order; labels are (N,) int64 in 0..9.
+
+    `device_copies` keeps the copies of these images that training devices hold (augment.DeviceLoader fills
+    it), so that jobs sharing this data in one process also share those copies.
+    """
 
     train_images: np.ndarray
     train_labels: np.ndarray
     test_images: np.ndarray
     test_labels: np.ndarray
     classes: tuple[str, ...] = CLASSES
+    device_copies: dict = field(default_factory=dict, compare=False, repr=False)
 
 
 def load(

@@ -2,10 +2,10 @@
 
     SignalStop        SIGTERM/SIGINT raise a flag that the loop checks after every step
     CheckpointWriter  last.pt after every epoch (and at the step where a stop came, where that can resume)
-    RunFiles          metrics.json (every epoch and at the end, with the final status), model_summary.txt,
-                      curves.png
+    RunFiles          model_summary.txt, and curves.png at the end (drawn on the figure thread)
     TrackerLog        the experiment tracker (W&B): every step's loss and LR, epoch rows, figures, summary
     ConsoleLog        the lines a user reads in the terminal and in train.log
+    MetricsFile       metrics.json: every epoch, and last of all with the final status and the timings
 
 The trainer calls, in list order: `on_run_start` before the first epoch, `on_epoch_end` after each evaluated
 epoch, `on_stop` when a signal stopped training mid-epoch, and `on_run_end` with the final status
@@ -16,13 +16,14 @@ happened into that status.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import signal
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from resnet9 import files, lr_find, plots, summary
+from resnet9 import files, jobcache, lr_find, plots, summary
 from resnet9.loop import EpochResult, StopFlag, StopRequested
 from resnet9.state import TrainState
 
@@ -47,17 +48,22 @@ class Listener:
 
 @contextlib.contextmanager
 def notifying(listeners: list[Listener], state: TrainState, stop: StopFlag) -> Iterator[None]:
-    """Run the block (the epochs) between `on_run_start` and `on_run_end`, recording how it ended."""
-    status = "failed"
+    """Run the block (the epochs) between `on_run_start` and `on_run_end`, recording how it ended.
+
+    Listeners' time counts as the job's setup (at the start) and as writing (at the end).
+    """
+    clock, status = state.record.clock, "failed"
     try:
-        for listener in listeners:
-            listener.on_run_start(state)
+        with clock.phase("setup"):
+            for listener in listeners:
+                listener.on_run_start(state)
         yield
         status = "completed"
     except StopRequested:
         status = "interrupted"
-        for listener in listeners:
-            listener.on_stop(state)
+        with clock.phase("write"):
+            for listener in listeners:
+                listener.on_stop(state)
         raise
     except BaseException as err:
         if stop.signal is not None:  # under torchrun a stopped rank can leave another inside a collective:
@@ -67,8 +73,9 @@ def notifying(listeners: list[Listener], state: TrainState, stop: StopFlag) -> I
         raise
     finally:
         state.record.update(status=status)
-        for listener in listeners:
-            listener.on_run_end(state, status)
+        with clock.phase("write"):
+            for listener in listeners:
+                listener.on_run_end(state, status)
 
 
 class SignalStop(Listener):
@@ -115,38 +122,58 @@ class CheckpointWriter(Listener):
 
 
 class RunFiles(Listener):
-    """The run folder's record: metrics.json (running -> completed/failed/interrupted), model_summary.txt,
-    and curves.png once the run completes. metrics.json is written after the checkpoint: an epoch it lists
-    is always one a resume starts after."""
+    """model_summary.txt at the start; curves.png once the run completes, drawn on the figure thread so that
+    the next job of a sweep does not wait for it."""
 
-    def __init__(self, out_dir: Path) -> None:
-        self.out_dir = out_dir
+    def __init__(self, out_dir: Path, model_cfg: dict[str, Any]) -> None:
+        self.out_dir, self.model_cfg = out_dir, model_cfg
 
     def on_run_start(self, state: TrainState) -> None:
-        (self.out_dir / "model_summary.txt").write_text(summary.describe(state.model) + "\n")
-        files.write_json(self.out_dir / "metrics.json", state.record.data)
-
-    def on_epoch_end(self, state: TrainState, row: dict[str, Any], result: EpochResult) -> None:
-        files.write_json(self.out_dir / "metrics.json", state.record.data)
+        text = jobcache.shared.get("summary", self.model_cfg, lambda: summary.describe(state.model))
+        (self.out_dir / "model_summary.txt").write_text(text + "\n")
 
     def on_run_end(self, state: TrainState, status: str) -> None:
-        files.write_json(self.out_dir / "metrics.json", state.record.data)
         if status == "completed":
-            plots.training_curves(state.record.data, self.out_dir / "curves.png")
+            plots.in_background(plots.training_curves, state.record.document(), self.out_dir / "curves.png")
+
+
+class MetricsFile(Listener):
+    """metrics.json: written at the start (running), after every epoch, and last of all with the final status
+    (completed, failed or interrupted) and the job's timings. After the checkpoint: an epoch it lists is
+    always one a resume starts after."""
+
+    def __init__(self, out_dir: Path) -> None:
+        self.path = out_dir / "metrics.json"
+
+    def on_run_start(self, state: TrainState) -> None:
+        files.write_json(self.path, state.record.document())
+
+    def on_epoch_end(self, state: TrainState, row: dict[str, Any], result: EpochResult) -> None:
+        files.write_json(self.path, state.record.document())
+
+    def on_run_end(self, state: TrainState, status: str) -> None:
+        files.write_json(self.path, state.record.document())
 
 
 class TrackerLog(Listener):
-    """The experiment tracker: started with the run (a resumed run continues its own W&B run), every step's
-    loss and LR and the epoch's row after each epoch, the figures and summary numbers at the end."""
+    """The experiment tracker: started with the run (a resumed run continues its own W&B run) with the derived
+    LRs in its config and the range test's curve as a table; every step's loss and LR and the epoch's row
+    after each epoch; the range-test figure, summary numbers and (if asked) the checkpoint at the end."""
 
     SUMMARY = ("final_test_acc", "best_test_acc", "best_epoch", "train_time_s", "lr_min", "lr_max", "parameters")
 
-    def __init__(self, start_tracker: Callable[[str | None], Any], out_dir: Path) -> None:
+    def __init__(self, start_tracker: Callable[[str | None, dict], Any], out_dir: Path) -> None:
         self.start_tracker, self.out_dir, self.tracker = start_tracker, out_dir, None
 
     def on_run_start(self, state: TrainState) -> None:
-        self.tracker = self.start_tracker(state.record.get("tracker_run_id"))
+        derived = {key: state.record[key] for key in ("lr_min", "lr_max", "lr_source")}
+        self.tracker = self.start_tracker(state.record.get("tracker_run_id"), derived)
         state.record.update(tracker_run_id=getattr(self.tracker, "run_id", None))
+        curve = self.out_dir / lr_find.JSON_NAME
+        if curve.is_file() and not state.record["epochs"]:  # a resumed run logged it already
+            history = json.loads(curve.read_text())["history"]
+            rows = [{"lr": lr, "loss": loss} for lr, loss in zip(history["lr"], history["loss"], strict=True)]
+            self.tracker.log_table("lr_finder/curve", rows, step=0)
 
     def on_epoch_end(self, state: TrainState, row: dict[str, Any], result: EpochResult) -> None:
         first_step = (row["epoch"] - 1) * state.record["steps_per_epoch"]
@@ -158,11 +185,13 @@ class TrackerLog(Listener):
         if self.tracker is None:
             return
         if status == "completed":
-            images = {"curves": self.out_dir / "curves.png"}
             if (self.out_dir / lr_find.PLOT_NAME).is_file():
-                images["lr_finder"] = self.out_dir / lr_find.PLOT_NAME
-            self.tracker.log_images(images, step=len(state.record["lr_per_step"]) - 1)
+                self.tracker.log_images(
+                    {"lr_finder": self.out_dir / lr_find.PLOT_NAME}, len(state.record["lr_per_step"]) - 1
+                )
             self.tracker.summary({key: state.record[key] for key in self.SUMMARY})
+            if (self.out_dir / "last.pt").is_file():
+                self.tracker.log_checkpoint_file(self.out_dir / "last.pt")
         self.tracker.finish(exit_code=0 if status == "completed" else 1)
 
 

@@ -155,18 +155,19 @@ def find_lr_range(finder_cfg: DictConfig, probe: build.Probe, device: torch.devi
 
 
 def lrs_for_run(
-    lr_max: float | str, lr_min: float | str, scale: float, range_test: Callable[[], LRRange]
+    lr_max: float | str, lr_min: float | str, finder_cfg: DictConfig, range_test: Callable[[], LRRange]
 ) -> tuple[float, float, str]:
     """(LRMIN, LRMAX, where they came from): numbers from the config where given; where "auto", the range
-    test's (run only then) times `scale`."""
+    test's (run only then) times `lr_finder.scale` and `lr_finder.max_scale` / `min_scale`."""
     if lr_max != "auto" and lr_min != "auto":
         return float(lr_min), float(lr_max), "config"
     found = range_test()
+    max_scale, min_scale = finder_cfg.scale * finder_cfg.max_scale, finder_cfg.scale * finder_cfg.min_scale
     source = "range test (cached)" if found.cached else "range test"
-    if scale != 1:
-        source += f" x {scale:g}"
-    lr_max = found.lr_max * scale if lr_max == "auto" else float(lr_max)
-    lr_min = found.lr_min * scale if lr_min == "auto" else float(lr_min)
+    if (max_scale, min_scale) != (1, 1):
+        source += f" x {max_scale:g}" if max_scale == min_scale else f" x {min_scale:g} (LRMIN), {max_scale:g} (LRMAX)"
+    lr_max = found.lr_max * max_scale if lr_max == "auto" else float(lr_max)
+    lr_min = found.lr_min * min_scale if lr_min == "auto" else float(lr_min)
     if not lr_min < lr_max:
         raise ConfigError(
             f"LRMIN={lr_min:.4g} is not below LRMAX={lr_max:.4g} (from {source} and the config); "

@@ -71,6 +71,16 @@ class ResNet9(nn.Module):
         x = self.layer3(self.layer2(self.layer1(self.prep(x))))
         return self.fc(torch.flatten(self.pool(x), 1)) * self.logit_scale
 
+    def reset_parameters(self) -> None:
+        """Draw every weight again and reset BatchNorm's statistics, in place, exactly as a new ResNet9 would.
+
+        Modules are visited in the order they were built, so after the same seed this gives the same weights
+        as constructing the network anew; a compiled wrapper around it stays valid (sweep jobs reuse it).
+        """
+        for module in self.modules():
+            if module is not self and hasattr(module, "reset_parameters"):
+                module.reset_parameters()
+
     @torch.no_grad()
     def predict_proba(self, x: torch.Tensor) -> torch.Tensor:
         """Class probabilities: the SoftMax at the end of the mission's network."""

@@ -1,152 +1,255 @@
-"""The sweep report: a table with mean ± std over seeds and a figure of every job's test accuracy.
+"""The sweep report: one row per setting with n, mean ± std and a 95 % interval over seeds, and a figure.
 
 Single runs of this recipe vary between seeds (0.1 to 0.8 points on an H100, see the README), so one run says
-little; a sweep over seeds says more. After every job of a `--multirun` the callback (registered in
-conf/config.yaml) reads each job's metrics.json, groups the jobs by the overrides that differ between them
-(the seed excepted: seeds are what is averaged over) and writes into the sweep folder:
-  summary.md / summary.json   jobs, failures, mean ± std of final and best test accuracy, LRMIN, LRMAX, time
-  test_accuracy.png           test accuracy per epoch of every job, one colour per setting
-When the sweep ends, the same table and figure go to W&B (logger=wandb) as a run of its own in the sweep's
-group. For any sweep folder, later:
+little; a sweep over seeds says more. A setting is a combination of values of the keys the sweep varies
+(sweep.json), the seed excepted: seeds are what is averaged over. After every job of a `--multirun` the
+callback (registered in conf/config.yaml) rewrites, in the sweep folder:
+  summary.md / summary.json   per setting: jobs, failures, the metric's mean ± std and 95 % interval (t), the
+                              best test accuracy over epochs (chosen on the test set, so optimistic), LRMIN,
+                              LRMAX, training time
+  test_accuracy.png           test accuracy per epoch of every job, a mean ± std band per setting
+When the sweep ends, the table and figure also go to W&B as a run of its own (job type `report`). For any
+sweep folder, later, with options:
 
-    python -m resnet9.report multirun/2026-11-26/14-00-00
+    python -m resnet9.report multirun/2026-11-26/14-00-00 [--by KEY ...] [--metric best_test_acc] [--csv]
 """
 
 from __future__ import annotations
 
+import argparse
+import csv
+import io
 import json
+import math
 import statistics
-import sys
 from pathlib import Path
 from typing import Any
 
+from hydra.core.utils import JobStatus
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig
+from scipy import stats
+from tabulate import tabulate
 
-from resnet9 import build, plots, tracking
-from resnet9.errors import exit_with
+from resnet9 import build, files, plots, schema, sweep
+from resnet9.errors import ConfigError, UsageError, exit_on_usage_error
 
 NUMBERS = ("final_test_acc", "best_test_acc", "lr_min", "lr_max", "train_time_s")
+LABELS = {
+    "final_test_acc": "final test acc (%)",
+    "best_test_acc": "best test acc over epochs (%; chosen on the test set)",
+    "lr_min": "LRMIN",
+    "lr_max": "LRMAX",
+    "train_time_s": "train time (s)",
+}
 
 
-def _varying(jobs: list[dict[str, Any]]) -> set[str]:
-    """The overridden keys whose values differ between jobs, except the seed: they define the settings."""
-    values: dict[str, list[str]] = {}
-    for overrides in (job.get("overrides", []) for job in jobs):
-        for override in overrides:
-            key, _, value = override.partition("=")
-            values.setdefault(key, []).append(value)
-    # A key varies if it takes several values, or is overridden in some jobs only.
-    return {key for key, seen in values.items() if key != "seed" and (len(set(seen)) > 1 or len(seen) < len(jobs))}
-
-
-def _mean_std(values: list[float]) -> tuple[float, float]:
-    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
-
-
-def load_jobs(sweep_dir: Path) -> dict[str, list[dict[str, Any]]]:
-    """Every job's metrics.json, grouped by setting (the swept overrides but the seed), in job order."""
+def load_jobs(sweep_dir: Path) -> list[dict[str, Any]]:
+    """Every job's metrics.json, in job order, each with its folder name as `job`."""
     jobs = []
     for path in sorted(sweep_dir.glob("*/metrics.json"), key=lambda p: (len(p.parent.name), p.parent.name)):
         job = json.loads(path.read_text())
         job["job"] = path.parent.name
         jobs.append(job)
-    swept = _varying(jobs)
+    return jobs
+
+
+def group_jobs(sweep_dir: Path, jobs: list[dict[str, Any]], by: list[str] | None = None) -> dict[str, list[dict]]:
+    """Jobs by setting: the values of `by`, else of every key the sweep varies (the seed excepted)."""
+    description = sweep.read(sweep_dir)
+    if by:
+        keys = set(by)
+    elif description is not None:
+        keys = set(description["varies"])
+    else:  # a sweep from before sweep.json: the keys whose values differ between its jobs
+        keys = sweep.keys_that_differ([job.get("overrides", []) for job in jobs])
     groups: dict[str, list[dict[str, Any]]] = {}
     for job in jobs:
-        setting = " ".join(sorted(o for o in job.get("overrides", []) if o.partition("=")[0] in swept))
-        groups.setdefault(setting or "(all jobs)", []).append(job)
+        groups.setdefault(sweep.setting(job.get("overrides", []), keys) or "(all jobs)", []).append(job)
     return groups
 
 
-def summarize(sweep_dir: Path) -> list[dict[str, Any]]:
-    """One row per setting: job count, failures, and mean ± std of each number over its completed jobs."""
-    return _summarize_groups(load_jobs(sweep_dir))
-
-
-def _summarize_groups(groups: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
+def summarize(groups: dict[str, list[dict[str, Any]]], metric: str = "final_test_acc") -> list[dict[str, Any]]:
+    """One row per setting: jobs, failures, n (completed), and mean, std and 95 % interval of each number."""
     rows = []
     for setting, runs in groups.items():
-        done = [m for m in runs if m.get("status") == "completed"]
-        row: dict[str, Any] = {"setting": setting, "jobs": len(runs), "failed": len(runs) - len(done)}
-        if done:
-            for key in NUMBERS:
-                row[key], row[key + "_std"] = _mean_std([m[key] for m in done])
+        done = [job for job in runs if job.get("status") == "completed"]
+        row: dict[str, Any] = {"setting": setting, "jobs": len(runs), "failed": len(runs) - len(done), "n": len(done)}
+        for key in dict.fromkeys((metric, *NUMBERS)):
+            values = [job[key] for job in done if isinstance(job.get(key), int | float)]
+            if values:
+                row[key], row[f"{key}_std"], row[f"{key}_ci95"] = _mean_std_interval(values)
         rows.append(row)
     return rows
 
 
-def format_table(rows: list[dict[str, Any]]) -> str:
-    lines = [
-        "| setting | jobs | failed | final test acc (%) | best test acc (%) | LRMIN | LRMAX | train time (s) |",
-        "|---|---|---|---|---|---|---|---|",
+def _mean_std_interval(values: list[float]) -> tuple[float, float | None, list[float] | None]:
+    """Mean, standard deviation and the 95 % t-interval of the mean (no spread from a single value)."""
+    mean = statistics.fmean(values)
+    if len(values) < 2:
+        return mean, None, None
+    std = statistics.stdev(values)
+    half = stats.t.ppf(0.975, len(values) - 1) * std / math.sqrt(len(values))
+    return mean, std, [mean - half, mean + half]
+
+
+def _number(key: str, value: float) -> str:
+    if key.startswith("lr_"):
+        return f"{value:.4g}"
+    return f"{100 * value:.2f}" if key.endswith("_acc") else f"{value:.1f}"
+
+
+def _cell(row: dict[str, Any], key: str, interval: bool = False) -> str:
+    """mean ± std (the mean alone for one job), or the 95 % interval; "—" where there is nothing to show."""
+    if key not in row:
+        return "—"
+    if interval:
+        bounds = row[f"{key}_ci95"]
+        return f"{_number(key, bounds[0])} – {_number(key, bounds[1])}" if bounds else "—"
+    std = row[f"{key}_std"]
+    if std is None or key.startswith("lr_"):  # every seed of a setting shares one range test: no LR spread
+        return _number(key, row[key])
+    return f"{_number(key, row[key])} ± {_number(key, std)}"
+
+
+def format_table(rows: list[dict[str, Any]], metric: str = "final_test_acc", as_csv: bool = False) -> str:
+    """Markdown (or CSV): setting, jobs, failed, n, the metric (mean ± std, 95 % interval), then the others."""
+    others = [key for key in NUMBERS if key != metric]
+    headers = ["setting", "jobs", "failed", "n", LABELS.get(metric, metric), "95% interval", *map(LABELS.get, others)]
+    table = [
+        [row["setting"], row["jobs"], row["failed"], row["n"], _cell(row, metric), _cell(row, metric, interval=True)]
+        + [_cell(row, key) for key in others]
+        for row in rows
     ]
-    for row in rows:
-        if "final_test_acc" in row:
-            final = f"{100 * row['final_test_acc']:.2f} ± {100 * row['final_test_acc_std']:.2f}"
-            best = f"{100 * row['best_test_acc']:.2f} ± {100 * row['best_test_acc_std']:.2f}"
-            lrs = f"{row['lr_min']:.4g} | {row['lr_max']:.4g}"
-            time_s = f"{row['train_time_s']:.1f} ± {row['train_time_s_std']:.1f}"
-        else:
-            final = best = time_s = "—"
-            lrs = "— | —"
-        lines.append(f"| {row['setting']} | {row['jobs']} | {row['failed']} | {final} | {best} | {lrs} | {time_s} |")
-    return "\n".join(lines)
+    if as_csv:
+        text = io.StringIO()
+        csv.writer(text).writerows([headers, *table])
+        return text.getvalue()
+    return tabulate(table, headers=headers, tablefmt="github", disable_numparse=True)
 
 
-def write_report(sweep_dir: Path) -> tuple[list[dict[str, Any]], str]:
-    groups = load_jobs(sweep_dir)  # read every job's metrics.json once, for the table and the figure
-    rows = _summarize_groups(groups)
-    table = format_table(rows)
-    (sweep_dir / "summary.json").write_text(json.dumps(rows, indent=1))
-    (sweep_dir / "summary.md").write_text(
-        f"# Sweep {sweep_dir}\n\nmean ± std over seeds\n\n{table}\n\n![test accuracy](test_accuracy.png)\n"
+def write_report(
+    sweep_dir: Path, by: list[str] | None = None, metric: str = "final_test_acc", figure: str = "now"
+) -> tuple[list[dict[str, Any]], str]:
+    """summary.json, summary.md and test_accuracy.png (`figure`: "now", "background" or "none")."""
+    jobs = load_jobs(sweep_dir)
+    groups = group_jobs(sweep_dir, jobs, by)
+    rows = summarize(groups, metric)
+    table = format_table(rows, metric)
+    files.write_json(sweep_dir / "summary.json", rows)
+    intro = f"# Sweep {sweep_dir}\n\nper setting: mean ± std and the 95 % interval of the mean over its seeds"
+    files.replace_atomically(
+        sweep_dir / "summary.md",
+        lambda tmp: Path(tmp).write_text(f"{intro}\n\n{table}\n\n![test accuracy](test_accuracy.png)\n"),
     )
-    plots.sweep_accuracy(
-        groups, sweep_dir / "test_accuracy.png", title=f"Test accuracy of every job in {sweep_dir.name}"
-    )
+    draw = (plots.sweep_accuracy, groups, sweep_dir / "test_accuracy.png", f"Test accuracy, {sweep_dir.name}")
+    if figure == "now":
+        draw[0](*draw[1:])
+    elif figure == "background":
+        plots.in_background(*draw)
     return rows, table
 
 
-def log_to_tracker(sweep_dir: Path, rows: list[dict[str, Any]], logger_cfg: DictConfig) -> None:
-    """The report as a run of its own in the sweep's group, with the table, the figure and summary keys."""
-    group = logger_cfg.get("group") or tracking.sweep_group(sweep_dir)
-    tracker = build.tracker(logger_cfg, config={"sweep_dir": str(sweep_dir)}, dir=sweep_dir, name="report", group=group)
+def log_to_tracker(sweep_dir: Path, rows: list[dict[str, Any]], logger_cfg: DictConfig | dict) -> None:
+    """The report as a W&B run of its own (job type `report`, in the sweep's folder `report/`)."""
+    sweep_name = sweep.sweep_id(sweep_dir)
+    (sweep_dir / "report").mkdir(exist_ok=True)
+    tracker = build.tracker(
+        logger_cfg, config={"sweep": sweep_name}, dir=sweep_dir / "report", name="report",
+        group=sweep_name, tags=[sweep_name], job_type="report",
+    )  # fmt: skip
     try:
-        tracker.log_table("sweep/summary", rows, step=0)  # same step as the figure: one row in W&B
+        tracker.log_table("sweep/summary", [_flat(row) for row in rows], step=0)
         tracker.log_images({"sweep/test_accuracy": sweep_dir / "test_accuracy.png"}, step=0)
         tracker.summary({f"{row['setting']}/final_test_acc_mean": row.get("final_test_acc") for row in rows})
     finally:
         tracker.finish()
 
 
-class SweepSummary(Callback):
-    """Hydra callback: keep the sweep folder's report current after each job; log it to W&B at the end.
+def _flat(row: dict[str, Any]) -> dict[str, Any]:
+    """A W&B table takes scalars: the interval as two columns."""
+    flat = {key: value for key, value in row.items() if not key.endswith("_ci95")}
+    for key, value in row.items():
+        if key.endswith("_ci95"):
+            flat[key + "_low"], flat[key + "_high"] = value if value else (None, None)
+    return flat
 
-    Rewriting after every job (failed ones included) matters: when a job fails, Hydra re-raises its error
-    once the batch has run, before `on_multirun_end` — the report must already be there.
+
+class SweepSummary(Callback):
+    """Hydra callback: describe the sweep when it starts (sweep.json), keep its report current after each job,
+    draw the final figure and log the report to W&B at the end.
+
+    Rewriting the table after every job (failed ones included) matters: when a job fails, Hydra re-raises its
+    error once the batch has run, before `on_multirun_end`, so the report must already be there. The figure
+    is drawn once at the end instead; only after a failure (no end will come) is it redrawn after every job,
+    on the figure thread, off the next job's way.
     """
 
+    def __init__(self) -> None:
+        self.failure_seen = False
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep.write(Path(config.hydra.sweep.dir), config)
+
     def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
-        if config.hydra.mode == RunMode.MULTIRUN:
-            write_report(Path(config.hydra.sweep.dir))
+        if config.hydra.mode != RunMode.MULTIRUN:
+            return
+        self.failure_seen |= getattr(job_return, "status", None) == JobStatus.FAILED
+        write_report(Path(config.hydra.sweep.dir), figure="background" if self.failure_seen else "none")
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
         if not sweep_dir.is_dir():
             return
+        plots.wait_for_figures()
         rows, table = write_report(sweep_dir)
-        print(f"\nSweep summary (mean ± std over seeds), also in {sweep_dir / 'summary.md'}:\n{table}")
+        print(f"\nSweep summary (mean ± std and 95 % interval over seeds), also in {sweep_dir / 'summary.md'}:")
+        print(table)
         log_to_tracker(sweep_dir, rows, config.logger)
 
 
+def check_sweep_folder(folder: Path) -> None:
+    """A one-line UsageError unless `folder` holds a sweep's jobs (<folder>/<job>/metrics.json)."""
+    if not folder.is_dir():
+        raise UsageError(f"{folder}: no such folder; pass a sweep folder, e.g. multirun/<date>/<time>")
+    if not any(folder.glob("*/metrics.json")):
+        what = "a single run's folder" if (folder / "metrics.json").is_file() else "not a sweep folder"
+        raise UsageError(
+            f"{folder} is {what} (no <job>/metrics.json inside); pass a sweep folder, e.g. multirun/<date>/<time>"
+        )
+
+
+def _logger_of(sweep_dir: Path, choice: str) -> dict | None:
+    """The W&B settings the sweep's jobs used (validated: only our trackers), `choice`=none for none."""
+    if choice == "none":
+        return None
+    jobs = load_jobs(sweep_dir)
+    saved = next((job["config"]["logger"] for job in jobs if isinstance(job.get("config"), dict)), None)
+    try:
+        logger = schema.validate_logger(saved) if saved is not None else None
+    except ConfigError:
+        return None
+    return logger.model_dump(by_alias=True) if logger is not None else None
+
+
 def main(argv: list[str] | None = None) -> None:
-    """`python -m resnet9.report <sweep folder>`: rewrite and print the report of a sweep folder made earlier."""
-    args = sys.argv[1:] if argv is None else argv
-    if len(args) != 1 or not Path(args[0]).is_dir():
-        exit_with("usage: python -m resnet9.report <sweep folder, e.g. multirun/2026-11-26/14-00-00>")
-    print(write_report(Path(args[0]))[1])
+    """`python -m resnet9.report <sweep folder> [--by KEY ...] [--metric NAME] [--csv] [--tracker none]`."""
+    parser = argparse.ArgumentParser(prog="python -m resnet9.report", description=__doc__.split("\n\n")[0])
+    parser.add_argument("folder", type=Path, help="a sweep folder, e.g. multirun/2026-11-26/14-00-00")
+    parser.add_argument("--by", action="append", metavar="KEY", help="group by this key only (repeatable)")
+    parser.add_argument("--metric", default="final_test_acc", choices=NUMBERS, help="the number summarised first")
+    parser.add_argument("--csv", action="store_true", help="print CSV instead of a Markdown table")
+    parser.add_argument("--tracker", default="auto", choices=("auto", "none"),
+                        help="auto: log the report to W&B again if the jobs used it")  # fmt: skip
+    args = parser.parse_args(argv)
+    with exit_on_usage_error():
+        check_sweep_folder(args.folder)
+        rows, table = write_report(args.folder, args.by, args.metric)
+    print(format_table(rows, args.metric, as_csv=True) if args.csv else table, end="" if args.csv else "\n")
+    logger = _logger_of(args.folder, args.tracker)
+    if logger is not None and logger["_target_"].endswith("WandbTracker"):
+        log_to_tracker(args.folder, rows, logger)
 
 
 if __name__ == "__main__":

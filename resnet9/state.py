@@ -18,7 +18,10 @@ CPU the resumed run ends exactly like an uninterrupted one, for both augmentatio
 
 from __future__ import annotations
 
+import contextlib
 import random
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,11 +41,37 @@ CHECKPOINT_FORMAT = 2  # 1: before the TrainState (no "format" key)
 FREE_TO_CHANGE = ("resume", "progress", "log_every", "device", "logger", "data.num_workers", "data.root")
 
 
+class Stopwatch:
+    """Where a job's wall time goes: seconds spent in each phase (setup, train, eval, write) and in all."""
+
+    PHASES = ("setup", "train", "eval", "write")
+
+    def __init__(self) -> None:
+        self.started = time.perf_counter()
+        self.spent: dict[str, float] = dict.fromkeys(self.PHASES, 0.0)
+        self.open: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        self.open[name] = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.spent[name] += time.perf_counter() - self.open.pop(name)
+
+    def seconds(self) -> dict[str, float]:
+        """{setup_s, train_s, eval_s, write_s, wall_s} so far (a phase still open counts up to now)."""
+        now = time.perf_counter()
+        spent = {name: self.spent[name] + now - self.open.get(name, now) for name in self.PHASES}
+        return {**{f"{name}_s": seconds for name, seconds in spent.items()}, "wall_s": now - self.started}
+
+
 class RunRecord:
     """metrics.json: what the run is (config, device, LRs, sizes), what it measured so far, and its status.
 
     `data` is the JSON document itself. The measurements carry over a resume (`state_dict`); the facts about
-    the run are written anew by the resumed run.
+    the run are written anew by the resumed run. `clock` times this job (this process's part of it): every
+    `document()` carries its phases as `timings`.
     """
 
     CARRIED_OVER = (
@@ -57,8 +86,13 @@ class RunRecord:
         "tracker_run_id",
     )
 
-    def __init__(self, **facts: Any) -> None:
+    def __init__(self, clock: Stopwatch | None = None, **facts: Any) -> None:
+        self.clock = clock or Stopwatch()
         self.data: dict[str, Any] = {"status": "running", **facts, "epochs": [], "lr_per_step": []}
+
+    def document(self) -> dict[str, Any]:
+        """metrics.json as of now, with the job's timings."""
+        return {**self.data, "timings": self.clock.seconds()}
 
     def __getitem__(self, key: str) -> Any:
         return self.data[key]

@@ -8,12 +8,14 @@ which one it talks to. `WandbTracker` imports wandb only when it is chosen (`log
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 
+from resnet9 import sweep
 from resnet9.errors import UsageError
 
 log = logging.getLogger(__name__)
@@ -24,27 +26,45 @@ class Tracker(Protocol):
 
     def log_images(self, images: dict[str, Path], step: int) -> None: ...
 
-    def log_table(self, key: str, rows: list[dict[str, Any]], step: int) -> None: ...
+    def log_table(self, key: str, rows: list[dict[str, Any]], step: int | None = None) -> None: ...
+
+    def log_checkpoint_file(self, path: Path) -> None: ...
 
     def summary(self, values: dict[str, Any]) -> None: ...
 
     def finish(self, exit_code: int = 0) -> None: ...
 
 
-def sweep_group(sweep_dir: Path) -> str:
-    """The W&B group of all runs of one sweep, after its folder: multirun/<date>/<time> -> sweep-<date>_<time>."""
-    return f"sweep-{sweep_dir.parent.name}_{sweep_dir.name}"
+@dataclass(frozen=True)
+class RunIdentity:
+    """How a run shows up in W&B: its name, its group, its tags, and what goes into its config about the sweep."""
+
+    name: str
+    group: str | None = None
+    tags: tuple[str, ...] = ()
+    sweep: dict[str, str] | None = None
 
 
-def run_name_and_group(group: str | None) -> tuple[str, str | None]:
-    """Name a run after its overrides; put every job of one sweep into one group (W&B compares groups)."""
+def run_identity(group: str | None = None) -> RunIdentity:
+    """A single run: named after its overrides. A sweep's job: named after the values of the keys the sweep
+    varies (`lr_finder.scale=0.5 seed=1`), in the group of its setting (those values but the seed), tagged
+    with the sweep's id. `group` (logger.group) overrides the group."""
     if not HydraConfig.initialized():
-        return "run", group
+        return RunIdentity("run", group)
     hydra_cfg = HydraConfig.get()
-    name = hydra_cfg.job.override_dirname or "defaults"
-    if group is None and hydra_cfg.mode == RunMode.MULTIRUN:
-        group = sweep_group(Path(hydra_cfg.sweep.dir))
-    return name, group
+    overrides = list(hydra_cfg.overrides.task)
+    if hydra_cfg.mode != RunMode.MULTIRUN:
+        return RunIdentity(hydra_cfg.job.override_dirname or "defaults", group)
+    sweep_dir = Path(hydra_cfg.sweep.dir)
+    description = sweep.read(sweep_dir) or {
+        "id": sweep.sweep_id(sweep_dir),
+        "varies": [o.partition("=")[0] for o in overrides],
+    }
+    name = sweep.setting(overrides, description["varies"], with_seed=True, short=True) or f"job {hydra_cfg.job.num}"
+    setting = sweep.setting(overrides, description["varies"])
+    if group is None:
+        group = f"{description['id']}: {setting}" if setting else description["id"]
+    return RunIdentity(name, group, (description["id"],), {"id": description["id"], "setting": setting or "(all jobs)"})
 
 
 def _table(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[Any]]]:
@@ -64,7 +84,10 @@ class NullTracker:
     def log_images(self, images: dict[str, Path], step: int) -> None:
         pass
 
-    def log_table(self, key: str, rows: list[dict[str, Any]], step: int) -> None:
+    def log_table(self, key: str, rows: list[dict[str, Any]], step: int | None = None) -> None:
+        pass
+
+    def log_checkpoint_file(self, path: Path) -> None:
         pass
 
     def summary(self, values: dict[str, Any]) -> None:
@@ -75,10 +98,12 @@ class NullTracker:
 
 
 class WandbTracker:
-    """One W&B run per job: resolved config at init, per-step and per-epoch metrics, plots, summary numbers.
+    """One W&B run per job: the config at init, per-step and per-epoch metrics, figures, tables, summary numbers.
 
     Offline mode writes `<dir>/wandb/offline-run-*/run-*.wandb`, uploaded later with `wandb sync`. It needs
-    no network and no login, so it never prompts or waits.
+    no network and no login, so it never prompts or waits. A training run (`job_type="train"`) charts its
+    epoch metrics against the epoch (`epoch/epoch`) and keeps both the last and the highest test accuracy
+    in its summary.
     """
 
     def __init__(
@@ -92,12 +117,14 @@ class WandbTracker:
         entity: str | None = None,
         tags: list[str] | tuple[str, ...] = (),
         run_id: str | None = None,
+        job_type: str = "train",
+        log_checkpoint: bool = False,
     ) -> None:
         try:
             import wandb
         except ImportError:
             raise UsageError("logger=wandb but wandb is not installed; pip install wandb, or use logger=none") from None
-        self._wandb = wandb
+        self._wandb, self.log_checkpoint = wandb, log_checkpoint
         try:
             self.run = wandb.init(
                 project=project,
@@ -106,9 +133,9 @@ class WandbTracker:
                 group=group,
                 name=name,
                 tags=list(tags),
-                config=config,
+                config=readable(config),
                 dir=str(dir),
-                job_type="train",
+                job_type=job_type,
                 id=run_id,  # a resumed training continues its own W&B run
                 resume="allow" if run_id else None,
                 # console="off": the progress bar stays ours; W&B records metrics, not terminal output.
@@ -119,6 +146,11 @@ class WandbTracker:
             raise UsageError(
                 f"W&B could not start a run in {mode} mode ({reason}); use logger.mode=offline or logger=none"
             ) from None
+        if job_type == "train":
+            self.run.define_metric("epoch/epoch")
+            self.run.define_metric("epoch/*", step_metric="epoch/epoch")
+            for summary in ("max", "last"):
+                self.run.define_metric("epoch/test_acc", step_metric="epoch/epoch", summary=summary)
         if mode == "offline":
             log.info("W&B offline run in %s; upload later with: wandb sync %s", self.run.dir, Path(self.run.dir).parent)
 
@@ -132,9 +164,16 @@ class WandbTracker:
     def log_images(self, images: dict[str, Path], step: int) -> None:
         self.run.log({key: self._wandb.Image(str(path)) for key, path in images.items()}, step=step)
 
-    def log_table(self, key: str, rows: list[dict[str, Any]], step: int) -> None:
+    def log_table(self, key: str, rows: list[dict[str, Any]], step: int | None = None) -> None:
         columns, data = _table(rows)
         self.run.log({key: self._wandb.Table(columns=columns, data=data)}, step=step)
+
+    def log_checkpoint_file(self, path: Path) -> None:
+        """The checkpoint as a W&B model artifact, when `logger.log_checkpoint=true` (a copy of last.pt per run)."""
+        if self.log_checkpoint:
+            artifact = self._wandb.Artifact(f"checkpoint-{self.run.id}", type="model")
+            artifact.add_file(str(path))
+            self.run.log_artifact(artifact)
 
     def summary(self, values: dict[str, Any]) -> None:
         for key, value in values.items():
@@ -143,3 +182,10 @@ class WandbTracker:
 
     def finish(self, exit_code: int = 0) -> None:
         self.run.finish(exit_code=exit_code)
+
+
+def readable(config: Any) -> Any:
+    """The config without Hydra's `_target_`/`_partial_` keys: what a person compares runs by in W&B."""
+    if isinstance(config, dict):
+        return {key: readable(value) for key, value in config.items() if not str(key).startswith("_")}
+    return config

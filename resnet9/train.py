@@ -29,7 +29,16 @@ from resnet9 import build, lr_find, schema, tracking
 from resnet9 import distributed as ddp
 from resnet9.data import Cifar10
 from resnet9.errors import UsageError, exit_on_usage_error, exit_with, in_multirun
-from resnet9.listeners import CheckpointWriter, ConsoleLog, Listener, RunFiles, SignalStop, TrackerLog, notifying
+from resnet9.listeners import (
+    CheckpointWriter,
+    ConsoleLog,
+    Listener,
+    MetricsFile,
+    RunFiles,
+    SignalStop,
+    TrackerLog,
+    notifying,
+)
 from resnet9.loop import (
     Batches,
     EpochProgress,
@@ -41,7 +50,7 @@ from resnet9.loop import (
     train_one_epoch,
 )
 from resnet9.model import count_parameters
-from resnet9.state import RunRecord, TrainState, read_resumable, saved_lrs
+from resnet9.state import RunRecord, Stopwatch, TrainState, read_resumable, saved_lrs
 
 
 def main() -> None:
@@ -68,30 +77,33 @@ def hydra_main(cfg: DictConfig) -> float:
 
 def train(cfg: DictConfig, out_dir: Path) -> float:
     """Train as `cfg` says, writing every result under `out_dir`; return the final test accuracy (0..1)."""
-    world = ddp.world()
-    schema.validate(cfg, processes=world.size)
-    if not world.is_main:  # rank 0 reports; the other ranks only warn
-        logging.getLogger().setLevel(logging.WARNING)
-    device = build.device(cfg.device, world)
-    build.seed_everything(cfg.seed, cfg.deterministic)
-    settings = build.step_settings(cfg, device)
-    with ddp.main_first():  # one download, by rank 0
-        cifar = build.dataset(cfg.data)
-    model = build.model(cfg.model, settings)
+    clock, world = Stopwatch(), ddp.world()
+    with clock.phase("setup"):
+        schema.validate(cfg, processes=world.size)
+        if not world.is_main:  # rank 0 reports; the other ranks only warn
+            logging.getLogger().setLevel(logging.WARNING)
+        device = build.device(cfg.device, world)
+        build.seed_everything(cfg.seed, cfg.deterministic)
+        settings = build.step_settings(cfg, device)
+        with ddp.main_first():  # one download, by rank 0
+            cifar = build.dataset(cfg.data)
+        model = build.model(cfg.model, settings, reuse=cfg.compile and not world.is_parallel)
 
-    resumed = read_resumable(out_dir / "last.pt", cfg)
-    if resumed is not None:  # the LRs the interrupted run derived: no new range test
-        lrs = saved_lrs(resumed)
-    else:  # rank 0 runs the range test (if one is needed); every rank trains with its LRs
-        lrs = ddp.broadcast(_derive_lrs(cfg, cifar, settings, out_dir) if world.is_main else None)
-    state = _training_state(cfg, model, build.train_loader(cfg, cifar, settings, cfg.seed, world), cifar, lrs)
-    if resumed is not None:
-        _resume(state, resumed)
+        resumed = read_resumable(out_dir / "last.pt", cfg)
+        if resumed is not None:  # the LRs the interrupted run derived: no new range test
+            lrs = saved_lrs(resumed)
+        else:  # rank 0 runs the range test (if one is needed); every rank trains with its LRs
+            lrs = ddp.broadcast(_derive_lrs(cfg, cifar, settings, out_dir) if world.is_main else None)
+        loader = build.train_loader(cfg, cifar, settings, cfg.seed, world)
+        state = _training_state(cfg, model, loader, cifar, lrs, clock)
+        if resumed is not None:
+            _resume(state, resumed)
+        test_batches = build.test_loader(cfg, cifar, settings)
 
     stop = SignalStop()
     listeners = [stop, *(_recorders(cfg, out_dir) if world.is_main else [])]
     with notifying(listeners, state, stop.flag):
-        _fit(cfg, state, build.test_loader(cfg, cifar, settings), settings, listeners, stop.flag)
+        _fit(cfg, state, test_batches, settings, listeners, stop.flag)
     return ddp.broadcast(state.record.get("final_test_acc"))
 
 
@@ -101,13 +113,18 @@ def _derive_lrs(cfg: DictConfig, cifar: Cifar10, settings: StepSettings, out_dir
     return lr_find.lrs_for_run(
         cfg.optimizer.lr,
         cfg.scheduler.lr_min,
-        cfg.lr_finder.scale,
+        cfg.lr_finder,
         range_test=lambda: lr_find.find_lr_range(cfg.lr_finder, probe, settings.device, out_dir),
     )
 
 
 def _training_state(
-    cfg: DictConfig, model: torch.nn.Module, loader: Batches, cifar: Cifar10, lrs: tuple[float, float, str]
+    cfg: DictConfig,
+    model: torch.nn.Module,
+    loader: Batches,
+    cifar: Cifar10,
+    lrs: tuple[float, float, str],
+    clock: Stopwatch,
 ) -> TrainState:
     """A fresh state: optimizer at LRMAX, One Cycle from LRMIN, the EMA if asked for, and the run's record."""
     lr_min, lr_max, lr_source = lrs
@@ -119,6 +136,7 @@ def _training_state(
         ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema.decay), use_buffers=True)
     autocast = build.autocast_dtype(cfg.precision, device)
     record = RunRecord(
+        clock,
         config=OmegaConf.to_container(cfg, resolve=True),
         overrides=list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else [],
         device=str(device),
@@ -146,17 +164,26 @@ def _resume(state: TrainState, checkpoint: dict) -> None:
 
 
 def _recorders(cfg: DictConfig, out_dir: Path) -> list[Listener]:
-    """Rank 0's listeners: the checkpoint, the run folder's files, the tracker, the console."""
+    """Rank 0's listeners, in the order they are told: checkpoint, run files, tracker, console, metrics.json."""
     config = OmegaConf.to_container(cfg, resolve=True)
-    name, group = tracking.run_name_and_group(cfg.logger.get("group"))
+    identity = tracking.run_identity(cfg.logger.get("group"))
 
-    def start_tracker(run_id: str | None) -> tracking.Tracker:
-        return build.tracker(cfg.logger, config=config, dir=out_dir, name=name, group=group, run_id=run_id)
+    def start_tracker(run_id: str | None, derived: dict) -> tracking.Tracker:
+        tracked = {**config, **derived, **({"sweep": identity.sweep} if identity.sweep else {})}
+        tags = [*cfg.logger.get("tags", []), *identity.tags]
+        return build.tracker(
+            cfg.logger, config=tracked, dir=out_dir, name=identity.name, group=identity.group, run_id=run_id, tags=tags
+        )
 
     # Mid-epoch checkpoints in one process only: under torchrun a rank's running sums cover its own slice.
     writer = [CheckpointWriter(out_dir / "last.pt", config, mid_epoch=not ddp.world().is_parallel)]
-    recorders = [RunFiles(out_dir), TrackerLog(start_tracker, out_dir), ConsoleLog(out_dir)]
-    return [*(writer if cfg.checkpoint else []), *recorders]
+    return [
+        *(writer if cfg.checkpoint else []),
+        RunFiles(out_dir, config["model"]),
+        TrackerLog(start_tracker, out_dir),
+        ConsoleLog(out_dir),
+        MetricsFile(out_dir),
+    ]
 
 
 def _fit(
@@ -171,14 +198,17 @@ def _fit(
     # DDP (under torchrun) and the compiled module share their parameters with `state.model`: checkpoints and
     # evaluation use the model itself.
     trained = ddp.wrap(state.model, settings.device)
-    trained = torch.compile(trained) if cfg.compile else trained
+    trained = build.compiled(trained) if cfg.compile else trained
+    clock = state.record.clock
     for epoch in range(state.epoch + 1, cfg.epochs + 1):
         started = time.perf_counter()
-        result = _train_epoch(cfg, state, trained, epoch, settings, stop)
+        with clock.phase("train"):
+            result = _train_epoch(cfg, state, trained, epoch, settings, stop)
         train_time = time.perf_counter() - started
         if not ddp.world().is_main:  # rank 0 evaluates and records; the others go on to the next epoch
             continue
-        test_loss, test_acc = evaluate(state.evaluated_model(), test_batches, settings, tta=cfg.eval_tta)
+        with clock.phase("eval"):
+            test_loss, test_acc = evaluate(state.evaluated_model(), test_batches, settings, tta=cfg.eval_tta)
         row = {
             "epoch": epoch,
             "train_loss": result.loss,
@@ -191,8 +221,9 @@ def _fit(
             "epoch_time_s": time.perf_counter() - started,
         }
         state.record.add_epoch(row, result.lrs)
-        for listener in listeners:
-            listener.on_epoch_end(state, row, result)
+        with clock.phase("write"):
+            for listener in listeners:
+                listener.on_epoch_end(state, row, result)
 
 
 def _train_epoch(

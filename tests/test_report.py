@@ -1,3 +1,5 @@
+import csv
+import io
 import json
 from pathlib import Path
 
@@ -5,7 +7,7 @@ import pytest
 from PIL import Image
 from test_train import small_run
 
-from resnet9.report import format_table, summarize, write_report
+from resnet9.report import format_table, group_jobs, load_jobs, main, summarize, write_report
 
 
 def fake_job(folder: Path, overrides: list[str], status: str = "completed", acc: float = 0.0) -> None:
@@ -23,35 +25,81 @@ def fake_job(folder: Path, overrides: list[str], status: str = "completed", acc:
     (folder / "metrics.json").write_text(json.dumps(metrics))
 
 
-def test_groups_seeds_of_one_setting_into_mean_and_std(tmp_path):
+def table_rows(table: str) -> dict[str, list[str]]:
+    """A Markdown table's body rows as {setting: [the other cells]}."""
+    rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in table.splitlines()[2:]]
+    return {row[0]: row[1:] for row in rows}
+
+
+def test_groups_seeds_of_one_setting_into_n_mean_std_and_a_95_percent_interval(tmp_path):
     for job, (seed, acc) in enumerate([(0, 0.90), (1, 0.92), (2, 0.94)]):
         fake_job(tmp_path / str(job), ["optimizer=sgd", f"seed={seed}"], acc=acc)
     fake_job(tmp_path / "3", ["optimizer=adam", "seed=0"], acc=0.80)
     fake_job(tmp_path / "4", ["optimizer=adam", "seed=1"], status="failed")
-    rows = {row["setting"]: row for row in summarize(tmp_path)}
+    rows = {row["setting"]: row for row in summarize(group_jobs(tmp_path, load_jobs(tmp_path)))}
     sgd, adam = rows["optimizer=sgd"], rows["optimizer=adam"]
-    assert (sgd["jobs"], sgd["failed"]) == (3, 0)
+    assert (sgd["jobs"], sgd["failed"], sgd["n"]) == (3, 0, 3)
     assert sgd["final_test_acc"] == pytest.approx(0.92) and sgd["final_test_acc_std"] == pytest.approx(0.02)
-    assert (adam["jobs"], adam["failed"]) == (2, 1) and adam["final_test_acc_std"] == 0.0
-    table = format_table(list(rows.values()))
-    assert "| optimizer=sgd | 3 | 0 | 92.00 ± 2.00 | 93.00 ± 2.00 | 0.04 | 0.4 | 10.0 ± 0.0 |" in table
+    half = 4.302653 * 0.02 / 3**0.5  # t(0.975, 2 degrees of freedom) x std / sqrt(n)
+    assert sgd["final_test_acc_ci95"] == pytest.approx([0.92 - half, 0.92 + half])
+    assert (adam["jobs"], adam["failed"], adam["n"]) == (2, 1, 1)
+    assert adam["final_test_acc_std"] is None and adam["final_test_acc_ci95"] is None  # one job: no spread
+    table = table_rows(format_table(list(rows.values())))
+    assert table["optimizer=sgd"][:5] == [
+        "3",
+        "0",
+        "3",
+        "92.00 ± 2.00",
+        f"{100 * (0.92 - half):.2f} – {100 * (0.92 + half):.2f}",
+    ]
+    assert table["optimizer=adam"][:5] == ["2", "1", "1", "80.00", "—"]  # a single job shows no ± 0.00
 
 
 def test_a_setting_whose_jobs_all_failed_still_shows(tmp_path):
     fake_job(tmp_path / "0", ["optimizer.lr=1e9", "epochs=2"], status="failed")
     fake_job(tmp_path / "1", ["optimizer.lr=0.1", "epochs=2"], acc=0.5)
     write_report(tmp_path)
-    summary = (tmp_path / "summary.md").read_text()
-    assert "| optimizer.lr=1e9 | 1 | 1 | — | — | — | — | — |" in summary  # epochs=2 is common to all: not a setting
-    assert "| optimizer.lr=0.1 | 1 | 0 | 50.00 ± 0.00 |" in summary
+    table = table_rows((tmp_path / "summary.md").read_text().split("\n\n")[2])
+    assert table["optimizer.lr=1e9"] == ["1", "1", "0"] + ["—"] * 6  # epochs=2 is common to all: not a setting
+    assert table["optimizer.lr=0.1"][:4] == ["1", "0", "1", "50.00"]
     assert Image.open(tmp_path / "test_accuracy.png").size[0] > 500  # drawn with a failed job present
 
 
 def test_a_pure_seed_sweep_is_one_setting(tmp_path):
     for seed in range(3):
         fake_job(tmp_path / str(seed), ["epochs=2", f"seed={seed}"], acc=0.5 + seed / 100)
-    (row,) = summarize(tmp_path)
+    (row,) = summarize(group_jobs(tmp_path, load_jobs(tmp_path)))
     assert row["setting"] == "(all jobs)" and row["jobs"] == 3 and row["final_test_acc"] == pytest.approx(0.51)
+
+
+def test_report_options_by_metric_and_csv(tmp_path, capsys):
+    for job, (lr, width, seed, acc) in enumerate([(0.1, 0.25, 0, 0.5), (0.1, 0.5, 0, 0.7), (0.2, 0.25, 0, 0.6),
+                                                  (0.2, 0.5, 0, 0.8), (0.1, 0.25, 1, 0.52)]):  # fmt: skip
+        fake_job(tmp_path / str(job), [f"optimizer.lr={lr}", f"model.width={width}", f"seed={seed}"], acc=acc)
+    main([str(tmp_path), "--by", "model.width", "--tracker", "none"])  # averaged over the LRs and seeds
+    table = table_rows(capsys.readouterr().out)
+    assert set(table) == {"model.width=0.25", "model.width=0.5"}
+    assert table["model.width=0.25"][:4] == ["3", "0", "3", "54.00 ± 5.29"]
+    main([str(tmp_path), "--metric", "best_test_acc", "--csv", "--tracker", "none"])
+    lines = list(csv.reader(io.StringIO(capsys.readouterr().out)))
+    assert lines[0][:5] == ["setting", "jobs", "failed", "n", "best test acc over epochs (%; chosen on the test set)"]
+    by_setting = {line[0]: line for line in lines[1:]}
+    assert by_setting["model.width=0.25 optimizer.lr=0.1"][1:5] == ["2", "0", "2", "52.00 ± 1.41"]  # best = final + 1
+
+
+@pytest.mark.parametrize("kind", ["single run", "empty", "missing"])
+def test_report_refuses_a_folder_that_is_not_a_sweep_in_one_line(run_cli, tmp_path, kind):
+    folder = tmp_path / "folder"
+    if kind != "missing":
+        folder.mkdir()
+    if kind == "single run":
+        (folder / "metrics.json").write_text("{}")
+    result = run_cli("resnet9.report", str(folder))
+    assert result.returncode == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith(f"error: {folder}") and "pass a sweep folder, e.g. multirun/<date>/<time>" in line
+    assert ("single run's folder" in line) == (kind == "single run")
+    assert not (folder / "summary.md").exists()
 
 
 def test_seed_sweep_ends_with_a_summary_that_marks_the_failed_setting(run_cli, cifar_root, tmp_path):
@@ -85,5 +133,7 @@ def test_a_failing_middle_job_leaves_the_other_jobs_complete_and_the_summary_mar
     rows = {row["setting"]: row for row in json.loads((sweep / "summary.json").read_text())}
     assert [(rows[s]["jobs"], rows[s]["failed"]) for s in ("optimizer.lr=0.1", "optimizer.lr=1000000000000.0",
                                                           "optimizer.lr=0.2")] == [(1, 0), (1, 1), (1, 0)]  # fmt: skip
-    lines = (sweep / "summary.md").read_text().splitlines()
-    assert any(line.startswith("| optimizer.lr=1000000000000.0 | 1 | 1 |") for line in lines)  # jobs, failed
+    table = table_rows((sweep / "summary.md").read_text().split("\n\n")[2])
+    assert table["optimizer.lr=1000000000000.0"][:3] == ["1", "1", "0"]  # jobs, failed, n
+    # Hydra re-raises the failure instead of ending the sweep: the figure was redrawn after the jobs anyway
+    assert Image.open(sweep / "test_accuracy.png").size[0] > 500

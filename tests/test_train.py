@@ -13,6 +13,7 @@ from hydra import compose, initialize_config_dir
 from PIL import Image
 from wandb_records import read_run
 
+from resnet9 import jobcache
 from resnet9.model import ResNet9
 from resnet9.train import train
 
@@ -64,9 +65,14 @@ def test_train_writes_every_result_and_a_readable_offline_wandb_run(run_cli, cif
 
     (run_file,) = wandb_run_files(out)
     run = read_run(run_file)
-    assert run["run"].project == "resnet9"
-    config_keys = {item.key for item in run["run"].config.update}
-    assert {"model", "optimizer", "scheduler", "epochs", "batch_size"} <= config_keys
+    assert run["run"].project == "resnet9" and run["run"].job_type == "train"
+    config = run["config"]
+    assert {"model", "optimizer", "scheduler", "epochs", "batch_size"} <= config.keys()
+    # the derived LRs are in the config (W&B groups and filters by config), Hydra's _target_ keys are not
+    assert (config["lr_min"], config["lr_max"], config["lr_source"]) == (
+        metrics["lr_min"], metrics["lr_max"], "range test"
+    )  # fmt: skip
+    assert "_target_" not in config["optimizer"] and config["optimizer"]["momentum"] == 0.9
     epoch_rows = [row for row in run["history"] if "epoch/test_acc" in row]
     assert [row["epoch/epoch"] for row in epoch_rows] == [1, 2]
     assert [row["epoch/test_acc"] for row in epoch_rows] == [r["test_acc"] for r in metrics["epochs"]]
@@ -75,41 +81,59 @@ def test_train_writes_every_result_and_a_readable_offline_wandb_run(run_cli, cif
     assert all("train/loss" in row for row in run["history"] if "train/lr" in row)  # log_every=1
     assert run["summary"]["best_test_acc"] == metrics["best_test_acc"]
     assert run["summary"]["lr_max"] == metrics["lr_max"]
-    assert {"curves/_type", "lr_finder/_type"} <= set(run["summary"])  # both plots went to W&B
+    assert {"lr_finder/_type", "lr_finder/curve/_type"} <= set(run["summary"])  # the figure and the curve's table
+    # epoch metrics against the epoch; the summary keeps the highest test accuracy as well as the last one
+    assert ("epoch/*", "epoch/epoch") in {(m.glob_name, m.step_metric) for m in run["metrics"]}
+    test_acc = [m.summary for m in run["metrics"] if m.name == "epoch/test_acc"]
+    assert any(s.max for s in test_acc) and any(s.last for s in test_acc)
     assert "exit" in run["types"]  # the run was finished
 
 
-def test_sweep_runs_each_job_into_one_wandb_group_with_one_range_test(run_cli, cifar_root, tmp_path):
+def test_a_sweep_gives_one_wandb_group_per_setting_short_names_and_one_range_test(run_cli, cifar_root, tmp_path):
     sweep = tmp_path / "sweep"
     result = run_cli(
         "resnet9.train", "--multirun", *small_run(cifar_root, "epochs=1", "scheduler.peak_epoch=0.5"),
-        "lr_finder.scale=0.5,1.0", f"hydra.sweep.dir={sweep}",
+        "lr_finder.scale=0.5,1.0", "seed=0,1", f"hydra.sweep.dir={sweep}",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
-    jobs = [sweep / "0", sweep / "1"]
+    jobs = [sweep / str(n) for n in range(4)]  # scale 0.5 with seeds 0, 1; then scale 1.0 with seeds 0, 1
     metrics = [json.loads((job / "metrics.json").read_text()) for job in jobs]
     assert all(m["status"] == "completed" for m in metrics)
-    assert metrics[0]["lr_max"] == pytest.approx(0.5 * metrics[1]["lr_max"])  # swept relative to the derived LR
-
+    assert metrics[0]["lr_max"] == pytest.approx(0.5 * metrics[2]["lr_max"])  # swept relative to the derived LR
     cached = [json.loads((job / "lr_finder.json").read_text())["cached"] for job in jobs]
-    assert cached == [False, True]  # the range test ran once; the second job reused it
+    assert cached == [False, True, True, True]  # the range test ran once; the other jobs reused it
     assert all((job / "lr_finder.png").is_file() for job in jobs)
+    assert json.loads((sweep / "sweep.json").read_text()) == {"id": f"sweep-{tmp_path.name}_sweep",
+                                                             "varies": ["lr_finder.scale", "seed"]}  # fmt: skip
 
-    runs = [read_run(wandb_run_files(job)[0]) for job in jobs]
-    groups = {run["run"].run_group for run in runs}
-    assert len(groups) == 1 and groups.pop() == "sweep-" + f"{tmp_path.name}_sweep"
-    assert len({run["run"].run_id for run in runs}) == 2
-    names = [run["run"].display_name for run in runs]  # Hydra's override_dirname of each job
-    assert "lr_finder.scale=0.5" in names[0] and "lr_finder.scale=1.0" in names[1]
+    runs = [read_run(wandb_run_files(job)[0])["run"] for job in jobs]
+    sweep_id = f"sweep-{tmp_path.name}_sweep"
+    assert [run.display_name for run in runs] == [
+        "lr_finder.scale=0.5 seed=0", "lr_finder.scale=0.5 seed=1", "lr_finder.scale=1.0 seed=0",
+        "lr_finder.scale=1.0 seed=1",
+    ]  # fmt: skip
+    # seeds of a setting share a group, so W&B's grouped view averages seeds, never the settings compared
+    assert [run.run_group for run in runs] == [f"{sweep_id}: lr_finder.scale=0.5"] * 2 + [
+        f"{sweep_id}: lr_finder.scale=1.0"
+    ] * 2
+    assert all(list(run.tags) == [sweep_id] and run.job_type == "train" for run in runs)
+    assert len({run.run_id for run in runs}) == 4
 
-    # The sweep report: files in the sweep folder, and a W&B run of its own in the same group.
+    # The sweep report: files in the sweep folder, and a W&B run of its own, job type "report"
     rows = json.loads((sweep / "summary.json").read_text())
-    assert [row["setting"] for row in rows] == ["lr_finder.scale=0.5", "lr_finder.scale=1.0"]
+    assert [(row["setting"], row["n"]) for row in rows] == [("lr_finder.scale=0.5", 2), ("lr_finder.scale=1.0", 2)]
     assert Image.open(sweep / "test_accuracy.png").size[0] > 500
-    (report_file,) = wandb_run_files(sweep)
+    (report_file,) = sorted((sweep / "report").glob("wandb/offline-run-*/run-*.wandb"))
     report = read_run(report_file)
-    assert report["run"].run_group == runs[0]["run"].run_group and report["run"].display_name == "report"
+    assert (report["run"].display_name, report["run"].job_type, report["run"].run_group) == (
+        "report", "report", sweep_id
+    )  # fmt: skip
     assert {"sweep/summary/_type", "sweep/test_accuracy/_type"} <= set(report["summary"])
+    # the README's one sync line reaches every run of the sweep: the four jobs and the report
+    assert len(list(sweep.glob("*/wandb/offline-run-*"))) == 5
+    again = run_cli("resnet9.report", str(sweep))  # a later report, e.g. with other options, is logged again
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert len(list(sweep.glob("report/wandb/offline-run-*"))) == 2
 
 
 def test_failed_training_is_recorded_and_the_wandb_run_still_finishes(run_cli, cifar_root, tmp_path):
@@ -134,10 +158,12 @@ def test_same_seed_same_result(synthetic_root, tmp_path, engine):
                        "optimizer.lr=0.05", "scheduler.lr_min=0.005", f"augment.engine={engine}"],
         )  # fmt: skip
     results = []
+    jobcache.shared.clear()  # run "a" reads the data from disk; run "b", in the same process, reuses it
     for name in ("a", "b"):
         (tmp_path / name).mkdir()
         train(cfg, tmp_path / name)
         results.append(json.loads((tmp_path / name / "metrics.json").read_text()))
+    assert jobcache.shared.hits["data"] == 1
     keys = ("train_loss", "train_acc", "test_loss", "test_acc")
     assert [[row[k] for k in keys] for row in results[0]["epochs"]] == [
         [row[k] for k in keys] for row in results[1]["epochs"]

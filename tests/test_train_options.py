@@ -1,15 +1,17 @@
 """The speed and accuracy options of the trainer, on CPU: precision, fused optimizer, compile, TTA, EMA."""
 
 import json
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
+import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
 from torch import nn
 
-from resnet9 import augment, build, data
+from resnet9 import augment, build, data, jobcache
 from resnet9.listeners import TrackerLog
 from resnet9.loop import StepSettings, evaluate, train_one_epoch
 from resnet9.model import ResNet9
@@ -104,6 +106,43 @@ def test_options_compose_into_a_run_and_compile_really_compiles(synthetic_root, 
     assert counters["stats"]["unique_graphs"] > 0  # the training forward went through torch.compile
     assert metrics["first_step_s"] > 0  # reported apart (its size is for the benchmark, not a test)
 
+    # The next job of a sweep in this process (another seed) reuses the compiled model: no new graph.
+    graphs = counters["stats"]["unique_graphs"]
+    cfg.seed = 1
+    (tmp_path / "next").mkdir()
+    train(cfg, tmp_path / "next")
+    assert json.loads((tmp_path / "next" / "metrics.json").read_text())["status"] == "completed"
+    assert counters["stats"]["unique_graphs"] == graphs
+
+
+def test_a_reused_model_is_initialised_exactly_like_a_new_one():
+    settings = StepSettings(device=CPU)
+    model_cfg = {"_target_": "resnet9.model.ResNet9", "num_classes": 10, "width": 0.125, "logit_scale": 0.125}
+    jobcache.shared.clear()
+    first = build.model(model_cfg, settings, reuse=True)
+    F.cross_entropy(first(torch.randn(4, 3, 32, 32)), torch.arange(4)).backward()  # a job trains it...
+    with torch.no_grad():
+        for parameter in first.parameters():
+            parameter.add_(parameter.grad)
+    torch.manual_seed(3)
+    again = build.model(model_cfg, settings, reuse=True)  # ...the next job, seed 3, gets it back re-initialised
+    torch.manual_seed(3)
+    fresh = build.model(model_cfg, settings)
+    assert again is first and build.compiled(again) is build.compiled(first)
+    for name, value in fresh.state_dict().items():
+        assert torch.equal(again.state_dict()[name], value), name
+
+
+def test_timings_add_up_to_the_jobs_wall_time(synthetic_root, tmp_path):
+    started = time.perf_counter()
+    train(compose_small(synthetic_root, "epochs=2"), tmp_path)
+    wall = time.perf_counter() - started
+    timings = json.loads((tmp_path / "metrics.json").read_text())["timings"]
+    assert set(timings) == {"setup_s", "train_s", "eval_s", "write_s", "wall_s"}
+    phases = sum(value for key, value in timings.items() if key != "wall_s")
+    assert phases == pytest.approx(wall, rel=0.1) and timings["wall_s"] == pytest.approx(wall, rel=0.1)
+    assert all(timings[key] > 0 for key in ("setup_s", "train_s", "eval_s", "write_s"))
+
 
 class RecordingTracker:
     def __init__(self) -> None:
@@ -127,8 +166,8 @@ def test_every_steps_loss_and_lr_reach_the_tracker_after_the_epoch():
     settings = StepSettings(device=CPU, log_every=1000)  # no progress reads at all
     epoch = train_one_epoch(model, batches, optimizer, scheduler, settings, first_step=20).read(first_step=20)
     tracker = RecordingTracker()
-    listener = TrackerLog(start_tracker=lambda run_id: tracker, out_dir=Path("unused"))
-    state = SimpleNamespace(record=RunRecord(steps_per_epoch=5))
+    listener = TrackerLog(start_tracker=lambda run_id, derived: tracker, out_dir=Path("unused"))
+    state = SimpleNamespace(record=RunRecord(steps_per_epoch=5, lr_min=0.01, lr_max=0.1, lr_source="config"))
     listener.on_run_start(state)
     listener.on_epoch_end(state, {"epoch": 5, "test_acc": 0.5}, epoch)
     steps = [(step, row) for step, row in tracker.rows if "train/lr" in row]

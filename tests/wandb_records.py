@@ -45,8 +45,9 @@ def _payloads(raw: bytes) -> list[bytes]:
 
 
 def read_run(path: Path) -> dict[str, Any]:
-    """{'run': Record.run, 'history': [rows], 'summary': {key: value}, 'types': [record types]}."""
-    result: dict[str, Any] = {"run": None, "history": [], "summary": {}, "types": []}
+    """{'run': Record.run, 'config': {key: value}, 'history': [rows], 'summary': {key: value},
+    'metrics': [MetricRecord (define_metric)], 'types': [record types]}."""
+    result: dict[str, Any] = {"run": None, "config": {}, "history": [], "summary": {}, "metrics": [], "types": []}
     for payload in _payloads(Path(path).read_bytes()):
         record = wandb_internal_pb2.Record()
         record.ParseFromString(payload)
@@ -54,6 +55,9 @@ def read_run(path: Path) -> dict[str, Any]:
         result["types"].append(kind)
         if kind == "run":
             result["run"] = record.run
+            result["config"] = {item.key: json.loads(item.value_json) for item in record.run.config.update}
+        elif kind == "metric":
+            result["metrics"].append(record.metric)
         elif kind == "history":
             row = {}
             for item in record.history.item:
