@@ -11,7 +11,9 @@
 #   1. stage CIFAR-10 from the 18 MB JPEG archive, install the wheels the image lacks, print the GPU;
 #   2. benchmarks/throughput.py on whole epochs (97 steps of 512) for the three data paths, then SEEDS
 #      (default 5) complete 24-epoch runs with the defaults (their folders are kept under $OUT/runs);
-#   3. one more complete run with compile=true (seed 0), to compare its training time and first step.
+#   3. one more complete run with compile=true (seed 0), to compare its training time and first step;
+#   4. benchmarks/sweep.py: a 15-job sweep's per-job overhead and wall time, and the same sweep 3 jobs at a
+#      time on the one GPU (joblib) against one at a time.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 seeds=${1:-5}
@@ -60,4 +62,7 @@ seeds = [r[1] for r in rows if r[0].startswith("seed")]
 if len(seeds) > 1:
     print(f"\nseeds: {len(seeds)}, mean {statistics.fmean(seeds):.2f} ± {statistics.stdev(seeds):.2f} %")
 PY
+stage "sweeps: per-job overhead, 15 jobs, 3 at a time on one GPU"
+timeout "${SWEEP_LIMIT:-200}" python3 benchmarks/sweep.py --jobs 15 --parallel 3 --width 1 --images 5000 --epochs 2 \
+  --data-root .device/data device=cuda 2>&1 | tee "$out/sweep.txt"
 stage "done"

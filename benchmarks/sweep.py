@@ -2,6 +2,7 @@
 
     python benchmarks/sweep.py                           # 6 jobs of a width-0.125 model, W&B offline
     python benchmarks/sweep.py --baseline ../old-checkout  # and the same sweeps with another checkout's code
+    python benchmarks/sweep.py --jobs 15 --parallel 3 device=cuda   # on a GPU: also 3 jobs sharing it at once
 
 For each variant (this checkout, and each --baseline: a checkout of another commit, run with this
 environment's packages), it runs `python -m resnet9.train --multirun seed=0` (one job) and
@@ -35,21 +36,28 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--jobs", type=int, default=6)
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--width", type=float, default=0.125)
+    parser.add_argument("--images", type=int, default=1000, help="training images per job (data.limit_train)")
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument(
+        "--parallel", type=int, default=0, help="also run the N-job sweep K jobs at a time (joblib; e.g. on one GPU)"
+    )
     parser.add_argument("--data-root", default=str(REPO.parent / "shared" / "cifar10"))
     parser.add_argument("--baseline", action="append", default=[], type=Path, help="another checkout to compare")
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for every job, e.g. device=cuda")
     return parser.parse_args()
 
 
-def sweep(checkout: Path, seeds: int, args: argparse.Namespace, folder: Path) -> dict:
+def sweep(checkout: Path, seeds: int, args: argparse.Namespace, folder: Path, *launcher: str) -> dict:
     """Run one --multirun over `seeds` seeds with `checkout`'s code; its wall time and per-job seconds."""
     command = [
-        sys.executable, "-m", "resnet9.train", "--multirun", f"data.root={args.data_root}", "data.limit_train=1000",
-        "data.limit_test=500", "data.num_workers=0", "epochs=2", "scheduler.peak_epoch=1", "batch_size=100",
-        f"model.width={args.width}", "optimizer.lr=0.1", "scheduler.lr_min=0.01", "progress=false",
-        f"seed={','.join(map(str, range(seeds)))}", f"hydra.sweep.dir={folder}", *args.overrides,
+        sys.executable, "-m", "resnet9.train", "--multirun", f"data.root={args.data_root}",
+        f"data.limit_train={args.images}", "data.limit_test=500", "data.num_workers=0", f"epochs={args.epochs}",
+        f"scheduler.peak_epoch={args.epochs / 2}", "batch_size=100", f"model.width={args.width}", "optimizer.lr=0.1",
+        "scheduler.lr_min=0.01", "progress=false", f"seed={','.join(map(str, range(seeds)))}",
+        f"hydra.sweep.dir={folder}", *launcher, *args.overrides,
     ]  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": str(checkout), "WANDB_MODE": "offline", "WANDB_SILENT": "true",
+    path = os.pathsep.join([str(checkout), *filter(None, [os.environ.get("PYTHONPATH")])])  # checkout first
+    env = {**os.environ, "PYTHONPATH": path, "WANDB_MODE": "offline", "WANDB_SILENT": "true",
            "RESNET9_CACHE": str(folder.parent / "cache")}  # fmt: skip
     started = time.perf_counter()
     subprocess.run(command, cwd=checkout, env=env, check=True, capture_output=True)
@@ -57,7 +65,7 @@ def sweep(checkout: Path, seeds: int, args: argparse.Namespace, folder: Path) ->
     jobs = [json.loads(path.read_text()) for path in folder.glob("*/metrics.json")]
     assert len(jobs) == seeds and all(job["status"] == "completed" for job in jobs), folder
     train_eval = [sum(row["epoch_time_s"] for row in job["epochs"]) for job in jobs]
-    later = [job["timings"] for job in jobs if "timings" in job and job["overrides"][-1] != "seed=0"]
+    later = [job["timings"] for job in jobs if "timings" in job and "seed=0" not in job["overrides"]]
     inside = {key: statistics.fmean(t[key] for t in later) for key in ("setup_s", "write_s")} if later else {}
     return {"wall": wall, "train_eval": statistics.fmean(train_eval), **inside}
 
@@ -72,6 +80,18 @@ def measure(name: str, checkout: Path, args: argparse.Namespace, scratch: Path, 
             "setup_s": many.get("setup_s", float("nan")), "write_s": many.get("write_s", float("nan"))}  # fmt: skip
 
 
+def concurrent(args: argparse.Namespace, scratch: Path) -> None:
+    """The N-job sweep run K jobs at a time (joblib), against one at a time: wall time and images/s over all jobs."""
+    images = args.jobs * args.images * args.epochs
+    rows = []
+    for label, launcher in (("one at a time", ()), (f"{args.parallel} at a time (joblib)", (
+            "hydra/launcher=joblib", f"hydra.launcher.n_jobs={args.parallel}"))):  # fmt: skip
+        result = sweep(REPO, args.jobs, args, scratch / f"concurrent-{len(rows)}", *launcher)
+        rows.append(f"| {label} | {result['wall']:.1f} | {images / result['wall']:,.0f} |")
+    print(f"\n| {args.jobs}-job sweep | wall (s) | training images/s, all jobs |\n|---|---|---|")
+    print("\n".join(rows))
+
+
 def main() -> None:
     args = parse_args()
     variants = {"this checkout": REPO, **{f"baseline {path}": path.resolve() for path in args.baseline}}
@@ -80,8 +100,14 @@ def main() -> None:
         for repeat in range(args.repeats):
             for index, (name, checkout) in enumerate(variants.items()):
                 results[name].append(measure(f"v{index}", checkout, args, Path(scratch), repeat))
-    print(f"\n{args.jobs}-job sweep, width {args.width}, 1,000 images x 2 epochs per job, W&B offline, "
-          f"median of {args.repeats}\n")  # fmt: skip
+        print(f"\n{args.jobs}-job sweep, width {args.width}, {args.images:,} images x {args.epochs} epochs per job, "
+              f"W&B offline, median of {args.repeats}\n")  # fmt: skip
+        table(args, results)
+        if args.parallel:
+            concurrent(args, Path(scratch))
+
+
+def table(args: argparse.Namespace, results: dict[str, list[dict]]) -> None:
     print(
         f"| code | 1-job sweep (s) | {args.jobs}-job sweep (s) | {args.jobs} x 1-job (s) | "
         "train+eval per job (s) | per-job overhead (s) |\n|---|---|---|---|---|---|"

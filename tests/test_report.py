@@ -88,15 +88,16 @@ def test_report_options_by_metric_and_csv(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("kind", ["single run", "empty", "missing"])
-def test_report_refuses_a_folder_that_is_not_a_sweep_in_one_line(run_cli, tmp_path, kind):
+def test_report_refuses_a_folder_that_is_not_a_sweep_in_one_line(tmp_path, capsys, kind):
     folder = tmp_path / "folder"
     if kind != "missing":
         folder.mkdir()
     if kind == "single run":
         (folder / "metrics.json").write_text("{}")
-    result = run_cli("resnet9.report", str(folder))
-    assert result.returncode == 2
-    (line,) = result.stderr.strip().splitlines()
+    with pytest.raises(SystemExit) as exit_status:
+        main([str(folder)])
+    assert exit_status.value.code == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
     assert line.startswith(f"error: {folder}") and "pass a sweep folder, e.g. multirun/<date>/<time>" in line
     assert ("single run's folder" in line) == (kind == "single run")
     assert not (folder / "summary.md").exists()

@@ -82,6 +82,16 @@ def test_kill_9_in_epoch_2_then_resume_ends_exactly_like_an_uninterrupted_run(sy
     killed = metrics(out)
     assert killed["status"] == "running" and len(killed["epochs"]) < 3  # died in the middle of the run
 
+    # Rerunning the folder with another config is refused in one line, and leaves the checkpoint as it was...
+    refused = subprocess.run(command(synthetic_root, out, "model.width=0.25"), cwd=REPO, env=env(),
+                             capture_output=True, text=True)  # fmt: skip
+    assert refused.returncode == 2
+    (line,) = refused.stderr.strip().splitlines()
+    assert line.startswith(
+        f"error: cannot resume from {out / 'last.pt'}: its run had model.width=0.125 there, 0.25 now"
+    )
+    assert "resume=false" in line
+    # ...so that rerunning it with the same config resumes, and ends exactly like an uninterrupted run.
     result = subprocess.run(command(synthetic_root, out), cwd=REPO, env=env(), capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
     resumed = metrics(out)
@@ -89,6 +99,13 @@ def test_kill_9_in_epoch_2_then_resume_ends_exactly_like_an_uninterrupted_run(sy
     assert_same_run(resumed, uninterrupted)
     if SAME_MACHINE_KIND:  # ...and so the numbers the code before the TrainState redesign recorded
         assert_as_recorded(resumed, "device_engine_ema")
+
+    # resume=false starts over in place, whatever the folder holds (here: a run of another length)
+    again = subprocess.run(command(synthetic_root, out, "resume=false", "epochs=2"), cwd=REPO, env=env(),
+                           capture_output=True, text=True)  # fmt: skip
+    assert again.returncode == 0, again.stderr[-2000:]
+    fresh = metrics(out)
+    assert "resumed_from_epoch" not in fresh and [row["epoch"] for row in fresh["epochs"]] == [1, 2]
 
 
 def test_sigterm_stops_at_a_step_keeps_the_checkpoint_and_resumes(synthetic_root, tmp_path, uninterrupted):
@@ -109,25 +126,3 @@ def test_sigterm_stops_at_a_step_keeps_the_checkpoint_and_resumes(synthetic_root
     resumed = metrics(out)
     assert resumed["resumed_from_step"] == last_step + 1  # the steps done before the stop are not redone...
     assert_same_run(resumed, uninterrupted)  # ...and the run still ends exactly like an uninterrupted one
-
-
-def test_another_config_in_the_folder_is_refused_in_one_line(synthetic_root, tmp_path, uninterrupted):
-    out = tmp_path / "run"
-    process = start_and_wait_for_first_epoch(synthetic_root, out)
-    process.kill()
-    process.wait(timeout=60)
-    result = subprocess.run(command(synthetic_root, out, "model.width=0.25"), cwd=REPO, env=env(),
-                            capture_output=True, text=True)  # fmt: skip
-    assert result.returncode == 2
-    (line,) = result.stderr.strip().splitlines()
-    assert line.startswith(
-        f"error: cannot resume from {out / 'last.pt'}: its run had model.width=0.125 there, 0.25 now"
-    )
-    assert "resume=false" in line
-
-    again = subprocess.run(command(synthetic_root, out, "resume=false"), cwd=REPO, env=env(), capture_output=True,
-                           text=True)  # fmt: skip
-    assert again.returncode == 0, again.stderr[-2000:]
-    fresh = metrics(out)
-    assert "resumed_from_epoch" not in fresh
-    assert_same_run(fresh, uninterrupted)
