@@ -6,7 +6,10 @@ background thread while the next job of a sweep sets up and trains: `in_backgrou
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -18,7 +21,15 @@ import numpy as np
 from matplotlib.figure import Figure
 
 log = logging.getLogger(__name__)
-_drawer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="figures")  # joined when the process exits
+
+
+def _lower_priority() -> None:
+    """Figures yield the CPU to training: on a small CPU they are drawn in the gaps between its steps."""
+    with contextlib.suppress(AttributeError, OSError):  # per-thread priority: Linux only
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+
+
+_drawer = ThreadPoolExecutor(1, "figures", initializer=_lower_priority)  # joined when the process exits
 _pending: list[Future] = []
 
 

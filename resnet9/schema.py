@@ -109,6 +109,7 @@ class WandbConfig(Section):
     group: str | None = None
     tags: list[str] = []
     log_checkpoint: bool = False  # last.pt as a W&B artifact: a copy of the checkpoint per run (52.7 MB at width 1)
+    system_metrics: Literal["auto", True, False] = AUTO  # W&B's CPU/GPU use charts; auto: on for CUDA runs
 
 
 class NoLoggerConfig(Section):

@@ -103,7 +103,8 @@ class WandbTracker:
     Offline mode writes `<dir>/wandb/offline-run-*/run-*.wandb`, uploaded later with `wandb sync`. It needs
     no network and no login, so it never prompts or waits. A training run (`job_type="train"`) charts its
     epoch metrics against the epoch (`epoch/epoch`) and keeps both the last and the highest test accuracy
-    in its summary.
+    in its summary. `system_metrics`: W&B's charts of CPU/GPU use (the trainer passes `logger.system_metrics`,
+    whose `auto` means on for CUDA runs and off on a CPU, where the sampler competes with training for cores).
     """
 
     def __init__(
@@ -119,6 +120,7 @@ class WandbTracker:
         run_id: str | None = None,
         job_type: str = "train",
         log_checkpoint: bool = False,
+        system_metrics: bool | str = False,
     ) -> None:
         try:
             import wandb
@@ -139,7 +141,10 @@ class WandbTracker:
                 id=run_id,  # a resumed training continues its own W&B run
                 resume="allow" if run_id else None,
                 # console="off": the progress bar stays ours; W&B records metrics, not terminal output.
-                settings=wandb.Settings(console="off", silent=True, init_timeout=60),
+                # x_disable_stats: W&B's sampler of CPU/GPU use runs beside training; see `system_metrics`.
+                settings=wandb.Settings(
+                    console="off", silent=True, init_timeout=60, x_disable_stats=not system_metrics
+                ),
             )
         except Exception as err:  # e.g. online mode without login or network
             reason = (str(err).splitlines() or [type(err).__name__])[0]

@@ -101,7 +101,7 @@ def train(cfg: DictConfig, out_dir: Path) -> float:
         test_batches = build.test_loader(cfg, cifar, settings)
 
     stop = SignalStop()
-    listeners = [stop, *(_recorders(cfg, out_dir) if world.is_main else [])]
+    listeners = [stop, *(_recorders(cfg, out_dir, device) if world.is_main else [])]
     with notifying(listeners, state, stop.flag):
         _fit(cfg, state, test_batches, settings, listeners, stop.flag)
     return ddp.broadcast(state.record.get("final_test_acc"))
@@ -163,17 +163,21 @@ def _resume(state: TrainState, checkpoint: dict) -> None:
         state.record.update(resumed_from_step=state.epoch * steps + len(state.progress.lrs))
 
 
-def _recorders(cfg: DictConfig, out_dir: Path) -> list[Listener]:
+def _recorders(cfg: DictConfig, out_dir: Path, on: torch.device) -> list[Listener]:
     """Rank 0's listeners, in the order they are told: checkpoint, run files, tracker, console, metrics.json."""
     config = OmegaConf.to_container(cfg, resolve=True)
     identity = tracking.run_identity(cfg.logger.get("group"))
+
+    wanted = cfg.logger.get("system_metrics", False)
+    system_metrics = on.type == "cuda" if wanted == "auto" else wanted  # auto: GPU runs only
 
     def start_tracker(run_id: str | None, derived: dict) -> tracking.Tracker:
         tracked = {**config, **derived, **({"sweep": identity.sweep} if identity.sweep else {})}
         tags = [*cfg.logger.get("tags", []), *identity.tags]
         return build.tracker(
-            cfg.logger, config=tracked, dir=out_dir, name=identity.name, group=identity.group, run_id=run_id, tags=tags
-        )
+            cfg.logger, config=tracked, dir=out_dir, name=identity.name, group=identity.group, run_id=run_id,
+            tags=tags, system_metrics=system_metrics,
+        )  # fmt: skip
 
     # Mid-epoch checkpoints in one process only: under torchrun a rank's running sums cover its own slice.
     writer = [CheckpointWriter(out_dir / "last.pt", config, mid_epoch=not ddp.world().is_parallel)]

@@ -86,6 +86,7 @@ def test_train_writes_every_result_and_a_readable_offline_wandb_run(run_cli, cif
     assert ("epoch/*", "epoch/epoch") in {(m.glob_name, m.step_metric) for m in run["metrics"]}
     test_acc = [m.summary for m in run["metrics"] if m.name == "epoch/test_acc"]
     assert any(s.max for s in test_acc) and any(s.last for s in test_acc)
+    assert "stats" not in run["types"]  # system metrics (logger.system_metrics=auto) are for GPU runs only
     assert "exit" in run["types"]  # the run was finished
 
 
