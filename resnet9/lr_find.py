@@ -38,7 +38,6 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 from torch import nn
 from torch.utils.data import DataLoader
-from torch_lr_finder import LRFinder, TrainDataLoaderIter
 
 from resnet9 import build, distributed, plots, schema
 from resnet9.errors import ConfigError, UsageError, exit_on_usage_error
@@ -97,6 +96,9 @@ def run_range_test(
     finder_cfg: DictConfig,
 ) -> LRRange:
     """Run the test, restore model and optimizer, and derive LRMIN/LRMAX from the recorded curve."""
+    # Imported here: torch-lr-finder brings matplotlib's pyplot (0.3 s), needed only when a test really runs.
+    from torch_lr_finder import LRFinder, TrainDataLoaderIter
+
     finder = LRFinder(model, optimizer, nn.CrossEntropyLoss(), device=device)
     if not isinstance(loader, DataLoader):  # the device-resident loader: torch-lr-finder's wrapper for iterables
         loader = TrainDataLoaderIter(loader)

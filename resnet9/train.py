@@ -108,7 +108,7 @@ def train(cfg: DictConfig, out_dir: Path) -> float:
 
 
 def _derive_lrs(cfg: DictConfig, cifar: Cifar10, settings: StepSettings, out_dir: Path) -> tuple[float, float, str]:
-    """LRMIN/LRMAX: numbers from the config where given, the range test's (times lr_finder.scale) where auto."""
+    """LRMIN/LRMAX: numbers from the config where given; where auto, the range test's, scaled by lr_finder."""
     probe = build.range_test_probe(cfg, cifar, settings)
     return lr_find.lrs_for_run(
         cfg.optimizer.lr,

@@ -19,7 +19,7 @@ KEYS = ("train_loss", "train_acc", "test_loss", "test_acc", "lr", "ema")
 
 def command(root: Path, out: Path, *extra: str) -> list[str]:
     return [
-        sys.executable, "-m", "resnet9.train", f"data.root={root}", "data.limit_train=2000", "data.limit_test=200",
+        sys.executable, "-m", "resnet9.train", f"data.root={root}", "data.limit_train=1000", "data.limit_test=200",
         "epochs=3", "scheduler.peak_epoch=1", "batch_size=40", "model.width=0.125", "optimizer.lr=0.05",
         "scheduler.lr_min=0.005", "ema.decay=0.9", "ema.start_epoch=2", "logger=none", "progress=false",
         "device=cpu", f"hydra.run.dir={out}", *extra,

@@ -134,8 +134,9 @@ def test_a_reused_model_is_initialised_exactly_like_a_new_one():
 
 
 def test_timings_add_up_to_the_jobs_wall_time(synthetic_root, tmp_path):
+    cfg = compose_small(synthetic_root, "epochs=2")
     started = time.perf_counter()
-    train(compose_small(synthetic_root, "epochs=2"), tmp_path)
+    train(cfg, tmp_path)
     wall = time.perf_counter() - started
     timings = json.loads((tmp_path / "metrics.json").read_text())["timings"]
     assert set(timings) == {"setup_s", "train_s", "eval_s", "write_s", "wall_s"}
