@@ -19,24 +19,21 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import to_absolute_path
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 from torch import nn
 
 from resnet9 import build, files, plots, schema
 from resnet9.data import Cifar10
-from resnet9.errors import exit_on_usage_error
+from resnet9.errors import ConfigError, UsageError, exit_on_usage_error
 from resnet9.loop import predict
 
 
 def evaluate_checkpoint(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     """Evaluate the checkpoint on the run's test images; write evaluation.json and the three figures."""
     device = build.device(cfg.device)
-    model, checkpoint = build.trained_model(Path(to_absolute_path(str(cfg.checkpoint))), device)
-    run = OmegaConf.create(checkpoint["config"])
-    run.data.root = cfg.data.root or run.data.root  # the same test images as the run, unless told otherwise
-    run.data.limit_test = cfg.data.limit_test if cfg.data.limit_test is not None else run.data.limit_test
-    run.data.download, run.data.limit_train = cfg.data.download, None
-    run.eval_batch_size = cfg.batch_size or run.eval_batch_size  # the run's own batches give the same numbers
-    run.augment.engine = "device"
+    path = Path(to_absolute_path(str(cfg.checkpoint)))
+    model, checkpoint = build.trained_model(path, device)
+    run = _run_config(checkpoint, cfg, path)
     cifar = build.dataset(run.data)
     settings = build.step_settings(run, device)
     model = model.to(memory_format=settings.memory_format)
@@ -48,6 +45,23 @@ def evaluate_checkpoint(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     _draw(model, cifar, results, logits, cfg, out_dir)
     files.write_json(out_dir / "evaluation.json", results)
     return results
+
+
+def _run_config(checkpoint: dict, cfg: DictConfig, path: Path) -> DictConfig:
+    """The run's saved config with this command's overrides, validated like any config before anything is built
+    from it: a checkpoint is a file from disk, and its config must not name what gets instantiated."""
+    try:
+        run = OmegaConf.create(checkpoint["config"])
+        schema.validate(run)  # before reading anything from it
+        run.data.root = cfg.data.root or run.data.root  # the same test images as the run, unless told otherwise
+        run.data.limit_test = cfg.data.limit_test if cfg.data.limit_test is not None else run.data.limit_test
+        run.data.download, run.data.limit_train = cfg.data.download, None
+        run.eval_batch_size = cfg.batch_size or run.eval_batch_size  # the run's own batches: the same numbers
+        run.augment.engine = "device"
+        schema.validate(run)
+    except (ConfigError, OmegaConfBaseException) as err:
+        raise UsageError(f"{path}: its saved config is not one resnet9.train writes ({err})") from None
+    return run
 
 
 def _scores(logits: torch.Tensor, logits_tta: torch.Tensor, labels: torch.Tensor, classes: tuple[str, ...]) -> dict:

@@ -16,12 +16,13 @@ nothing here; one with new fields declares them in its own class. The few rules 
 from __future__ import annotations
 
 import json
+import math
 import re
-from typing import Annotated, Any, Literal, get_args
+from typing import Annotated, Any, Literal, get_args, get_origin
 
 from omegaconf import DictConfig, OmegaConf
 from pydantic import BaseModel, ConfigDict, Field, PlainValidator, ValidationError, ValidationInfo, model_validator
-from pydantic_core import PydanticCustomError
+from pydantic_core import PydanticCustomError, PydanticUndefined
 
 from resnet9.data import TEST_SIZE, TRAIN_SIZE
 from resnet9.errors import ConfigError
@@ -41,7 +42,7 @@ def _rule(expected: str, holds: Any) -> PlainValidator:
 
 
 def _is_positive_number(value: Any) -> bool:
-    return isinstance(value, int | float) and value > 0
+    return isinstance(value, int | float) and math.isfinite(value) and value > 0
 
 
 # The LRs: a number, or "auto" for the range test's value.
@@ -53,8 +54,8 @@ Fraction = Annotated[float, Field(ge=0, lt=1)]
 
 
 class Section(BaseModel):
-    # strict: a string is never quietly read as a number, nor a bool as an integer; frozen: read-only.
-    model_config = ConfigDict(strict=True, extra="forbid", populate_by_name=True, frozen=True)
+    # strict: a string is never quietly read as a number, nor a bool as an integer; no inf/nan; frozen: read-only.
+    model_config = ConfigDict(strict=True, extra="forbid", populate_by_name=True, frozen=True, allow_inf_nan=False)
 
 
 class ModelConfig(Section):
@@ -309,15 +310,17 @@ def _example(schema: type[Section], loc: tuple) -> str:
     """The `examples` (else the default) of the field at `loc`, written as a Hydra override value."""
     candidates, field = [schema], None
     for part in loc:
-        owners = [c for c in candidates if part in c.model_fields]
+        owners = [(c, name) for c in candidates for name, f in c.model_fields.items() if part in (name, f.alias)]
         if owners:
-            field = owners[0].model_fields[part]
+            field = owners[0][0].model_fields[owners[0][1]]
             candidates = [t for t in (field.annotation, *get_args(field.annotation)) if _is_section(t)]
         else:  # the union member pydantic tried, named by its _target_
             candidates = [c for c in candidates if part in get_args(c.model_fields["target"].annotation)] or candidates
     if field is None:
         return "..."
     value = field.examples[0] if field.examples else field.default
+    if value is PydanticUndefined:  # no default: a Literal's value (e.g. a _target_), else nothing to offer
+        value = get_args(field.annotation)[0] if get_origin(field.annotation) is Literal else "..."
     return value if isinstance(value, str) else json.dumps(value)
 
 

@@ -82,6 +82,8 @@ BAD = [
     (("lr_finder.scale=-2",), "lr_finder.scale must be greater than 0, got -2"),
     (("lr_finder.end_lr=1e-6",), "lr_finder.end_lr must be above lr_finder.start_lr"),
     (("label_smoothing=1",), "label_smoothing must be less than 1, got 1; e.g. label_smoothing=0.2"),
+    (("optimizer.lr=inf",), "optimizer.lr must be a number > 0 or 'auto', got inf"),
+    (("model.width=nan",), "model.width must be a finite number, got nan"),
     (("ema.decay=0.9", "ema.start_epoch=30"), "ema.start_epoch must be in 1..epochs=24, got 30"),
     (("precision=fp16",), "precision must be 'auto', 'fp32' or 'bf16', got 'fp16'"),
     (("optimizer=adam", "optimizer.betas=[0.9,1.5]"), "optimizer.betas[1] must be less than 1, got 1.5"),

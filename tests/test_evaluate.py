@@ -39,7 +39,13 @@ def test_corrupt_or_foreign_checkpoints_are_one_line(run_cli, trained_run, tmp_p
     checkpoint = torch.load(trained_run / "last.pt", weights_only=True)
     checkpoint["config"]["model"]["width"] = 0.25  # weights of width 0.125 claiming another width
     torch.save(checkpoint, other_width)
-    for path, fragment in ((garbage, "is not a readable checkpoint"), (other_width, "do not fit the model")):
+    crafted = tmp_path / "crafted.pt"  # a checkpoint whose config names what to build: nothing is built from it
+    checkpoint = torch.load(trained_run / "last.pt", weights_only=True)
+    checkpoint["config"]["augment"]["_target_"] = "shutil.rmtree"
+    torch.save(checkpoint, crafted)
+    cases = ((garbage, "is not a readable checkpoint"), (other_width, "do not fit the model"),
+             (crafted, "its saved config is not one resnet9.train writes (augment._target_ must be"))  # fmt: skip
+    for path, fragment in cases:
         result = run_cli("resnet9.evaluate", f"checkpoint={path}", f"hydra.run.dir={tmp_path}/out")
         assert result.returncode == 2
         (line,) = result.stderr.strip().splitlines()
