@@ -181,13 +181,13 @@ def test_one_epoch_on_5000_real_images_beats_chance(run_cli, tmp_path):
     out = tmp_path / "run"
     result = run_cli(
         "resnet9.train", f"data.root={SHARED_CIFAR}", "data.limit_train=5000", "epochs=1", "scheduler.peak_epoch=0.5",
-        "batch_size=128", "model.width=0.25", "optimizer.lr=0.4", "scheduler.lr_min=0.04", "logger=none",
+        "batch_size=128", "model.width=0.125", "optimizer.lr=0.4", "scheduler.lr_min=0.04", "logger=none",
         "progress=false", f"hydra.run.dir={out}",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["n_test"] == 10_000  # the whole real test set
-    assert metrics["final_test_acc"] > 0.2  # twice chance (0.10); 33.75% measured here (Page's peak 0.4)
+    assert metrics["final_test_acc"] > 0.2  # twice chance (0.10); 29.75% measured here (Page's peak 0.4)
 
 
 def wandb_login_exists() -> bool:
