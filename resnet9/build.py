@@ -8,6 +8,7 @@ the project's own classes and torch's optimizers.
 from __future__ import annotations
 
 import contextlib
+import logging
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -199,6 +200,13 @@ def trained_model(path: Path, device: torch.device) -> tuple[nn.Module, dict]:
         network.load_state_dict(checkpoint["model"])
     except (RuntimeError, TypeError, AttributeError):
         raise UsageError(f"{path}: its weights do not fit the model {config['model']}; {fix}") from None
+    bad = sum(int((~torch.isfinite(t)).sum()) for t in network.state_dict().values() if t.is_floating_point())
+    if bad:  # e.g. the last.pt of a run that diverged: whatever it predicts means nothing
+        logging.getLogger("resnet9").warning(
+            "warning: %s holds %d non-finite weights (did its training diverge?): its predictions mean nothing",
+            path,
+            bad,
+        )
     return network.to(device), checkpoint
 
 

@@ -9,8 +9,10 @@ Every problem surfaces as an `errors.DataError` whose message is one line saying
 from __future__ import annotations
 
 import pickle
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -56,7 +58,7 @@ def load(
     """Read CIFAR-10 under `root` (downloading it first if absent and allowed); optionally subset it."""
     root = Path(root).expanduser()
     folder = root / BATCHES_DIR
-    if not folder.is_dir():
+    if not _is_folder(folder):
         if not download:
             raise DataError(
                 f"CIFAR-10 not found: no folder {folder}; stage the official python batches there "
@@ -97,17 +99,32 @@ def balanced_subset(labels: np.ndarray, n: int, seed: int = SUBSET_SEED) -> np.n
     return np.sort(np.concatenate(picks))
 
 
+def _is_folder(folder: Path) -> bool:
+    try:
+        return folder.is_dir()
+    except OSError as err:  # e.g. a parent the user may not enter
+        raise DataError(
+            f"cannot read {folder} ({err.strerror or type(err).__name__}); give yourself read access to it "
+            f"or point data.root at a readable copy"
+        ) from None
+
+
 def _download(root: Path) -> None:
+    """The official archive into `root`; on failure, the folders this created are removed again."""
     # Imported here: torchvision is only needed on the download path.
     from torchvision.datasets.utils import download_and_extract_archive
 
+    created = next((p for p in reversed([root, *root.parents]) if not p.exists()), None)
     try:
         download_and_extract_archive(ARCHIVE_URL, download_root=str(root), md5=ARCHIVE_MD5)
     except Exception as err:  # network errors, checksum mismatch, disk full: all mean "stage it by hand"
+        if created is not None:  # no empty data folder left behind by a failed first run
+            shutil.rmtree(created, ignore_errors=True)
         reason = (str(err).splitlines() or [type(err).__name__])[0]
         raise DataError(
-            f"CIFAR-10 not found in {root / BATCHES_DIR} and the download failed ({reason}); on an offline "
-            f"machine stage the official python batches there, or point data.root at a folder that holds them"
+            f"CIFAR-10 not found in {root / BATCHES_DIR} and the download failed ({reason}); offline, unpack "
+            f"cifar-10-python.tar.gz so that {root / BATCHES_DIR} exists, or pass the folder that holds "
+            f'cifar-10-batches-py/: data.root=<folder> (make train ARGS="data.root=<folder>")'
         ) from None
 
 
@@ -118,9 +135,13 @@ def _read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
         raise DataError(f"CIFAR-10 batch missing: {path}; {fix}")
     try:
         with open(path, "rb") as f:
-            batch = pickle.load(f, encoding="bytes")
+            batch = _BatchUnpickler(f, encoding="bytes").load()
+    except _ForeignObject as err:
+        what = f"asks to load {err}, which no CIFAR-10 batch holds"
+        raise DataError(f"CIFAR-10 batch refused: {path} {what}; {fix}") from None
     except Exception as err:  # truncated or foreign files raise anything from EOFError to UnpicklingError
-        raise DataError(f"CIFAR-10 batch unreadable: {path} ({type(err).__name__}); {fix}") from None
+        reason = err.strerror if isinstance(err, OSError) and err.strerror else type(err).__name__
+        raise DataError(f"CIFAR-10 batch unreadable: {path} ({reason}); {fix}") from None
     if not isinstance(batch, dict) or b"data" not in batch or b"labels" not in batch:
         raise DataError(f"CIFAR-10 batch malformed: {path} has no b'data'/b'labels' entries; {fix}")
     data, labels = batch[b"data"], np.asarray(batch[b"labels"])
@@ -139,6 +160,34 @@ def _read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     # Rows hold 1024 red, then 1024 green, then 1024 blue values; albumentations wants HWC.
     images = np.ascontiguousarray(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
     return images, labels.astype(np.int64)
+
+
+class _ForeignObject(pickle.UnpicklingError):
+    """A batch file named a Python object outside what the official batches hold."""
+
+
+class _BatchUnpickler(pickle.Unpickler):
+    """Reads the official batches (a pickle: a dict of bytes, lists and one uint8 NumPy array) and nothing else.
+
+    A pickle can name any importable callable and have it called while loading: a crafted batch file would run
+    code before any structure check saw it. Only the few names the official files (and re-packed copies
+    written with NumPy 1 or 2) use are let through; any other name stops the load unresolved.
+    """
+
+    ALLOWED = {
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("numpy.core.multiarray", "_reconstruct"),  # NumPy 1 pickles, as in the official archive
+        ("numpy._core.multiarray", "_reconstruct"),  # the same, written by NumPy 2
+        ("numpy.core.multiarray", "scalar"),
+        ("numpy._core.multiarray", "scalar"),
+        ("_codecs", "encode"),  # how Python 3 writes bytes at pickle protocol 2
+    }
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in self.ALLOWED:
+            raise _ForeignObject(f"{module}.{name}"[:80])
+        return super().find_class(module, name)
 
 
 def _check_class_counts(folder: Path, split: str, labels: np.ndarray, per_class: int) -> None:

@@ -9,6 +9,7 @@ marks the job failed, runs the others, and prints the message without a tracebac
 from __future__ import annotations
 
 import contextlib
+import logging
 import sys
 from collections.abc import Iterator
 from typing import NoReturn
@@ -32,10 +33,29 @@ class DataError(UsageError):
     """Missing, unreadable or malformed CIFAR-10 data."""
 
 
+class TrainingDiverged(UsageError):
+    """The training loss became inf or nan: the LRs are too high for this setup (the likeliest real failure)."""
+
+    def __init__(self, loss: float, step: int, lr: float) -> None:
+        super().__init__(
+            f"training diverged: the loss became {loss} at step {step} (LR {lr:.4g}); lower the peak LR, "
+            f"e.g. lr_finder.scale=0.5 or lr_finder.max_divisor=2, or give optimizer.lr and scheduler.lr_min"
+        )
+
+
 def exit_with(message: str, status: int = USAGE_EXIT) -> NoReturn:
     """The one exit path: `message` as one line on stderr, then exit with `status`."""
     print(message, file=sys.stderr)
+    to_log_files(message)
     sys.exit(status)
+
+
+def to_log_files(message: str) -> None:
+    """The line into the run's log files too (Hydra's <output>/train.log): a failed run's log says why."""
+    record = logging.LogRecord("resnet9", logging.ERROR, __file__, 0, message, None, None)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
 
 
 def in_multirun() -> bool:
@@ -53,5 +73,6 @@ def exit_on_usage_error() -> Iterator[None]:
         yield
     except UsageError as err:
         if in_multirun():
+            to_log_files(f"error: {err}")
             raise
         exit_with(f"error: {err}")

@@ -21,6 +21,23 @@ from omegaconf import DictConfig
 from resnet9.errors import UsageError, exit_with
 
 
+def _umask() -> int:
+    """This process's umask, read once (at import, before any thread starts): os.umask can only be read by
+    setting it."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+UMASK = _umask()
+
+
+def shared_as_umask_says(path: str | Path, folder: bool = False) -> None:
+    """Permissions as for any file the user creates: `tempfile` makes its files 0600 and folders 0700 (private
+    to the owner), which would hide a team's runs from each other on a shared disk."""
+    os.chmod(path, (0o777 if folder else 0o666) & ~UMASK)
+
+
 def replace_atomically(path: Path, write: Callable[[str], Any]) -> None:
     """`write(temporary path)`, then rename it to `path`; one-line UsageError if any of it fails.
 
@@ -31,15 +48,23 @@ def replace_atomically(path: Path, write: Callable[[str], Any]) -> None:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-")
         os.close(fd)
         write(tmp)
+        shared_as_umask_says(tmp)
         os.replace(tmp, path)
-    except OSError as err:
+    except (OSError, RuntimeError) as err:  # torch.save reports a failed write (a full disk) as RuntimeError
+        reason = err.strerror if isinstance(err, OSError) and err.strerror else _short_reason(err)
         raise UsageError(
-            f"cannot write {path} ({err.strerror or type(err).__name__}); free space or fix the folder's "
-            f"permissions, then rerun the same folder to resume"
+            f"cannot write {path} ({reason}); free space or fix the folder's permissions, then rerun the same "
+            f"folder to resume"
         ) from None
     finally:
         if tmp is not None and os.path.exists(tmp):
             os.remove(tmp)
+
+
+def _short_reason(err: Exception) -> str:
+    if isinstance(err, RuntimeError):  # torch's stream writer, in its own words ("unexpected pos ...")
+        return "the write failed: is the disk full?"
+    return type(err).__name__
 
 
 def write_json(path: Path, obj: Any) -> None:

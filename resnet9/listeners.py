@@ -18,16 +18,20 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import signal
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from resnet9 import files, jobcache, lr_find, plots, summary
+from resnet9.errors import UsageError
 from resnet9.loop import EpochResult, StopFlag, StopRequested
 from resnet9.state import TrainState
 
 log = logging.getLogger("resnet9.train")
+LONG_ON_A_CPU = 200_000  # images to train on (all epochs) above which a CPU run is worth a word
+EXPLODED = 3  # a test loss above 3 x ln 10 (3 x a uniform guess's loss) counts as exploded
 
 
 class Listener:
@@ -59,8 +63,9 @@ def notifying(listeners: list[Listener], state: TrainState, stop: StopFlag) -> I
                 listener.on_run_start(state)
         yield
         status = "completed"
-    except StopRequested:
+    except StopRequested as stop_request:
         status = "interrupted"
+        state.record.update(stopped=str(stop_request))
         with clock.phase("write"):
             for listener in listeners:
                 listener.on_stop(state)
@@ -69,13 +74,63 @@ def notifying(listeners: list[Listener], state: TrainState, stop: StopFlag) -> I
         if stop.signal is not None:  # under torchrun a stopped rank can leave another inside a collective:
             status = "interrupted"  # the error it gets there is the stop's doing
             raise StopRequested(stop.signal) from err
-        state.record.update(error=f"{type(err).__name__}: {err}")
+        state.record.update(error=one_line(err))
         raise
     finally:
         state.record.update(status=status)
         with clock.phase("write"):
-            for listener in listeners:
-                listener.on_run_end(state, status)
+            _tell_run_end(listeners, state, status)
+
+
+def _tell_run_end(listeners: list[Listener], state: TrainState, status: str) -> None:
+    """Every listener hears the end, even when an earlier one fails (a full disk): the first failure is raised
+    after all have been told, unless the run had already failed, whose own error then stays the one reported."""
+    failures = []
+    for listener in listeners:
+        try:
+            listener.on_run_end(state, status)
+        except Exception as err:
+            failures.append(err)
+            log.warning("while ending the run: %s", one_line(err))
+    if failures and status == "completed":
+        raise failures[0]
+
+
+@contextlib.contextmanager
+def job_record(out_dir: Path, config: Callable[[], dict[str, Any]], overrides: list[str]) -> Iterator[None]:
+    """Every job leaves a metrics.json, even one that ends before its run record exists (a bad value, unreadable
+    data, a signal during setup): then a short one, with the final status, the error line and the overrides, so
+    that a sweep's report counts the job under its setting. A SIGTERM/SIGINT before training ends the job at
+    once (nothing to save yet); from the first epoch on, `SignalStop` takes over."""
+    path = out_dir / "metrics.json"
+    existed = path.exists()  # a resumed run's record is its own: a failure before it resumes leaves it as it was
+
+    def stop_now(signum: int, _frame: Any) -> None:
+        raise StopRequested(signum)
+
+    previous = {}
+    with contextlib.suppress(ValueError):  # not the main thread
+        previous = {sig: signal.signal(sig, stop_now) for sig in SignalStop.SIGNALS}
+    try:
+        yield
+    except BaseException as err:
+        if not existed and not path.exists() and not isinstance(err, SystemExit):
+            stopped = isinstance(err, StopRequested | KeyboardInterrupt)
+            record = {"status": "interrupted", "stopped": one_line(err)} if stopped else {}
+            record = record or {"status": "failed", "error": one_line(err)}
+            record |= {"ended_in": "setup", "overrides": overrides}
+            with contextlib.suppress(Exception):  # the record must never hide the error itself
+                files.write_json(path, {**record, "config": config(), "epochs": []})
+        raise
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def one_line(err: BaseException) -> str:
+    """An error as metrics.json and the sweep's summary show it: our own errors' message, else type: message."""
+    text = str(err) if isinstance(err, UsageError | StopRequested) else f"{type(err).__name__}: {err}"
+    return (text.splitlines() or [type(err).__name__])[0]
 
 
 class SignalStop(Listener):
@@ -192,14 +247,14 @@ class TrackerLog(Listener):
             self.tracker.summary({key: state.record[key] for key in self.SUMMARY})
             if (self.out_dir / "last.pt").is_file():
                 self.tracker.log_checkpoint_file(self.out_dir / "last.pt")
-        self.tracker.finish(exit_code=0 if status == "completed" else 1)
+        self.tracker.finish(exit_code=0 if status == "completed" else 1, preempted=status == "interrupted")
 
 
 class ConsoleLog(Listener):
     """The run's story in the terminal (and train.log): what it trains with, one line per epoch, the result."""
 
     def __init__(self, out_dir: Path) -> None:
-        self.out_dir = out_dir
+        self.out_dir, self.epochs_timed = out_dir, 0
 
     def on_run_start(self, state: TrainState) -> None:
         r = state.record
@@ -217,6 +272,9 @@ class ConsoleLog(Listener):
         if "resumed_from_epoch" in r.data:
             steps = f" and {len(state.progress.lrs)} steps of the next" if state.progress is not None else ""
             log.info("resuming from %s after epoch %d%s", self.out_dir / "last.pt", state.epoch, steps)
+        if r["device"] == "cpu" and r["n_train"] * r["config"]["epochs"] >= LONG_ON_A_CPU:
+            log.info("a long run for a CPU (hours at full width); for a first result in about a minute: "
+                     "experiment=quick_cpu")  # fmt: skip
 
     def on_epoch_end(self, state: TrainState, row: dict[str, Any], result: EpochResult) -> None:
         log.info(
@@ -230,11 +288,17 @@ class ConsoleLog(Listener):
             row["lr"],
             row["epoch_time_s"],
         )
+        self.epochs_timed += 1
+        remaining = state.record["config"]["epochs"] - row["epoch"]
+        if self.epochs_timed == 1 and remaining > 0:  # the first epoch this process ran: how long the rest takes
+            seconds = remaining * row["epoch_time_s"]
+            log.info("at this pace the %d epochs to go take about %.0f s more", remaining, seconds)
 
     def on_run_end(self, state: TrainState, status: str) -> None:
         if status != "completed":
             return
         r = state.record
+        self._warn_if_exploded(r)
         log.info(
             "final test accuracy %.2f%% (best %.2f%% at epoch %d); training time %.1fs; results in %s",
             100 * r["final_test_acc"],
@@ -243,3 +307,15 @@ class ConsoleLog(Listener):
             r["train_time_s"],
             self.out_dir,
         )
+
+    @staticmethod
+    def _warn_if_exploded(record: Any) -> None:
+        """A run can complete with a test loss that blew up (a peak LR too high for a small network): say so."""
+        losses = [row["test_loss"] for row in record["epochs"]]
+        epoch, worst = max(enumerate(losses, start=1), key=lambda item: math.inf if math.isnan(item[1]) else item[1])
+        if not worst <= EXPLODED * math.log(10):  # (nan included)
+            log.warning(
+                "the test loss exploded to %.4g at epoch %d (a uniform guess scores %.2f): LRMAX=%.4g may be too "
+                "high for this setup; try lr_finder.scale=0.5 or lr_finder.max_divisor=2, or give optimizer.lr",
+                worst, epoch, math.log(10), record["lr_max"],
+            )  # fmt: skip

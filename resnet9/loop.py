@@ -18,6 +18,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.optim.swa_utils import AveragedModel
 
+from resnet9.errors import TrainingDiverged
+
 # A DataLoader (albumentations engine) or an augment.DeviceLoader: both yield (images, labels) batches.
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
 
@@ -174,7 +176,7 @@ def _show_progress(bar: Any, progress: EpochProgress, step: int) -> None:
 
 def _stop_if_diverged(loss: float, step: int, lr: float) -> None:
     if not math.isfinite(loss):
-        raise FloatingPointError(f"training loss became {loss} at step {step} (LR {lr:.4g})")
+        raise TrainingDiverged(loss, step, lr)
 
 
 @torch.no_grad()

@@ -22,12 +22,17 @@ Also a command: `python -m resnet9.lr_find [overrides]` runs (or reuses) the tes
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
+import io
 import json
+import logging
+import math
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -39,8 +44,10 @@ from omegaconf import DictConfig
 from torch import nn
 from torch.utils.data import DataLoader
 
-from resnet9 import build, distributed, plots, schema
+from resnet9 import build, distributed, files, plots, schema
 from resnet9.errors import ConfigError, UsageError, exit_on_usage_error
+
+log = logging.getLogger("resnet9.lr_find")
 
 JSON_NAME, PLOT_NAME = "lr_finder.json", "lr_finder.png"
 
@@ -94,6 +101,7 @@ def run_range_test(
     loader: DataLoader | Iterable,
     device: torch.device,
     finder_cfg: DictConfig,
+    progress: bool = True,
 ) -> LRRange:
     """Run the test, restore model and optimizer, and derive LRMIN/LRMAX from the recorded curve."""
     # Imported here: torch-lr-finder brings matplotlib's pyplot (0.3 s), needed only when a test really runs.
@@ -103,15 +111,16 @@ def run_range_test(
     if not isinstance(loader, DataLoader):  # the device-resident loader: torch-lr-finder's wrapper for iterables
         loader = TrainDataLoaderIter(loader)
     try:
-        finder.range_test(
-            loader,
-            start_lr=finder_cfg.start_lr,
-            end_lr=finder_cfg.end_lr,
-            num_iter=finder_cfg.num_iter,
-            step_mode="exp",
-            smooth_f=finder_cfg.smooth_f,
-            diverge_th=finder_cfg.diverge_th,
-        )
+        with _library_speaks_our_way(progress):
+            finder.range_test(
+                loader,
+                start_lr=finder_cfg.start_lr,
+                end_lr=finder_cfg.end_lr,
+                num_iter=finder_cfg.num_iter,
+                step_mode="exp",
+                smooth_f=finder_cfg.smooth_f,
+                diverge_th=finder_cfg.diverge_th,
+            )
     finally:
         finder.reset()  # weights and optimizer state exactly as before the test
     lrs, losses = finder.history["lr"], finder.history["loss"]
@@ -126,6 +135,22 @@ def run_range_test(
     )
 
 
+@contextlib.contextmanager
+def _library_speaks_our_way(progress: bool) -> Iterator[None]:
+    """torch-lr-finder draws a bare tqdm bar and prints a line addressed to notebook users ("See the graph
+    with {finder_name}.plot()"); it has no option for either. While the test runs, its bar is ours (labelled,
+    shown only with `progress`) and its prints are swallowed: our log says what happened instead."""
+    import torch_lr_finder.lr_finder as library
+
+    original = library.tqdm
+    library.tqdm = functools.partial(original, desc="LR range test", disable=not progress, leave=False)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        library.tqdm = original
+
+
 def draw(result: LRRange, finder_cfg: DictConfig, path: Path) -> Path:
     """lr_finder.png: the curve as the rule reads it (trimmed), LRMIN, LRMAX and the other marks."""
     steps = len(result.history["lr"])
@@ -133,7 +158,9 @@ def draw(result: LRRange, finder_cfg: DictConfig, path: Path) -> Path:
     return plots.lr_range_test(asdict(result), finder_cfg.skip_start, finder_cfg.skip_end, title, path)
 
 
-def find_lr_range(finder_cfg: DictConfig, probe: build.Probe, device: torch.device, out_dir: Path) -> LRRange:
+def find_lr_range(
+    finder_cfg: DictConfig, probe: build.Probe, device: torch.device, out_dir: Path, progress: bool = True
+) -> LRRange:
     """LRMIN/LRMAX for this probe: from the cache if an identical test ran before, else by running it.
 
     The probe (build.range_test_probe) has its own seed, `lr_finder.seed`, not the run's, so every seed of a
@@ -144,10 +171,16 @@ def find_lr_range(finder_cfg: DictConfig, probe: build.Probe, device: torch.devi
     cache_entry = Path(os.path.expanduser(finder_cfg.cache_dir)) / key
     result = _read_cache(cache_entry) if finder_cfg.cache else None
     if result is not None:
+        log.info("LR range test: the cached result of an identical test (%s)", cache_entry)
         shutil.copyfile(cache_entry / PLOT_NAME, out_dir / PLOT_NAME)
     else:
+        why = "no cached result for this setup" if finder_cfg.cache else "lr_finder.cache=false"
+        log.info(
+            "LR range test: %d training steps, LR %g to %g, to derive LRMIN/LRMAX (%s; later runs reuse it)",
+            finder_cfg.num_iter, finder_cfg.start_lr, finder_cfg.end_lr, why,
+        )  # fmt: skip
         model, optimizer, loader = probe.build()
-        result = run_range_test(model, optimizer, loader, device, finder_cfg)
+        result = run_range_test(model, optimizer, loader, device, finder_cfg, progress)
         draw(result, finder_cfg, out_dir / PLOT_NAME)
     result.cache_key = key
     (out_dir / JSON_NAME).write_text(json.dumps(asdict(result), indent=1))
@@ -181,8 +214,11 @@ def lrs_for_run(
 def _read_cache(entry: Path) -> LRRange | None:
     try:
         result = LRRange(**json.loads((entry / JSON_NAME).read_text()))
-    except (OSError, ValueError, TypeError):
+    except (OSError, ValueError, TypeError, RecursionError):
         return None  # no entry, or a damaged one: run the test again
+    numbers = (result.lr_min, result.lr_max, result.steepest_lr, result.min_loss_lr)
+    if not all(isinstance(x, float | int) and math.isfinite(x) and x > 0 for x in numbers):
+        return None  # a file from disk: LRs that are not positive numbers are a damaged entry too
     if not (entry / PLOT_NAME).is_file():
         return None
     result.cached = True
@@ -193,6 +229,7 @@ def _write_cache(entry: Path, out_dir: Path) -> None:
     """Copy the run's files into the cache atomically: a half-written entry is never visible."""
     entry.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=entry.parent, prefix=f".{entry.name}-"))
+    files.shared_as_umask_says(staging, folder=True)
     for name in (JSON_NAME, PLOT_NAME):
         shutil.copyfile(out_dir / name, staging / name)
     shutil.rmtree(entry, ignore_errors=True)  # we only get here when the entry is absent or damaged
@@ -208,7 +245,7 @@ def main() -> None:
     _hydra_main()
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+@hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def _hydra_main(cfg: DictConfig) -> None:
     with exit_on_usage_error():
         schema.validate(cfg)
@@ -217,7 +254,7 @@ def _hydra_main(cfg: DictConfig) -> None:
         settings = build.step_settings(cfg, device)
         probe = build.range_test_probe(cfg, build.dataset(cfg.data), settings)
         out_dir = Path(HydraConfig.get().runtime.output_dir)
-        result = find_lr_range(cfg.lr_finder, probe, device, out_dir)
+        result = find_lr_range(cfg.lr_finder, probe, device, out_dir, cfg.progress)
     source = "cache" if result.cached else "new test"
     print(f"LRMIN={result.lr_min:.4g} LRMAX={result.lr_max:.4g} ({source}; {result.rule})")
     print(f"plot and numbers: {out_dir / PLOT_NAME}, {out_dir / JSON_NAME}")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -48,20 +49,48 @@ def image_paths(inputs: list[str]) -> list[Path]:
 
 
 def load_image(path: Path) -> tuple[np.ndarray, str | None]:
-    """(32x32x3 uint8 image, a note if it was resized)."""
+    """(32x32x3 uint8 image, a note on what was changed to get it: frames, depth, transparency, size)."""
+    fix = "pass PNG/JPEG files"
     try:
-        with Image.open(path) as image:
+        with warnings.catch_warnings(), Image.open(path) as image:
+            warnings.simplefilter("error", Image.DecompressionBombWarning)  # a huge image: refused, not decoded
             image.load()
-            rgb = image.convert("RGB")
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+            rgb, notes = _as_rgb(image, path)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise UsageError(f"{path}: refused, too many pixels to decode safely; shrink it first, then {fix}") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as err:
         reason = (str(err).splitlines() or [type(err).__name__])[0]
-        raise UsageError(f"{path}: not a readable image ({reason}); pass PNG/JPEG files") from None
-    note = None
+        raise UsageError(f"{path}: not a readable image ({reason}); {fix}") from None
     if rgb.size != (32, 32):
-        note = f"resized from {rgb.size[0]}x{rgb.size[1]} to 32x32"
+        notes.append(f"resized from {rgb.size[0]}x{rgb.size[1]} to 32x32")
         shrinking = rgb.size[0] > 32 or rgb.size[1] > 32
         rgb = rgb.resize((32, 32), Image.Resampling.BOX if shrinking else Image.Resampling.BILINEAR)
-    return np.asarray(rgb, dtype=np.uint8), note
+    return np.asarray(rgb, dtype=np.uint8), "; ".join(notes) or None
+
+
+def _as_rgb(image: Image.Image, path: Path) -> tuple[Image.Image, list[str]]:
+    """8-bit RGB from any Pillow mode: 16-bit grey scaled (not clipped), transparency flattened onto white,
+    palette/CMYK/YCbCr converted; float pixels and modes without an RGB meaning are refused."""
+    notes = [f"first of {image.n_frames} frames"] if getattr(image, "n_frames", 1) > 1 else []
+    mode = image.mode
+    if mode.startswith("I"):  # 16-bit grey (I;16*), or 32-bit integers holding it (I)
+        values = np.asarray(image).astype(np.int64)
+        if values.min() < 0 or values.max() > 65535:
+            found = f"{values.min()}..{values.max()}"
+            raise UsageError(f"{path}: pixel values {found} are not 8- or 16-bit; save it as an 8- or 16-bit PNG")
+        if mode != "I" or values.max() > 255:
+            values, notes = (values * 255 + 32767) // 65535, [*notes, "16-bit grey scaled to 8 bits"]
+        return Image.fromarray(values.astype(np.uint8)).convert("RGB"), notes
+    if mode == "F":
+        raise UsageError(f"{path}: floating-point pixels have no fixed range; save it as an 8- or 16-bit PNG")
+    if "A" in mode or "a" in mode or "transparency" in image.info:
+        rgba = image.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB"), [*notes, "transparency flattened onto white"]
+    try:
+        return image.convert("RGB"), notes
+    except ValueError:
+        raise UsageError(f"{path}: Pillow cannot convert {mode} pixels to RGB; save it as an RGB PNG/JPEG") from None
 
 
 @torch.no_grad()

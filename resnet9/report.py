@@ -25,11 +25,12 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+import yaml
 from hydra.core.utils import JobStatus
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig
-from scipy import stats
+from pydantic import BaseModel, ConfigDict, ValidationError
 from tabulate import tabulate
 
 from resnet9 import build, files, plots, schema, sweep
@@ -45,14 +46,64 @@ LABELS = {
 }
 
 
+class EpochRow(BaseModel):
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
+    epoch: int
+    test_acc: float
+
+
+class JobRecord(BaseModel):
+    """What the report reads of a job's metrics.json (a file from disk: checked, never trusted)."""
+
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
+    status: str = "unknown"
+    error: str | None = None
+    overrides: list[str] = []
+    epochs: list[EpochRow] = []
+    config: dict | None = None
+    final_test_acc: float | None = None
+    best_test_acc: float | None = None
+    lr_min: float | None = None
+    lr_max: float | None = None
+    train_time_s: float | None = None
+
+
 def load_jobs(sweep_dir: Path) -> list[dict[str, Any]]:
-    """Every job's metrics.json, in job order, each with its folder name as `job`."""
-    jobs = []
-    for path in sorted(sweep_dir.glob("*/metrics.json"), key=lambda p: (len(p.parent.name), p.parent.name)):
-        job = json.loads(path.read_text())
-        job["job"] = path.parent.name
-        jobs.append(job)
-    return jobs
+    """Every job Hydra launched into `sweep_dir`, in job order, each with its folder name as `job`.
+
+    A job is a folder with a metrics.json or Hydra's .hydra/ record. One whose metrics.json is missing (a job
+    killed outright) or unreadable still counts, as failed, with what was wrong as its error."""
+    folders = {path.parent for pattern in ("*/metrics.json", "*/.hydra") for path in sweep_dir.glob(pattern)}
+    return [_job(folder) for folder in sorted(folders, key=lambda p: (len(p.name), p.name))]
+
+
+def _job(folder: Path) -> dict[str, Any]:
+    path = folder / "metrics.json"
+    try:
+        record = JobRecord.model_validate(json.loads(path.read_bytes())).model_dump(exclude_none=True)
+    except FileNotFoundError:
+        record = {"status": "no record", "error": "it left no metrics.json (killed?)", "overrides": _overrides(folder)}
+    except (OSError, ValueError, RecursionError) as err:  # ValueError: not JSON, or not a job record (ValidationError)
+        reason = err.strerror if isinstance(err, OSError) else _first_problem(err)
+        record = {"status": "unreadable", "error": f"its metrics.json is unreadable ({reason})"}
+        record["overrides"] = _overrides(folder)
+    return {**record, "job": folder.name}
+
+
+def _first_problem(err: Exception) -> str:
+    if isinstance(err, ValidationError):
+        problem = err.errors()[0]
+        return f"{'.'.join(map(str, problem['loc'])) or 'the file'}: {problem['msg']}"
+    return (str(err).splitlines() or ["not JSON"])[0][:100]
+
+
+def _overrides(folder: Path) -> list[str]:
+    """A job's overrides from Hydra's record of it (YAML, read safely), or none."""
+    try:
+        overrides = yaml.safe_load((folder / ".hydra" / "overrides.yaml").read_text())
+    except (OSError, yaml.YAMLError):
+        return []
+    return [item for item in overrides if isinstance(item, str)] if isinstance(overrides, list) else []
 
 
 def group_jobs(sweep_dir: Path, jobs: list[dict[str, Any]], by: list[str] | None = None) -> dict[str, list[dict]]:
@@ -89,6 +140,8 @@ def _mean_std_interval(values: list[float]) -> tuple[float, float | None, list[f
     mean = statistics.fmean(values)
     if len(values) < 2:
         return mean, None, None
+    from scipy import stats  # 0.8 s of imports, paid only where a spread is computed
+
     std = statistics.stdev(values)
     half = stats.t.ppf(0.975, len(values) - 1) * std / math.sqrt(len(values))
     return mean, std, [mean - half, mean + half]
@@ -178,19 +231,22 @@ def _flat(row: dict[str, Any]) -> dict[str, Any]:
 
 class SweepSummary(Callback):
     """Hydra callback: describe the sweep when it starts (sweep.json), keep its report current after each job,
-    draw the final figure and log the report to W&B at the end.
+    and end it: the final table, a line per failed job, the figure, the report in W&B.
 
     Rewriting the table after every job (failed ones included) matters: when a job fails, Hydra re-raises its
-    error once the batch has run, before `on_multirun_end`, so the report must already be there. The figure
-    is drawn once at the end instead; only after a failure (no end will come) is it redrawn after every job,
-    on the figure thread, off the next job's way.
+    error once the batch has run and skips `on_multirun_end`; a signal skips it too. The command then calls
+    `end_unfinished_sweep` on its way out, so every ending gets the final summary. Until then the figure is
+    drawn once at the end; only after a failure is it redrawn after every job, on the figure thread.
     """
 
+    unfinished: SweepSummary | None = None  # the sweep under way in this process, until its end is written
+
     def __init__(self) -> None:
-        self.failure_seen = False
+        self.failure_seen, self.config = False, None
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         sweep.write(Path(config.hydra.sweep.dir), config)
+        self.config, SweepSummary.unfinished = config, self
 
     def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
         if config.hydra.mode != RunMode.MULTIRUN:
@@ -199,21 +255,46 @@ class SweepSummary(Callback):
         write_report(Path(config.hydra.sweep.dir), figure="background" if self.failure_seen else "none")
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        sweep_dir = Path(config.hydra.sweep.dir)
-        if not sweep_dir.is_dir():
+        self.end()
+
+    def end(self) -> None:
+        SweepSummary.unfinished = None
+        sweep_dir = Path(self.config.hydra.sweep.dir)
+        if not sweep_dir.is_dir() or not load_jobs(sweep_dir):
             return
         plots.wait_for_figures()
         rows, table = write_report(sweep_dir)
         print(f"\nSweep summary (mean ± std and 95 % interval over seeds), also in {sweep_dir / 'summary.md'}:")
         print(table)
-        log_to_tracker(sweep_dir, rows, config.logger)
+        for line in failure_lines(sweep_dir):
+            print(line)
+        log_to_tracker(sweep_dir, rows, self.config.logger)
+
+
+def failure_lines(sweep_dir: Path) -> list[str]:
+    """One line per job that did not complete: its folder, its values of the swept keys, its status and error."""
+    jobs = load_jobs(sweep_dir)
+    description = sweep.read(sweep_dir)
+    keys = description["varies"] if description else sweep.keys_that_differ([job["overrides"] for job in jobs])
+    return [
+        f"job {job['job']} ({sweep.setting(job['overrides'], keys, with_seed=True) or 'no overrides'}): "
+        f"{job['status']}: {job.get('error') or job.get('stopped') or 'no reason recorded'}"
+        for job in jobs
+        if job["status"] != "completed"
+    ]
+
+
+def end_unfinished_sweep() -> None:
+    """The final summary of a sweep that Hydra left without its end (a failed job, a signal)."""
+    if SweepSummary.unfinished is not None:
+        SweepSummary.unfinished.end()
 
 
 def check_sweep_folder(folder: Path) -> None:
     """A one-line UsageError unless `folder` holds a sweep's jobs (<folder>/<job>/metrics.json)."""
     if not folder.is_dir():
         raise UsageError(f"{folder}: no such folder; pass a sweep folder, e.g. multirun/<date>/<time>")
-    if not any(folder.glob("*/metrics.json")):
+    if not any(folder.glob("*/metrics.json")) and not any(folder.glob("*/.hydra")):
         what = "a single run's folder" if (folder / "metrics.json").is_file() else "not a sweep folder"
         raise UsageError(
             f"{folder} is {what} (no <job>/metrics.json inside); pass a sweep folder, e.g. multirun/<date>/<time>"
@@ -247,6 +328,8 @@ def main(argv: list[str] | None = None) -> None:
         check_sweep_folder(args.folder)
         rows, table = write_report(args.folder, args.by, args.metric)
     print(format_table(rows, args.metric, as_csv=True) if args.csv else table, end="" if args.csv else "\n")
+    for line in [] if args.csv else failure_lines(args.folder):
+        print(line)
     logger = _logger_of(args.folder, args.tracker)
     if logger is not None and logger["_target_"].endswith("WandbTracker"):
         log_to_tracker(args.folder, rows, logger)

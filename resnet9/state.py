@@ -172,6 +172,22 @@ class TrainState:
         restore_rng(state["rng"])
         self.record.load_state_dict(state["record"])
 
+    def resume(self, checkpoint: dict[str, Any], path: Path) -> None:
+        """Continue from a checkpoint `read_resumable` accepted. Its content is a file's: one line if it does not
+        fit this run, rather than whatever error the objects loading it raise."""
+        reason = "odd values"
+        try:
+            self.load_state_dict(checkpoint["train_state"])
+            fits = isinstance(self.epoch, int) and self.epoch >= 0
+            fits = fits and all(isinstance(self.record.get(key), list) for key in ("epochs", "lr_per_step"))
+        except Exception as err:  # KeyError, TypeError, ValueError, RuntimeError ... from crafted or damaged state
+            fits, reason = False, type(err).__name__
+        if not fits:
+            raise UsageError(
+                f"cannot resume from {path}: its training state does not fit this run ({reason}); rerun with "
+                f"resume=false to start over in {path.parent}"
+            )
+
     def checkpoint(self, config: dict[str, Any]) -> dict[str, Any]:
         """last.pt: the state, plus what evaluate and predict read (the weights evaluated, the config)."""
         return {
@@ -214,14 +230,24 @@ def read_resumable(path: Path, cfg: DictConfig) -> dict[str, Any] | None:
         return None
     fix = f"rerun with the same overrides, use a new output folder, or resume=false to start over in {path.parent}"
     checkpoint = _load(path, fix)
-    if not isinstance(checkpoint, dict) or "train_state" not in checkpoint or "config" not in checkpoint:
-        raise UsageError(f"cannot resume from {path}: it is not a resnet9 training checkpoint; {fix}")
-    if checkpoint.get("format") != CHECKPOINT_FORMAT:
+    if isinstance(checkpoint, dict) and "train_state" not in checkpoint and "optimizer" in checkpoint:
         raise UsageError(f"cannot resume from {path}: it was written by an older resnet9; {fix}")
+    if not _resumable_shape(checkpoint) or checkpoint.get("format") != CHECKPOINT_FORMAT:
+        raise UsageError(f"cannot resume from {path}: it is not a resnet9 training checkpoint; {fix}")
     differences = _differences(_comparable(checkpoint["config"]), _comparable(OmegaConf.to_container(cfg)))
     if differences:
         raise UsageError(f"cannot resume from {path}: its run had {'; '.join(differences[:3])}; {fix}")
     return checkpoint
+
+
+def _resumable_shape(checkpoint: Any) -> bool:
+    """The parts read before the state is loaded: a dict with a config, the LRs, and a state with its record."""
+    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("config"), dict):
+        return False
+    numbers = all(isinstance(checkpoint.get(key), float | int) for key in ("lr_min", "lr_max"))
+    train_state = checkpoint.get("train_state")
+    record = train_state.get("record") if isinstance(train_state, dict) else None
+    return numbers and isinstance(record, dict) and isinstance(record.get("lr_source"), str)
 
 
 def saved_lrs(checkpoint: dict[str, Any]) -> tuple[float, float, str]:

@@ -32,7 +32,7 @@ class Tracker(Protocol):
 
     def summary(self, values: dict[str, Any]) -> None: ...
 
-    def finish(self, exit_code: int = 0) -> None: ...
+    def finish(self, exit_code: int = 0, preempted: bool = False) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -93,7 +93,7 @@ class NullTracker:
     def summary(self, values: dict[str, Any]) -> None:
         pass
 
-    def finish(self, exit_code: int = 0) -> None:
+    def finish(self, exit_code: int = 0, preempted: bool = False) -> None:
         pass
 
 
@@ -185,8 +185,25 @@ class WandbTracker:
             if value is not None:
                 self.run.summary[key] = value
 
-    def finish(self, exit_code: int = 0) -> None:
+    def finish(self, exit_code: int = 0, preempted: bool = False) -> None:
+        """`preempted`: stopped by a signal, resumable: W&B shows it pre-empted, not failed."""
+        if preempted:
+            self.run.mark_preempting()
         self.run.finish(exit_code=exit_code)
+
+
+def check_login(logger_cfg: Any) -> None:
+    """Before any work: W&B in online mode needs a login, which would otherwise fail only after the data load
+    and the range test. Looks for the key (environment, ~/.netrc, W&B settings) without network or prompt."""
+    if not str(logger_cfg.get("_target_", "")).endswith("WandbTracker") or logger_cfg.get("mode") != "online":
+        return
+    import wandb
+
+    if not wandb.login(prompt=False, verify=False):
+        raise UsageError(
+            "logger.mode=online but W&B has no login here; run `wandb login` (or set WANDB_API_KEY), or use "
+            "logger.mode=offline (upload later with wandb sync) or logger=none"
+        )
 
 
 def readable(config: Any) -> Any:

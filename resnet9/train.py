@@ -12,6 +12,7 @@ range test, evaluates and writes (see distributed.py).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from pathlib import Path
@@ -25,7 +26,7 @@ from tqdm import tqdm
 
 # `ddp`, not `distributed`: submitit's launcher pickles this module's functions by value, and cloudpickle
 # would take a module-level name `distributed` for the unpicklable torch.distributed.
-from resnet9 import build, lr_find, schema, tracking
+from resnet9 import build, lr_find, report, schema, tracking
 from resnet9 import distributed as ddp
 from resnet9.data import Cifar10
 from resnet9.errors import UsageError, exit_on_usage_error, exit_with, in_multirun
@@ -37,6 +38,7 @@ from resnet9.listeners import (
     RunFiles,
     SignalStop,
     TrackerLog,
+    job_record,
     notifying,
 )
 from resnet9.loop import (
@@ -60,19 +62,36 @@ def main() -> None:
     try:
         hydra_main()
     finally:
+        report.end_unfinished_sweep()  # a sweep Hydra stopped early (a failed job, a signal) still gets its summary
         ddp.finish()
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+@hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def hydra_main(cfg: DictConfig) -> float:
     out_dir = Path(HydraConfig.get().runtime.output_dir)
+    record = job_record(out_dir, lambda: _plain(cfg), list(HydraConfig.get().overrides.task))
     try:
-        with exit_on_usage_error():
+        with exit_on_usage_error(), record if ddp.world().is_main else contextlib.nullcontext():
             if ddp.world().is_parallel and in_multirun():
                 raise UsageError("--multirun under torchrun is not supported; start one torchrun per job instead")
             return train(cfg, out_dir)
     except StopRequested as stopped:  # SIGTERM/SIGINT: last.pt holds what a resume needs; say so, exit
-        exit_with(f"{stopped}; resume by rerunning with the same output folder ({out_dir})", 128 + stopped.signal)
+        exit_with(f"{stopped}; {_how_to_resume(out_dir)}", 128 + stopped.signal)
+
+
+def _how_to_resume(out_dir: Path) -> str:
+    if in_multirun():  # the sweep's jobs keep their folders: completed ones finish at once, the others resume
+        sweep_dir = HydraConfig.get().sweep.dir
+        return f"resume the sweep by rerunning the same command with hydra.sweep.dir={sweep_dir}"
+    return f"resume by rerunning with the same output folder ({out_dir})"
+
+
+def _plain(cfg: DictConfig) -> dict:
+    """The config for a record, resolved where it can be (a bad interpolation may be why the job failed)."""
+    try:
+        return OmegaConf.to_container(cfg, resolve=True)
+    except Exception:
+        return OmegaConf.to_container(cfg, resolve=False)
 
 
 def train(cfg: DictConfig, out_dir: Path) -> float:
@@ -80,6 +99,8 @@ def train(cfg: DictConfig, out_dir: Path) -> float:
     clock, world = Stopwatch(), ddp.world()
     with clock.phase("setup"):
         schema.validate(cfg, processes=world.size)
+        if world.is_main:
+            tracking.check_login(cfg.logger)  # before the data load and the range test
         if not world.is_main:  # rank 0 reports; the other ranks only warn
             logging.getLogger().setLevel(logging.WARNING)
         device = build.device(cfg.device, world)
@@ -97,7 +118,7 @@ def train(cfg: DictConfig, out_dir: Path) -> float:
         loader = build.train_loader(cfg, cifar, settings, cfg.seed, world)
         state = _training_state(cfg, model, loader, cifar, lrs, clock)
         if resumed is not None:
-            _resume(state, resumed)
+            _resume(state, resumed, out_dir / "last.pt")
         test_batches = build.test_loader(cfg, cifar, settings)
 
     stop = SignalStop()
@@ -114,7 +135,7 @@ def _derive_lrs(cfg: DictConfig, cifar: Cifar10, settings: StepSettings, out_dir
         cfg.optimizer.lr,
         cfg.scheduler.lr_min,
         cfg.lr_finder,
-        range_test=lambda: lr_find.find_lr_range(cfg.lr_finder, probe, settings.device, out_dir),
+        range_test=lambda: lr_find.find_lr_range(cfg.lr_finder, probe, settings.device, out_dir, cfg.progress),
     )
 
 
@@ -154,9 +175,9 @@ def _training_state(
     return TrainState(model, optimizer, scheduler, ema, loader, record, ema_start_epoch=cfg.ema.start_epoch)
 
 
-def _resume(state: TrainState, checkpoint: dict) -> None:
+def _resume(state: TrainState, checkpoint: dict, path: Path) -> None:
     """Continue from last.pt: after its last complete epoch, or at the very step where a stop came."""
-    state.load_state_dict(checkpoint["train_state"])
+    state.resume(checkpoint, path)
     state.record.update(resumed_from_epoch=state.epoch + 1)
     if state.progress is not None:
         steps = state.record["steps_per_epoch"]

@@ -65,11 +65,12 @@ def cifar_root(synthetic_root: Path) -> Path:
 def run_cli(tmp_path: Path):
     """Run `python -m <module> <args>` in a subprocess from the repo root, offline, with a private cache."""
 
-    def run(module: str, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    def run(module: str, *args: str, timeout: float = 600, umask: int | None = None) -> subprocess.CompletedProcess:
         env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "RESNET9_CACHE": str(tmp_path / "cache")}
         return subprocess.run(
             [sys.executable, "-m", module, *args],
             cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout,
+            preexec_fn=None if umask is None else lambda: os.umask(umask),
         )  # fmt: skip
 
     return run

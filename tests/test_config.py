@@ -1,3 +1,4 @@
+import json
 from pathlib import Path
 
 import pytest
@@ -24,7 +25,7 @@ def compose_with(*overrides: str):
 def test_defaults_are_the_mission():
     cfg = compose_with()
     schema.validate(cfg)
-    assert (cfg.epochs, cfg.batch_size, cfg.scheduler.peak_epoch) == (24, 512, 5)
+    assert (cfg.epochs, cfg.batch_size, cfg.scheduler.peak_epoch) == (24, 512, "auto")  # = epoch 5 of 24
     assert cfg.optimizer.lr == "auto" and cfg.scheduler.lr_min == "auto"
     assert cfg.model.width == 1.0 and cfg.augment.cutout == 8 and cfg.augment.pad == 4
     assert cfg.logger.mode == "offline"
@@ -67,7 +68,7 @@ BAD = [
     (("epochs=two",), "epochs must be a valid integer, got 'two'; e.g. epochs=24"),
     (("epochs=true",), "epochs must be a valid integer, got True"),
     (("scheduler.peak_epoch=30",), "scheduler.peak_epoch must lie inside the run"),
-    (("epochs=4",), "scheduler.peak_epoch must lie inside the run (0 < peak_epoch < epochs=4), got 5.0"),
+    (("epochs=4", "scheduler.peak_epoch=5"), "must lie inside the run (0 < peak_epoch < epochs=4), got 5.0"),
     (("scheduler.lr_min=0.5", "optimizer.lr=0.1"), "must be below the peak optimizer.lr"),
     (("scheduler.lr_min=0",), "scheduler.lr_min must be a number > 0 or 'auto'"),
     (("model.width=0",), "model.width must be greater than 0, got 0; e.g. model.width=1.0"),
@@ -122,7 +123,10 @@ def test_cli_bad_value_prints_one_line_and_exits_2(run_cli, tmp_path):
     assert result.stderr.strip().splitlines() == [
         "error: optimizer.lr must be a number > 0 or 'auto', got -1; e.g. optimizer.lr=0.4"
     ]
-    assert not (tmp_path / "run" / "metrics.json").exists()  # nothing started
+    record = json.loads((tmp_path / "run" / "metrics.json").read_text())  # nothing started, but the job has its record
+    assert (record["status"], record["ended_in"], record["overrides"]) == ("failed", "setup", ["optimizer.lr=-1"])
+    assert record["error"] == result.stderr.strip().removeprefix("error: ")
+    assert "error: optimizer.lr must be" in (tmp_path / "run" / "train.log").read_text()  # the log has it too
 
 
 def test_cli_typod_option_fails_before_training(run_cli, tmp_path):

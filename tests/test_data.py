@@ -1,3 +1,4 @@
+import os
 import pickle
 from pathlib import Path
 from urllib.error import URLError
@@ -80,16 +81,48 @@ def test_missing_folder_without_download_says_where_and_how(tmp_path):
     assert_one_line(err, str(tmp_path / "nowhere" / data.BATCHES_DIR), "data.download=true")
 
 
-def test_failed_download_gives_one_line(tmp_path, monkeypatch):
+def test_failed_download_gives_one_line_and_leaves_no_folder_behind(tmp_path, monkeypatch):
     import torchvision.datasets.utils as tv_utils
 
-    def offline(*args, **kwargs):
+    def offline(url, download_root, **kwargs):
+        Path(download_root).mkdir(parents=True)  # as torchvision does before it fetches
         raise URLError("[Errno -3] Temporary failure in name resolution")
 
     monkeypatch.setattr(tv_utils, "download_and_extract_archive", offline)
     with pytest.raises(DataError) as err:
-        data.load(tmp_path, download=True)
-    assert_one_line(err, "download failed", "name resolution", "data.root")
+        data.load(tmp_path / "new" / "data", download=True)
+    assert_one_line(err, "download failed", "name resolution", "cifar-10-python.tar.gz", 'ARGS="data.root=<folder>"')
+    assert list(tmp_path.iterdir()) == []  # the folders the attempt created are gone again
+
+
+def test_a_folder_we_may_not_read_is_one_line(tmp_path, monkeypatch):
+    def refused(self):  # what stat() raises below a folder without execute permission (tests run as root here)
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "is_dir", refused)
+    with pytest.raises(DataError) as err:
+        data.load(tmp_path, download=False)
+    assert_one_line(err, f"cannot read {tmp_path / data.BATCHES_DIR} (Permission denied)", "data.root")
+
+
+class RunsCode:
+    """A crafted batch: unpickling it would call os.mkdir(marker), as any callable a pickle names is called."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.mkdir, (str(self.marker),)
+
+
+def test_a_batch_that_names_code_is_refused_before_anything_runs(synthetic_root, tmp_path):
+    folder = linked_copy(synthetic_root, tmp_path / "copy")
+    marker = tmp_path / "ran"
+    replace_batch(folder, "data_batch_1", pickle.dumps({b"data": RunsCode(marker), b"labels": [0]}, protocol=2))
+    with pytest.raises(DataError) as err:
+        data.load(tmp_path / "copy", download=False)
+    assert_one_line(err, "batch refused", "posix.mkdir", "re-stage")
+    assert not marker.exists()
 
 
 @pytest.mark.parametrize(

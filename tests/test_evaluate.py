@@ -2,7 +2,12 @@ import json
 
 import pytest
 import torch
+from conftest import REPO
+from hydra import compose, initialize_config_dir
 from PIL import Image
+
+from resnet9.errors import UsageError
+from resnet9.evaluate import evaluate_checkpoint
 
 
 def test_evaluate_reproduces_the_runs_accuracy_and_writes_its_figures(run_cli, trained_run, tmp_path):
@@ -32,7 +37,7 @@ def test_missing_checkpoint_is_one_line(run_cli, tmp_path):
     ]
 
 
-def test_corrupt_or_foreign_checkpoints_are_one_line(run_cli, trained_run, tmp_path):
+def test_corrupt_or_foreign_checkpoints_are_one_line(trained_run, tmp_path):
     garbage = tmp_path / "garbage.pt"
     garbage.write_bytes(b"not a checkpoint at all")
     other_width = tmp_path / "other_width.pt"
@@ -45,8 +50,11 @@ def test_corrupt_or_foreign_checkpoints_are_one_line(run_cli, trained_run, tmp_p
     torch.save(checkpoint, crafted)
     cases = ((garbage, "is not a readable checkpoint"), (other_width, "do not fit the model"),
              (crafted, "its saved config is not one resnet9.train writes (augment._target_ must be"))  # fmt: skip
-    for path, fragment in cases:
-        result = run_cli("resnet9.evaluate", f"checkpoint={path}", f"hydra.run.dir={tmp_path}/out")
-        assert result.returncode == 2
-        (line,) = result.stderr.strip().splitlines()
-        assert line.startswith(f"error: {path}") and fragment in line
+    for path, fragment in cases:  # in this process, as the command calls it (its one-line exit is tested above)
+        with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+            cfg = compose(config_name="evaluate", overrides=[f"checkpoint={path}"])
+        with pytest.raises(UsageError) as err:
+            evaluate_checkpoint(cfg, tmp_path / "out")
+        message = str(err.value)
+        assert message.startswith(str(path)) and fragment in message and "\n" not in message, message
+    assert not (tmp_path / "out").exists()  # nothing was written

@@ -136,10 +136,12 @@ def test_damaged_cache_entry_is_recomputed(small_setup, tmp_path):
     cfg.lr_finder.cache_dir = str(tmp_path / "cache")
     first = find(cfg, cifar, tmp_path / "a")
     entry = Path(cfg.lr_finder.cache_dir) / first.cache_key
-    (entry / "lr_finder.json").write_text("{truncated")
-    again = find(cfg, cifar, tmp_path / "b")
-    assert not again.cached
-    assert json.loads((entry / "lr_finder.json").read_text())["lr_max"] == again.lr_max
+    saved = json.loads((entry / "lr_finder.json").read_text())
+    for name, damaged in (("b", "{truncated"), ("c", json.dumps({**saved, "lr_max": "0.4; import os"}))):
+        (entry / "lr_finder.json").write_text(damaged)
+        again = find(cfg, cifar, tmp_path / name)
+        assert not again.cached
+        assert json.loads((entry / "lr_finder.json").read_text())["lr_max"] == again.lr_max
 
 
 def test_cli_runs_the_test_once_then_answers_from_the_cache(run_cli, synthetic_root, tmp_path):

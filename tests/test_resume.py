@@ -14,6 +14,9 @@ import torch
 from conftest import REPO
 from recorded_runs import SAME_MACHINE_KIND, assert_as_recorded, recorded_command, same_machine_kind
 
+from resnet9.listeners import job_record
+from resnet9.loop import StopRequested
+
 KEYS = ("train_loss", "train_acc", "test_loss", "test_acc", "lr", "ema")
 
 
@@ -34,8 +37,10 @@ def metrics(out: Path) -> dict:
     return json.loads((out / "metrics.json").read_text())
 
 
-def start_and_wait_for_first_epoch(root: Path, out: Path, run: list[str] | None = None) -> subprocess.Popen:
-    process = subprocess.Popen(run or command(root, out), cwd=REPO, env=env(), stdout=subprocess.DEVNULL,
+def start_and_wait_for_first_epoch(
+    root: Path, out: Path, run: list[str] | None = None, stdout: int = subprocess.DEVNULL
+) -> subprocess.Popen:
+    process = subprocess.Popen(run or command(root, out), cwd=REPO, env=env(), stdout=stdout,
                                stderr=subprocess.PIPE, text=True)  # fmt: skip
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
@@ -100,29 +105,51 @@ def test_kill_9_in_epoch_2_then_resume_ends_exactly_like_an_uninterrupted_run(sy
     if SAME_MACHINE_KIND:  # ...and so the numbers the code before the TrainState redesign recorded
         assert_as_recorded(resumed, "device_engine_ema")
 
-    # resume=false starts over in place, whatever the folder holds (here: a run of another length)
-    again = subprocess.run(command(synthetic_root, out, "resume=false", "epochs=2"), cwd=REPO, env=env(),
-                           capture_output=True, text=True)  # fmt: skip
-    assert again.returncode == 0, again.stderr[-2000:]
-    fresh = metrics(out)
-    assert "resumed_from_epoch" not in fresh and [row["epoch"] for row in fresh["epochs"]] == [1, 2]
 
-
-def test_sigterm_stops_at_a_step_keeps_the_checkpoint_and_resumes(synthetic_root, tmp_path, uninterrupted):
-    out = tmp_path / "run"
-    process = start_and_wait_for_first_epoch(synthetic_root, out)
+def test_sigterm_to_a_sweep_job_stops_at_a_step_ends_the_sweep_and_a_rerun_resumes_it(
+    synthetic_root, tmp_path, uninterrupted
+):
+    sweep = tmp_path / "sweep"
+    out = sweep / "0"
+    python, m, module, *overrides = command(synthetic_root, out)[:-1]  # (without hydra.run.dir)
+    sweep_command = [python, m, module, "--multirun", *overrides, "seed=0", f"hydra.sweep.dir={sweep}"]
+    process = start_and_wait_for_first_epoch(synthetic_root, out, sweep_command, stdout=subprocess.PIPE)
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=120) == 128 + signal.SIGTERM
     stopped = metrics(out)
     assert stopped["status"] == "interrupted" and "error" not in stopped
     message = process.stderr.read()
-    assert "resume by rerunning with the same output folder" in message
+    assert f"resume the sweep by rerunning the same command with hydra.sweep.dir={sweep}" in message
     last_step = int(re.search(r"stopped by signal 15 after step (\d+)", message).group(1))
+    assert stopped["stopped"] == f"stopped by signal 15 after step {last_step}"
     partial = torch.load(out / "last.pt", weights_only=True)["train_state"]["progress"]
     assert len(partial["lrs"]) == last_step + 1 - len(stopped["epochs"]) * stopped["steps_per_epoch"]
+    # the sweep ended all the same: its summary counts the job as not completed, with a line saying why
+    assert json.loads((sweep / "summary.json").read_text())[0]["failed"] == 1
+    assert f"job 0 (no overrides): interrupted: {stopped['stopped']}" in process.stdout.read()
 
-    result = subprocess.run(command(synthetic_root, out), cwd=REPO, env=env(), capture_output=True, text=True)
+    result = subprocess.run(sweep_command, cwd=REPO, env=env(), capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
     resumed = metrics(out)
     assert resumed["resumed_from_step"] == last_step + 1  # the steps done before the stop are not redone...
     assert_same_run(resumed, uninterrupted)  # ...and the run still ends exactly like an uninterrupted one
+    assert json.loads((sweep / "summary.json").read_text())[0]["failed"] == 0
+
+
+def test_a_job_ended_before_training_leaves_its_record_and_a_resumed_ones_is_kept(tmp_path):
+    previous = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(StopRequested), job_record(tmp_path, lambda: {"epochs": 3}, ["seed=3"]):
+        os.kill(os.getpid(), signal.SIGTERM)  # during setup: the job ends at once, nothing to save
+        time.sleep(5)
+    assert metrics(tmp_path) == {
+        "status": "interrupted", "stopped": "stopped by signal 15", "ended_in": "setup", "overrides": ["seed=3"],
+        "config": {"epochs": 3}, "epochs": [],
+    }  # fmt: skip
+    assert signal.getsignal(signal.SIGTERM) is previous
+    with pytest.raises(ValueError), job_record(tmp_path, lambda: {}, []):  # a record exists: a resume's, kept
+        raise ValueError("refused")
+    assert metrics(tmp_path)["status"] == "interrupted"
+    with pytest.raises(ValueError), job_record(tmp_path / "new", lambda: {}, []):
+        (tmp_path / "new").mkdir()
+        raise ValueError("bad value\nsecond line")
+    assert metrics(tmp_path / "new")["error"] == "ValueError: bad value"

@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from conftest import REPO, SHARED_CIFAR, requires_real_data
@@ -23,7 +24,7 @@ CONF = str(Path(__file__).resolve().parents[1] / "conf")
 def small_run(root: Path, *extra: str) -> list[str]:
     return [
         f"data.root={root}", "data.limit_train=400", "data.limit_test=200", "data.num_workers=0",
-        "epochs=2", "scheduler.peak_epoch=1", "batch_size=40", "model.width=0.125",
+        "epochs=2", "batch_size=40", "model.width=0.125",
         "lr_finder.num_iter=30", "log_every=1", "progress=false", *extra,
     ]  # fmt: skip
 
@@ -33,9 +34,20 @@ def wandb_run_files(folder: Path) -> list[Path]:
 
 
 def test_train_writes_every_result_and_a_readable_offline_wandb_run(run_cli, cifar_root, tmp_path):
+    """debug=fast_dev_run: every code path (a range test, EMA, flip TTA, W&B offline, the figures) in one small
+    run of 2 epochs, whose LR peak follows its length; under umask 022."""
     out = tmp_path / "run"
-    result = run_cli("resnet9.train", *small_run(cifar_root), f"hydra.run.dir={out}")
+    result = run_cli("resnet9.train", "debug=fast_dev_run", f"data.root={cifar_root}", "lr_finder.cache=true",
+                     "progress=false", f"hydra.run.dir={out}", umask=0o022)  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
+    # the range test says what it does, its bar obeys progress=false, and the library's own line is gone
+    log = (out / "train.log").read_text()
+    assert "LR range test: 30 training steps, LR 1e-05 to 10, to derive LRMIN/LRMAX (no cached result" in log
+    assert "LR range test:" not in result.stderr and "See the graph" not in result.stdout + result.stderr
+    # files and folders as the umask says (readable by the team), not private to their owner
+    cache_entry = next((tmp_path / "cache" / "lr_find").iterdir())
+    assert {oct(path.stat().st_mode & 0o777) for path in (out / "metrics.json", out / "last.pt")} == {"0o644"}
+    assert oct(cache_entry.stat().st_mode & 0o777) == "0o755"
 
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["status"] == "completed"
@@ -48,11 +60,14 @@ def test_train_writes_every_result_and_a_readable_offline_wandb_run(run_cli, cif
     assert 0 < metrics["lr_min"] < metrics["lr_max"] and metrics["lr_source"] == "range test"
     assert metrics["steps_per_epoch"] == 10 and len(metrics["lr_per_step"]) == 20
     assert metrics["lr_per_step"][0] == pytest.approx(metrics["lr_min"])
-    assert metrics["lr_per_step"][9] == pytest.approx(metrics["lr_max"])
+    assert int(np.argmax(metrics["lr_per_step"])) == 3  # the peak: 5/24 of the run's 20 steps, rounded
+    assert metrics["lr_per_step"][3] == pytest.approx(metrics["lr_max"])
     assert metrics["lr_per_step"][-1] == pytest.approx(metrics["lr_min"])
     assert (metrics["n_train"], metrics["n_test"]) == (400, 200)
 
-    assert "Total params: 103,954" in (out / "model_summary.txt").read_text()
+    assert "Total params: 26,350" in (out / "model_summary.txt").read_text()
+    assert [row["ema"] for row in metrics["epochs"]] == [False, True]  # ema.start_epoch=2
+    assert metrics["config"]["eval_tta"] is True
     for png in ("curves.png", "lr_finder.png"):
         assert Image.open(out / png).size[0] > 500
     finder = json.loads((out / "lr_finder.json").read_text())
@@ -60,7 +75,7 @@ def test_train_writes_every_result_and_a_readable_offline_wandb_run(run_cli, cif
 
     checkpoint = torch.load(out / "last.pt", weights_only=False)
     assert checkpoint["epoch"] == 2
-    model = ResNet9(width=0.125)
+    model = ResNet9(width=0.0625)
     model.load_state_dict(checkpoint["model"])  # loads into the configured architecture
 
     (run_file,) = wandb_run_files(out)
@@ -144,7 +159,8 @@ def test_failed_training_is_recorded_and_the_wandb_run_still_finishes(run_cli, c
     )
     assert result.returncode != 0
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["status"] == "failed" and "training loss became" in metrics["error"]
+    assert metrics["status"] == "failed" and metrics["error"].startswith("training diverged: the loss became")
+    assert result.stderr.strip().splitlines() == [f"error: {metrics['error']}"]  # one line, with the fix
     run = read_run(wandb_run_files(out)[0])
     assert "exit" in run["types"]
 
@@ -205,6 +221,8 @@ def test_online_mode_without_login_fails_in_one_line_and_never_prompts(cifar_roo
         cwd=REPO, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=180,
     )  # fmt: skip
     assert result.returncode == 2
-    assert result.stderr.strip().splitlines()[-1].startswith("error: W&B could not start a run in online mode (")
-    assert "logger.mode=offline or logger=none" in result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("error: logger.mode=online but W&B has no login here; run `wandb login`")
+    assert line.endswith("or use logger.mode=offline (upload later with wandb sync) or logger=none")
     assert json.loads((out / "metrics.json").read_text())["status"] == "failed"
+    assert not (out / "model_summary.txt").exists()  # it failed before any work: no data load, no model

@@ -11,8 +11,9 @@ import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
 from torch import nn
 
-from resnet9 import augment, build, data, jobcache
-from resnet9.listeners import TrackerLog
+from resnet9 import augment, build, data, jobcache, schema
+from resnet9.errors import TrainingDiverged
+from resnet9.listeners import ConsoleLog, TrackerLog
 from resnet9.loop import StepSettings, evaluate, train_one_epoch
 from resnet9.model import ResNet9
 from resnet9.state import RunRecord
@@ -182,5 +183,69 @@ def test_every_steps_loss_and_lr_reach_the_tracker_after_the_epoch():
 def test_a_diverged_loss_stops_training_with_its_step_and_lr():
     model, optimizer, scheduler, batches = tiny_training(lr=float("inf"))
     progress = train_one_epoch(model, batches * 4, optimizer, scheduler, StepSettings(device=CPU))
-    with pytest.raises(FloatingPointError, match=r"training loss became (nan|inf) at step \d+ \(LR"):
+    expected = r"the loss became (nan|inf) at step \d+ \(LR .*lr_finder.scale=0.5"
+    with pytest.raises(TrainingDiverged, match=expected) as err:
         progress.read(first_step=0)
+    assert "\n" not in str(err.value)  # one line, with the fix
+
+
+def test_an_interrupted_wandb_run_is_marked_preempted_not_just_failed(tmp_path):
+    from test_train import wandb_run_files
+    from wandb_records import read_run
+
+    from resnet9.tracking import WandbTracker
+
+    for name, preempted in (("stopped", True), ("failed", False)):
+        tracker = WandbTracker(project="resnet9", mode="offline", config={}, dir=tmp_path / name, name=name)
+        tracker.finish(exit_code=1, preempted=preempted)
+        types = read_run(wandb_run_files(tmp_path / name)[0])["types"]
+        assert ("preempting" in types) == preempted and "exit" in types
+
+
+def compose_with(*overrides: str):
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        return compose(config_name="config", overrides=[*overrides, "logger=none", "progress=false", "device=cpu"])
+
+
+def test_experiment_quick_cpu_is_a_small_complete_recipe_that_trains(synthetic_root, tmp_path):
+    """Its settings as the README promises (measured in full: 43.6 s, 54.8 % on the staged copy, 2-core CPU);
+    trained here on a fifth of its images and half its epochs, the rest of it unchanged."""
+    cfg = compose_with("experiment=quick_cpu", f"data.root={synthetic_root}")
+    schema.validate(cfg)
+    assert (cfg.model.width, cfg.data.limit_train, cfg.epochs, cfg.batch_size) == (0.25, 5000, 4, 128)
+    assert (cfg.optimizer.lr, cfg.scheduler.lr_min, cfg.scheduler.peak_epoch) == (0.2, 0.02, "auto")  # no range test
+    cfg.data.limit_train, cfg.data.limit_test, cfg.epochs = 1000, 200, 2
+    assert train(cfg, tmp_path) > 0.5  # the synthetic classes are easy: far above chance (0.1)
+
+
+def test_experiment_page_is_pages_published_schedule():
+    cfg = compose_with("experiment=page")
+    schema.validate(cfg)
+    assert (cfg.optimizer.lr, cfg.scheduler.lr_min, cfg.scheduler.peak_epoch, cfg.epochs) == (0.4, 0.0004, 5, 24)
+    assert (cfg.batch_size, cfg.model.width, cfg.augment.cutout) == (512, 1.0, 8)  # the rest is the mission's
+
+
+def test_debug_overfit_batch_learns_its_one_batch(synthetic_root, tmp_path):
+    cfg = compose_with("debug=overfit_batch", f"data.root={synthetic_root}")
+    assert (cfg.augment.pad, cfg.augment.cutout, cfg.batch_size, cfg.data.limit_train) == (0, 0, 50, 50)
+    train(cfg, tmp_path)
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["steps_per_epoch"] == 1 and metrics["epochs"][-1]["train_acc"] == 1.0
+    assert not (tmp_path / "last.pt").exists()  # checkpoint=false
+
+
+def test_an_exploded_test_loss_is_warned_about_with_the_fix(caplog):
+    record = RunRecord(lr_max=0.9, final_test_acc=0.1, best_test_acc=0.1, best_epoch=1, train_time_s=1.0)
+    for epoch, loss in enumerate([27.5, 5.8], start=1):
+        record.data["epochs"].append({"epoch": epoch, "test_loss": loss})
+    ConsoleLog(Path("run"))._warn_if_exploded(record)
+    assert "the test loss exploded to 27.5 at epoch 1 (a uniform guess scores 2.30): LRMAX=0.9" in caplog.text
+    assert "lr_finder.scale=0.5" in caplog.text
+    caplog.clear()
+    record.data["epochs"] = [{"epoch": 1, "test_loss": 2.1}, {"epoch": 2, "test_loss": float("nan")}]
+    ConsoleLog(Path("run"))._warn_if_exploded(record)
+    assert "exploded to nan at epoch 2" in caplog.text
+    caplog.clear()
+    record.data["epochs"] = [{"epoch": 1, "test_loss": 2.1}, {"epoch": 2, "test_loss": 1.2}]
+    ConsoleLog(Path("run"))._warn_if_exploded(record)
+    assert caplog.text == ""
