@@ -1,5 +1,5 @@
 # The two commands of the README. Both create the virtual environment on first use (Python >= 3.10).
-#   make train [ARGS="epochs=2 model.width=0.25 ..."]    train with the mission's defaults (+ Hydra overrides)
+#   make train [ARGS="experiment=quick_cpu ..."]         train with the mission's defaults (+ Hydra overrides)
 #   make test  [PYTEST_ARGS="-k schedule"]                lint + the test suite
 PYTHON ?= python3
 VENV := .venv
@@ -22,5 +22,7 @@ lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
+# The tests run in one worker process per CPU (pytest-xdist); a worker takes the next test when it is free
+# (worksteal), so the long end-to-end runs do not queue behind each other.
 test: lint
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n auto --dist worksteal $(PYTEST_ARGS)

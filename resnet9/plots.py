@@ -64,10 +64,13 @@ def lr_range_test(found: dict[str, Any], skip_start: int, skip_end: int, title: 
     ax.set_xscale("log")
     ax.axvline(found["lr_min"], color="tab:green", linestyle="--", label=f"LRMIN = {found['lr_min']:.3g}")
     ax.axvline(found["lr_max"], color="tab:red", linestyle="--", label=f"LRMAX = {found['lr_max']:.3g}")
-    ax.axvline(
-        found["steepest_lr"], color="tab:olive", linestyle=":", label=f"steepest fall at {found['steepest_lr']:.3g}"
-    )
-    ax.axvline(found["min_loss_lr"], color="grey", linestyle=":", label=f"lowest loss at {found['min_loss_lr']:.3g}")
+    # The curve's own points as markers on it, not lines: the lowest loss is often exactly LRMAX's line.
+    for key, marker, colour, label in (("steepest_lr", "D", "tab:olive", "steepest fall"),
+                                       ("min_loss_lr", "v", "black", "lowest loss")):  # fmt: skip
+        if np.isfinite(found[key]):
+            at = int(np.argmin(np.abs(np.log(history["lr"]) - np.log(found[key]))))
+            ax.plot(found[key], history["loss"][at], marker, color=colour, markersize=9, zorder=3,
+                    label=f"{label} at {found[key]:.3g}")  # fmt: skip
     ax.set(title=title, xlabel="learning rate (log scale)", ylabel="training loss (smoothed)")
     ax.legend()
     ax.grid(True, which="both", alpha=0.3)

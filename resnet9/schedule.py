@@ -13,6 +13,8 @@ from torch.optim.lr_scheduler import OneCycleLR
 
 from resnet9.errors import ConfigError
 
+PEAK_SHARE = 5 / 24  # the mission's peak: the end of epoch 5 of 24
+
 
 def one_cycle(
     optimizer: Optimizer,
@@ -20,19 +22,25 @@ def one_cycle(
     lr_max: float,
     epochs: int,
     steps_per_epoch: int,
-    peak_epoch: float = 5,
+    peak_epoch: float | str = "auto",
     cycle_momentum: bool = False,
 ) -> OneCycleLR:
     """OneCycleLR from LRMIN at step 0 to LRMAX at the end of `peak_epoch` and back to LRMIN at the end.
+
+    `peak_epoch="auto"`: the mission's proportion, 5 of 24 epochs, of however many epochs the run has (so
+    `epochs=N` alone gives a sensible schedule; with 24 epochs the peak is exactly the end of epoch 5).
 
     `cycle_momentum=False` keeps the optimizer's own momentum (Page's recipe: fixed 0.9); True lets
     OneCycleLR cycle it 0.95 -> 0.85 -> 0.95 against the LR.
     """
     total_steps = epochs * steps_per_epoch
+    given = peak_epoch
+    if peak_epoch == "auto":
+        peak_epoch, given = epochs * PEAK_SHARE, f"auto (epoch {epochs * PEAK_SHARE:.3g})"
     peak_step = round(peak_epoch * steps_per_epoch) - 1  # last batch of the peak epoch
     if not 0 < peak_step < total_steps - 1:  # too few steps to rise and fall (a bad config, so one line)
         raise ConfigError(
-            f"scheduler.peak_epoch={peak_epoch} puts the LR peak at step {peak_step} of a {total_steps}-step run "
+            f"scheduler.peak_epoch={given} puts the LR peak at step {peak_step} of a {total_steps}-step run "
             f"({steps_per_epoch} per epoch), not strictly inside it; train more steps (epochs, data.limit_train) "
             f"or move the peak"
         )

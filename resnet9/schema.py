@@ -97,7 +97,7 @@ class OneCycleConfig(Section):
     target: Literal["resnet9.schedule.one_cycle"] = Field(alias="_target_")
     partial: Literal[True] = Field(alias="_partial_")
     lr_min: PositiveOrAuto = Field(AUTO, examples=[0.04])
-    peak_epoch: float = Field(5, gt=0)
+    peak_epoch: Annotated[float, Field(gt=0)] | Literal["auto"] = Field(AUTO, examples=[5])
     cycle_momentum: bool = False
 
 
@@ -185,7 +185,7 @@ class TrainConfig(Section):
         """The rules that tie settings together. `processes`: torchrun's processes (validation context)."""
         processes = (info.context or {}).get("processes", 1)
         peak, finder = self.scheduler.peak_epoch, self.lr_finder
-        if not peak < self.epochs:
+        if peak != AUTO and not peak < self.epochs:
             raise ConfigError(
                 f"scheduler.peak_epoch must lie inside the run (0 < peak_epoch < epochs={self.epochs}), "
                 f"got {peak!r}; e.g. scheduler.peak_epoch={self.epochs * 5 / 24:.3g} (the mission's 5 of 24 epochs)"

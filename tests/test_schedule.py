@@ -35,6 +35,15 @@ def test_one_cycle_from_lrmin_to_lrmax_at_end_of_epoch_5_and_back_to_lrmin():
     assert lrs.min() == pytest.approx(LR_MIN)
 
 
+@pytest.mark.parametrize("epochs, steps, peak_step", [(24, 97, 484), (2, 97, 39), (8, 10, 16)])
+def test_the_peak_follows_the_runs_length_unless_given(epochs, steps, peak_step):
+    """auto: 5/24 of the run (the mission's epoch 5 of 24), so `epochs=N` alone trains a full cycle."""
+    lrs = lrs_per_step(epochs=epochs, steps_per_epoch=steps)
+    assert int(np.argmax(lrs)) == peak_step == round(epochs * steps * 5 / 24) - 1
+    assert lrs[peak_step] == pytest.approx(LR_MAX) and lrs[-1] == pytest.approx(LR_MIN)
+    assert int(np.argmax(lrs_per_step(epochs=epochs, steps_per_epoch=steps, peak_epoch=1))) == steps - 1
+
+
 def test_linear_in_both_phases():
     lrs = lrs_per_step()
     peak = 5 * STEPS - 1

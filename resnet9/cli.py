@@ -1,0 +1,68 @@
+"""The console commands (`resnet9-train`, `resnet9-lr-find`, ...; see pyproject.toml's [project.scripts]).
+
+Each runs its module's `main`, as `python -m resnet9.<module>` does. One thing differs: when the command line
+only asks Hydra something — `--help`, `--cfg job`, `--info`, tab completion (`-sc`) — Hydra answers from the
+configs alone, without importing the trainer and its libraries (torch, albumentations, wandb, ...). That is
+what makes `--help` and every press of TAB take about a second instead of four.
+"""
+
+from __future__ import annotations
+
+import sys
+from datetime import datetime
+from importlib import import_module
+
+import hydra
+from omegaconf import OmegaConf
+
+# Hydra's flags that print something and exit before the task runs (`--cfg`: print the config instead).
+ANSWERED_BY_HYDRA = {"--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "-i", "--shell-completion", "-sc"}
+
+
+def _run(module: str, config_name: str | None) -> None:
+    if config_name is not None and ANSWERED_BY_HYDRA & set(sys.argv[1:]):
+        _answer_from_configs(config_name)
+    else:
+        import_module(f"resnet9.{module}").main()
+
+
+def _answer_from_configs(config_name: str) -> None:
+    """Hydra's answer, composed from the package's configs; the task itself never runs."""
+    # The resolvers conf/config.yaml names its output folders with, as distributed.register_resolvers defines
+    # them for one process (that module imports torch): Hydra may resolve them while it answers.
+    resolvers = {
+        "launch_time": lambda pattern: datetime.now().strftime(pattern),
+        "main_rank_only": lambda value: value,
+        "rank_suffix": lambda: "",
+    }
+    for name, resolver in resolvers.items():
+        OmegaConf.register_new_resolver(name, resolver, replace=True)
+    hydra.main(version_base="1.3", config_path="conf", config_name=config_name)(_never_called)()
+
+
+def _never_called(_cfg: object) -> None:
+    raise AssertionError("Hydra runs the task only when asked to train; this command asked something else")
+
+
+def train() -> None:
+    _run("train", "config")
+
+
+def lr_find() -> None:
+    _run("lr_find", "config")
+
+
+def summary() -> None:
+    _run("summary", "config")
+
+
+def evaluate() -> None:
+    _run("evaluate", "evaluate")
+
+
+def predict() -> None:
+    sys.exit(import_module("resnet9.predict").main())
+
+
+def report() -> None:
+    _run("report", None)
