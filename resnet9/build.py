@@ -203,7 +203,7 @@ def trained_model(path: Path, device: torch.device) -> tuple[nn.Module, dict]:
     bad = sum(int((~torch.isfinite(t)).sum()) for t in network.state_dict().values() if t.is_floating_point())
     if bad:  # e.g. the last.pt of a run that diverged: whatever it predicts means nothing
         logging.getLogger("resnet9").warning(
-            "warning: %s holds %d non-finite weights (did its training diverge?): its predictions mean nothing",
+            "%s holds %d non-finite weights (did its training diverge?): its predictions mean nothing",
             path,
             bad,
         )

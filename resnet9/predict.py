@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 import warnings
 from pathlib import Path
@@ -52,10 +53,11 @@ def load_image(path: Path) -> tuple[np.ndarray, str | None]:
     """(32x32x3 uint8 image, a note on what was changed to get it: frames, depth, transparency, size)."""
     fix = "pass PNG/JPEG files"
     try:
-        with warnings.catch_warnings(), Image.open(path) as image:
+        with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)  # a huge image: refused, not decoded
-            image.load()
-            rgb, notes = _as_rgb(image, path)
+            with Image.open(path) as image:
+                image.load()
+                rgb, notes = _as_rgb(image, path)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise UsageError(f"{path}: refused, too many pixels to decode safely; shrink it first, then {fix}") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as err:
@@ -108,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--json", action="store_true", help="print JSON: every class's probability per image")
     args = parser.parse_args(argv)
+    logging.basicConfig(format="%(levelname)s: %(message)s")  # e.g. a checkpoint with non-finite weights
     with exit_on_usage_error():
         checkpoint = args.checkpoint or newest_checkpoint()
         if checkpoint is None:

@@ -133,9 +133,11 @@ def test_a_transparent_pixel_becomes_white_and_float_pixels_are_refused(tmp_path
         load_image(tmp_path / "float.tiff")
 
 
-def test_a_decompression_bomb_is_refused_in_one_line(tmp_path, monkeypatch, trained_run, capsys):
+@pytest.mark.parametrize("limit", [1000, 3000], ids=["over twice the limit", "over the limit"])
+def test_a_decompression_bomb_is_refused_in_one_line(tmp_path, monkeypatch, trained_run, capsys, limit):
     Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(tmp_path / "bomb.png")
-    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 4,096 pixels: over the limit, as a huge file would be
+    # 4,096 pixels: over the limit, as a huge file would be (Pillow raises beyond twice it, warns below that)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", limit)
     with pytest.raises(SystemExit) as exit_status:
         main(["--checkpoint", str(trained_run / "last.pt"), str(tmp_path / "bomb.png")])
     assert exit_status.value.code == 2
