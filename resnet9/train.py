@@ -69,9 +69,11 @@ def main() -> None:
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def hydra_main(cfg: DictConfig) -> float:
     out_dir = Path(HydraConfig.get().runtime.output_dir)
-    record = job_record(out_dir, lambda: _plain(cfg), list(HydraConfig.get().overrides.task))
+    overrides = list(HydraConfig.get().overrides.task)
+    # rank 0 leaves the job's metrics.json however the job ends, even before training (listeners.job_record)
+    record = job_record(out_dir, lambda: _plain(cfg), overrides) if ddp.world().is_main else contextlib.nullcontext()
     try:
-        with exit_on_usage_error(), record if ddp.world().is_main else contextlib.nullcontext():
+        with exit_on_usage_error(), record:
             if ddp.world().is_parallel and in_multirun():
                 raise UsageError("--multirun under torchrun is not supported; start one torchrun per job instead")
             return train(cfg, out_dir)
@@ -100,8 +102,8 @@ def train(cfg: DictConfig, out_dir: Path) -> float:
     with clock.phase("setup"):
         schema.validate(cfg, processes=world.size)
         if world.is_main:
-            tracking.check_login(cfg.logger)  # before the data load and the range test
-        if not world.is_main:  # rank 0 reports; the other ranks only warn
+            tracking.check_login(cfg.logger)  # W&B online: its login, before the data load and the range test
+        else:  # rank 0 reports; the other ranks only warn
             logging.getLogger().setLevel(logging.WARNING)
         device = build.device(cfg.device, world)
         build.seed_everything(cfg.seed, cfg.deterministic)
