@@ -164,6 +164,35 @@ def train_one_epoch(
     return progress
 
 
+def warm_up(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    settings: StepSettings,
+    train_batch: int,
+    eval_batches: list[int],
+) -> None:
+    """One training step at the training batch's shape and one evaluation at each evaluation shape, on random
+    throwaway images: cuDNN autotunes its kernels (and torch.compile compiles) before the first epoch is
+    timed. Run it inside `TrainState.untouched()`, which undoes the step."""
+    images = _throwaway_images(train_batch, settings)
+    labels = torch.randint(0, 10, (train_batch,), device=settings.device)
+    model.train()
+    with settings.autocast():
+        loss = F.cross_entropy(model(images), labels, label_smoothing=settings.label_smoothing)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    for size in dict.fromkeys(eval_batches):  # each shape once
+        predict(model, [(_throwaway_images(size, settings), labels[:0])], settings)
+    if settings.device.type == "cuda":
+        torch.cuda.synchronize(settings.device)
+
+
+def _throwaway_images(n: int, settings: StepSettings) -> torch.Tensor:
+    return torch.randn(n, 3, 32, 32, device=settings.device).contiguous(memory_format=settings.memory_format)
+
+
 def _show_progress(bar: Any, progress: EpochProgress, step: int) -> None:
     running_loss = progress.loss_sum.item() / progress.seen
     _stop_if_diverged(running_loss, step, progress.lrs[-1])

@@ -19,6 +19,7 @@ CPU the resumed run ends exactly like an uninterrupted one, for both augmentatio
 from __future__ import annotations
 
 import contextlib
+import copy
 import random
 import time
 from collections.abc import Iterator
@@ -42,9 +43,9 @@ FREE_TO_CHANGE = ("resume", "progress", "log_every", "device", "logger", "data.n
 
 
 class Stopwatch:
-    """Where a job's wall time goes: seconds spent in each phase (setup, train, eval, write) and in all."""
+    """Where a job's wall time goes: seconds spent in each phase (setup, warm-up, train, eval, write) and in all."""
 
-    PHASES = ("setup", "train", "eval", "write")
+    PHASES = ("setup", "warmup", "train", "eval", "write")
 
     def __init__(self) -> None:
         self.started = time.perf_counter()
@@ -60,7 +61,7 @@ class Stopwatch:
             self.spent[name] += time.perf_counter() - self.open.pop(name)
 
     def seconds(self) -> dict[str, float]:
-        """{setup_s, train_s, eval_s, write_s, wall_s} so far (a phase still open counts up to now)."""
+        """{setup_s, warmup_s, train_s, eval_s, write_s, wall_s} so far (a phase still open counts up to now)."""
         now = time.perf_counter()
         spent = {name: self.spent[name] + now - self.open.get(name, now) for name in self.PHASES}
         return {**{f"{name}_s": seconds for name, seconds in spent.items()}, "wall_s": now - self.started}
@@ -171,6 +172,19 @@ class TrainState:
         self.progress = EpochProgress.from_state(state["progress"], device) if state["progress"] else None
         restore_rng(state["rng"])
         self.record.load_state_dict(state["record"])
+
+    @contextlib.contextmanager
+    def untouched(self) -> Iterator[None]:
+        """Whatever the block does to the model, the optimizer and the random states is undone at its end."""
+        model = {key: value.clone() for key, value in self.model.state_dict().items()}
+        optimizer = copy.deepcopy(self.optimizer.state_dict())
+        rng = capture_rng()
+        try:
+            yield
+        finally:
+            self.model.load_state_dict(model)
+            self.optimizer.load_state_dict(optimizer)
+            restore_rng(rng)
 
     def resume(self, checkpoint: dict[str, Any], path: Path) -> None:
         """Continue from a checkpoint `read_resumable` accepted. Its content is a file's: one line if it does not

@@ -50,6 +50,7 @@ from resnet9.loop import (
     StopRequested,
     evaluate,
     train_one_epoch,
+    warm_up,
 )
 from resnet9.model import count_parameters
 from resnet9.state import RunRecord, Stopwatch, TrainState, read_resumable, saved_lrs
@@ -227,6 +228,10 @@ def _fit(
     trained = ddp.wrap(state.model, settings.device)
     trained = build.compiled(trained) if cfg.compile else trained
     clock = state.record.clock
+    if cfg.warmup is True or (cfg.warmup == "auto" and settings.device.type == "cuda"):
+        with clock.phase("warmup"), state.untouched():
+            eval_batches = [cfg.eval_batch_size, state.record["n_test"] % cfg.eval_batch_size or cfg.eval_batch_size]
+            warm_up(trained, state.optimizer, settings, cfg.batch_size // ddp.world().size, eval_batches)
     for epoch in range(state.epoch + 1, cfg.epochs + 1):
         started = time.perf_counter()
         with clock.phase("train"):
@@ -258,12 +263,14 @@ def _train_epoch(
 ) -> EpochResult:
     """One epoch of training steps (or the rest of one a stop interrupted), read once at its end."""
     first_step = (epoch - 1) * len(state.loader)
-    show_bar = cfg.progress and ddp.world().is_main
-    bar = tqdm(state.loader, desc=f"epoch {epoch}/{cfg.epochs}", disable=not show_bar, leave=False, dynamic_ncols=True)
+    # Without a bar the loop gets the loader itself: a bar reads the device every log_every steps, nothing else does
+    batches = state.loader
+    if cfg.progress and ddp.world().is_main:
+        batches = tqdm(batches, desc=f"epoch {epoch}/{cfg.epochs}", leave=False, dynamic_ncols=True)
     if state.progress is None:  # else: resuming this epoch where a stop left it
         state.progress = EpochProgress.start(settings.device)
     train_one_epoch(
-        trained, bar, state.optimizer, state.scheduler, settings, state.progress, first_step,
+        trained, batches, state.optimizer, state.scheduler, settings, state.progress, first_step,
         ema=state.averaging(epoch), stop=stop,
     )  # fmt: skip
     result = ddp.sum_epoch(state.progress).read(first_step)

@@ -135,15 +135,15 @@ def test_a_reused_model_is_initialised_exactly_like_a_new_one():
 
 
 def test_timings_add_up_to_the_jobs_wall_time(synthetic_root, tmp_path):
-    cfg = compose_small(synthetic_root, "epochs=2")
+    cfg = compose_small(synthetic_root, "epochs=2", "warmup=true")
     started = time.perf_counter()
     train(cfg, tmp_path)
     wall = time.perf_counter() - started
     timings = json.loads((tmp_path / "metrics.json").read_text())["timings"]
-    assert set(timings) == {"setup_s", "train_s", "eval_s", "write_s", "wall_s"}
+    assert set(timings) == {"setup_s", "warmup_s", "train_s", "eval_s", "write_s", "wall_s"}
     phases = sum(value for key, value in timings.items() if key != "wall_s")
     assert phases == pytest.approx(wall, rel=0.1) and timings["wall_s"] == pytest.approx(wall, rel=0.1)
-    assert all(timings[key] > 0 for key in ("setup_s", "train_s", "eval_s", "write_s"))
+    assert all(timings[key] > 0 for key in ("setup_s", "warmup_s", "train_s", "eval_s", "write_s"))
 
 
 class RecordingTracker:
@@ -249,3 +249,49 @@ def test_an_exploded_test_loss_is_warned_about_with_the_fix(caplog):
     record.data["epochs"] = [{"epoch": 1, "test_loss": 2.1}, {"epoch": 2, "test_loss": 1.2}]
     ConsoleLog(Path("run"))._warn_if_exploded(record)
     assert caplog.text == ""
+
+
+def test_a_warm_up_step_changes_nothing_the_run_computes(synthetic_root, tmp_path):
+    """warmup=true on the CPU (auto turns it on for CUDA): one throwaway step of each shape before epoch 1,
+    undone, so the run's numbers are bit for bit those of a run without it."""
+    runs = {}
+    for warmup in (False, True):
+        cfg = compose_small(
+            synthetic_root, f"warmup={str(warmup).lower()}", "epochs=2", "ema.decay=0.9", "ema.start_epoch=1"
+        )
+        (tmp_path / str(warmup)).mkdir()
+        train(cfg, tmp_path / str(warmup))
+        runs[warmup] = json.loads((tmp_path / str(warmup) / "metrics.json").read_text())
+    keys = ("train_loss", "train_acc", "test_loss", "test_acc", "lr")
+    rows = {warmup: [[row[k] for k in keys] for row in run["epochs"]] for warmup, run in runs.items()}
+    assert rows[True] == rows[False] and runs[True]["lr_per_step"] == runs[False]["lr_per_step"]
+    assert runs[True]["timings"]["warmup_s"] > 0 and runs[False]["timings"]["warmup_s"] == 0
+
+
+@pytest.mark.parametrize("progress", [False, True])
+def test_an_epoch_reads_the_device_only_for_a_progress_bar(synthetic_root, tmp_path, monkeypatch, progress):
+    """Reads from the device (`.item()`, `.tolist()`, `.cpu()`) inside train_one_epoch, counted."""
+    import resnet9.train as trainer
+
+    inside, reads = [False], []
+    real_epoch = trainer.train_one_epoch
+
+    def counted_epoch(*args, **kwargs):
+        inside[0] = True
+        try:
+            return real_epoch(*args, **kwargs)
+        finally:
+            inside[0] = False
+
+    for name in ("item", "tolist", "cpu"):
+        real = getattr(torch.Tensor, name)
+
+        def counting(self, *args, _real=real, _name=name, **kwargs):
+            if inside[0]:
+                reads.append(_name)
+            return _real(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, name, counting)
+    monkeypatch.setattr(trainer, "train_one_epoch", counted_epoch)
+    train(compose_small(synthetic_root, f"progress={str(progress).lower()}", "log_every=1", "epochs=2"), tmp_path)
+    assert (len(reads) > 0) == progress  # with a bar: its running numbers every log_every steps; else none
