@@ -51,14 +51,28 @@ def device(name: str, world: World | None = None) -> torch.device:
 
 
 def autocast_dtype(precision: str, on: torch.device) -> torch.dtype | None:
-    """The autocast dtype for `precision` on a device: bf16, or None for plain fp32.
+    """The autocast dtype for `precision` on a device: bf16, fp16, or None for plain fp32.
 
-    auto = bf16 on CUDA (tensor cores; BatchNorm keeps fp32 statistics under autocast) and fp32 on CPU, where
-    CPUs without native bf16 (like our 2-core Xeon) run it slower than fp32.
+    auto = what the card does fast: bf16 on CUDA cards with native bf16 (compute capability >= 8.0: A100, H100,
+    RTX 30xx and later), fp16 below that (V100, T4), where bf16 is emulated; fp16 needs loss scaling
+    (`loss_scaler`). BatchNorm keeps fp32 statistics under autocast either way. On a CPU auto is fp32: CPUs
+    without native bf16 (like our 2-core Xeon) run the others slower.
     """
-    if precision == "bf16" or (precision == "auto" and on.type == "cuda"):
-        return torch.bfloat16
-    return None
+    if precision == "auto" and on.type == "cuda":
+        return torch.bfloat16 if torch.cuda.get_device_capability(on) >= (8, 0) else torch.float16
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+
+
+def loss_scaler(dtype: torch.dtype | None, on: torch.device) -> torch.amp.GradScaler | None:
+    """fp16's small range underflows small gradients to zero: a GradScaler scales the loss up and the gradients
+    back down (skipping a step whose gradients overflowed). bf16 and fp32 need none."""
+    return torch.amp.GradScaler(on.type) if dtype is torch.float16 else None
+
+
+def precision_name(dtype: torch.dtype | None) -> str:
+    """How metrics.json and the start line name the precision."""
+    names = {torch.bfloat16: "bf16 autocast", torch.float16: "fp16 autocast + loss scaling"}
+    return names.get(dtype, "fp32")
 
 
 def seed_everything(seed: int, deterministic: bool = False) -> None:

@@ -102,7 +102,7 @@ class StepSettings:
 
     device: torch.device
     memory_format: torch.memory_format = torch.contiguous_format
-    autocast_dtype: torch.dtype | None = None  # bf16 under autocast; None = fp32 throughout
+    autocast_dtype: torch.dtype | None = None  # bf16 or fp16 under autocast; None = fp32 throughout
     label_smoothing: float = 0.0
     log_every: int = 10
 
@@ -122,6 +122,7 @@ def train_one_epoch(
     first_step: int = 0,
     ema: AveragedModel | None = None,
     stop: StopFlag | None = None,
+    scaler: torch.amp.GradScaler | None = None,
 ) -> EpochProgress:
     """One pass over the training batches; the scheduler steps after every batch. Returns the epoch's sums.
 
@@ -144,8 +145,7 @@ def train_one_epoch(
             logits = model(images)
             loss = F.cross_entropy(logits, labels, label_smoothing=settings.label_smoothing)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        _backward_and_step(loss, optimizer, scaler)
         scheduler.step()
         if ema is not None:
             ema.update_parameters(model)
@@ -162,6 +162,16 @@ def train_one_epoch(
         if hasattr(batches, "set_postfix") and len(progress.lrs) % settings.log_every == 0:
             _show_progress(batches, progress, step)
     return progress
+
+
+def _backward_and_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scaler: Any) -> None:
+    if scaler is None:
+        loss.backward()
+        optimizer.step()
+    else:  # fp16: the loss scaled up for the backward pass, the gradients unscaled before the step
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)  # skipped (and the scale lowered) when the gradients overflowed
+        scaler.update()
 
 
 def warm_up(

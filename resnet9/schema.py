@@ -172,7 +172,7 @@ class TrainConfig(Section):
     log_every: int = Field(10, ge=1)
     checkpoint: bool = True
     resume: Literal["auto", True, False] = AUTO
-    precision: Literal["auto", "fp32", "bf16"] = AUTO
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = AUTO
     compile: bool = False
     warmup: Literal["auto", True, False] = AUTO
     label_smoothing: Fraction = Field(0.0, examples=[0.2])

@@ -136,6 +136,7 @@ class TrainState:
     ema_start_epoch: int = 1
     epoch: int = 0
     progress: EpochProgress | None = None  # the running sums of an epoch a stop interrupted
+    scaler: torch.amp.GradScaler | None = None  # fp16's loss scaling (its scale adapts as training goes)
 
     def averaging(self, epoch: int) -> AveragedModel | None:
         """The EMA that epoch `epoch` updates (and evaluates), or None before `ema.start_epoch`."""
@@ -158,6 +159,7 @@ class TrainState:
             "progress": self.progress.state_dict() if self.progress is not None else None,
             "rng": capture_rng(),
             "record": self.record.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -172,6 +174,8 @@ class TrainState:
         self.progress = EpochProgress.from_state(state["progress"], device) if state["progress"] else None
         restore_rng(state["rng"])
         self.record.load_state_dict(state["record"])
+        if self.scaler is not None and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
 
     @contextlib.contextmanager
     def untouched(self) -> Iterator[None]:

@@ -164,7 +164,7 @@ def _training_state(
         config=OmegaConf.to_container(cfg, resolve=True),
         overrides=list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else [],
         device=str(device),
-        precision="bf16 autocast" if autocast else "fp32",
+        precision=build.precision_name(autocast),
         torch=torch.__version__,
         parameters=count_parameters(model),
         processes=ddp.world().size,  # torchrun's data-parallel processes; batch_size is the global batch
@@ -175,7 +175,8 @@ def _training_state(
         lr_max=lr_max,
         lr_source=lr_source,
     )
-    return TrainState(model, optimizer, scheduler, ema, loader, record, ema_start_epoch=cfg.ema.start_epoch)
+    scaler = build.loss_scaler(autocast, device)
+    return TrainState(model, optimizer, scheduler, ema, loader, record, cfg.ema.start_epoch, scaler=scaler)
 
 
 def _resume(state: TrainState, checkpoint: dict, path: Path) -> None:
@@ -271,7 +272,7 @@ def _train_epoch(
         state.progress = EpochProgress.start(settings.device)
     train_one_epoch(
         trained, batches, state.optimizer, state.scheduler, settings, state.progress, first_step,
-        ema=state.averaging(epoch), stop=stop,
+        ema=state.averaging(epoch), stop=stop, scaler=state.scaler,
     )  # fmt: skip
     result = ddp.sum_epoch(state.progress).read(first_step)
     if state.progress.first_step_s is not None:  # the run's very first step (with compile=true: compilation)

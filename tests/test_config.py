@@ -86,7 +86,7 @@ BAD = [
     (("optimizer.lr=inf",), "optimizer.lr must be a number > 0 or 'auto', got inf"),
     (("model.width=nan",), "model.width must be a finite number, got nan"),
     (("ema.decay=0.9", "ema.start_epoch=30"), "ema.start_epoch must be in 1..epochs=24, got 30"),
-    (("precision=fp16",), "precision must be 'auto', 'fp32' or 'bf16', got 'fp16'"),
+    (("precision=fp8",), "precision must be 'auto', 'fp32', 'bf16' or 'fp16', got 'fp8'"),
     (("optimizer=adam", "optimizer.betas=[0.9,1.5]"), "optimizer.betas[1] must be less than 1, got 1.5"),
     (("optimizer._target_=torch.optim.AdamW",), "optimizer._target_ must be one of 'torch.optim.SGD', 'torch."),
 ]

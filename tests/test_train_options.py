@@ -1,6 +1,7 @@
 """The speed and accuracy options of the trainer, on CPU: precision, fused optimizer, compile, TTA, EMA."""
 
 import json
+import math
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -35,11 +36,30 @@ def compose_small(root: Path, *extra: str):
         )  # fmt: skip
 
 
-def test_precision_auto_is_bf16_on_cuda_and_fp32_on_cpu():
-    assert build.autocast_dtype("auto", torch.device("cuda")) is torch.bfloat16
-    assert build.autocast_dtype("auto", CPU) is None
-    assert build.autocast_dtype("fp32", torch.device("cuda")) is None
-    assert build.autocast_dtype("bf16", CPU) is torch.bfloat16
+@pytest.mark.parametrize(
+    "capability, expected",
+    [((9, 0), torch.bfloat16), ((8, 0), torch.bfloat16), ((7, 5), torch.float16)],
+    ids=["H100", "A100", "T4"],
+)
+def test_precision_auto_picks_what_the_card_does_fast(monkeypatch, capability, expected):
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    cuda = torch.device("cuda")
+    assert build.autocast_dtype("auto", cuda) is expected
+    assert (build.loss_scaler(expected, CPU) is not None) == (expected is torch.float16)  # fp16 scales the loss
+    assert build.autocast_dtype("auto", CPU) is None and build.autocast_dtype("fp32", cuda) is None
+    assert build.autocast_dtype("bf16", CPU) is torch.bfloat16 and build.autocast_dtype("fp16", CPU) is torch.float16
+    assert build.precision_name(torch.float16) == "fp16 autocast + loss scaling"
+
+
+def test_fp16_trains_with_loss_scaling_and_checkpoints_the_scale(synthetic_root, tmp_path):
+    """The fp16 path end to end on the CPU (CPU autocast has fp16 too); the GPU runs it on older cards."""
+    cfg = compose_small(synthetic_root, "precision=fp16", "epochs=2")
+    accuracy = train(cfg, tmp_path)
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["precision"] == "fp16 autocast + loss scaling" and accuracy > 0.3
+    assert all(math.isfinite(row["train_loss"]) for row in metrics["epochs"])
+    saved = torch.load(tmp_path / "last.pt", weights_only=True)["train_state"]["scaler"]
+    assert saved["scale"] > 0 and saved["_growth_tracker"] >= 0  # the scaler's state travels with the checkpoint
 
 
 def test_fused_optimizer_only_on_cuda_unless_forced(synthetic_root):
