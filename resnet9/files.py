@@ -7,6 +7,8 @@ a file, and a failed write (disk full, permissions, a folder in the way) leaves 
 
 from __future__ import annotations
 
+import concurrent.futures
+import copy as copy_module
 import json
 import os
 import tempfile
@@ -77,6 +79,48 @@ def write_json(path: Path, obj: Any) -> None:
 
 def save_torch(path: Path, obj: Any) -> None:
     replace_atomically(path, lambda tmp: torch.save(obj, tmp))
+
+
+class BackgroundWriter:
+    """Writes files on one thread beside training, in the order asked: a checkpoint, then the metrics.json that
+    lists its epoch. Once a write fails, the later ones are skipped, so a reader never sees an epoch that
+    last.pt does not hold. `wait` waits for every write asked so far and raises the first failure (a
+    UsageError naming the file)."""
+
+    def __init__(self) -> None:
+        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="resnet9-writer")
+        self._pending: list[concurrent.futures.Future] = []
+        self._failed = False
+
+    def submit(self, write: Callable[..., Any], *args: Any) -> None:
+        self._pending.append(self._pool.submit(self._unless_failed, write, *args))
+
+    def wait(self) -> None:
+        pending, self._pending = self._pending, []
+        for job in pending:
+            job.result()
+
+    def _unless_failed(self, write: Callable[..., Any], *args: Any) -> None:
+        if self._failed:
+            return
+        try:
+            write(*args)
+        except BaseException:
+            self._failed = True
+            raise
+
+
+def host_copy(obj: Any) -> Any:
+    """`obj` with every tensor copied off the training device (into pinned memory from a GPU), so that training
+    can go on changing the originals while a background thread writes the copy."""
+    if isinstance(obj, torch.Tensor):
+        copy = obj.detach().to("cpu", copy=True)
+        return copy.pin_memory() if obj.is_cuda else copy
+    if isinstance(obj, dict):
+        return {key: host_copy(value) for key, value in obj.items()}
+    if isinstance(obj, list | tuple):
+        return type(obj)(host_copy(value) for value in obj)
+    return copy_module.deepcopy(obj)
 
 
 def ensure_writable(folder: str | Path, key: str) -> None:

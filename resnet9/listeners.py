@@ -161,19 +161,30 @@ class SignalStop(Listener):
 class CheckpointWriter(Listener):
     """last.pt, atomically, after every epoch; after a stop, at the step it came (`mid_epoch`).
 
+    The epoch's checkpoint is copied off the device and written by `writer`'s thread while the next epoch
+    trains (with a GPU the write would otherwise stall it); the next epoch's end waits for it (and raises if it
+    failed). The last epoch's and a stop's are written at once: nothing is left to overlap with.
     `mid_epoch=False` under torchrun: a rank's running sums cover only its own slice, and the others may
     already be gone, so the checkpoint stays at the last complete epoch and the partial epoch is redone.
     """
 
-    def __init__(self, path: Path, config: dict[str, Any], mid_epoch: bool = True) -> None:
-        self.path, self.config, self.mid_epoch = path, config, mid_epoch
+    def __init__(self, path: Path, config: dict[str, Any], writer: files.BackgroundWriter, mid_epoch: bool = True):
+        self.path, self.config, self.writer, self.mid_epoch = path, config, writer, mid_epoch
 
     def on_epoch_end(self, state: TrainState, row: dict[str, Any], result: EpochResult) -> None:
-        files.save_torch(self.path, state.checkpoint(self.config))
+        self.writer.wait()  # the previous epoch's, written during this one
+        if row["epoch"] == state.record["config"]["epochs"]:
+            files.save_torch(self.path, state.checkpoint(self.config))
+        else:
+            self.writer.submit(files.save_torch, self.path, files.host_copy(state.checkpoint(self.config)))
 
     def on_stop(self, state: TrainState) -> None:
+        self.writer.wait()
         if self.mid_epoch and state.progress is not None:
             files.save_torch(self.path, state.checkpoint(self.config))
+
+    def on_run_end(self, state: TrainState, status: str) -> None:
+        self.writer.wait()
 
 
 class RunFiles(Listener):
@@ -197,16 +208,18 @@ class MetricsFile(Listener):
     (completed, failed or interrupted) and the job's timings. After the checkpoint: an epoch it lists is
     always one a resume starts after."""
 
-    def __init__(self, out_dir: Path) -> None:
-        self.path = out_dir / "metrics.json"
+    def __init__(self, out_dir: Path, writer: files.BackgroundWriter) -> None:
+        self.path, self.writer = out_dir / "metrics.json", writer
 
     def on_run_start(self, state: TrainState) -> None:
         files.write_json(self.path, state.record.document())
 
     def on_epoch_end(self, state: TrainState, row: dict[str, Any], result: EpochResult) -> None:
-        files.write_json(self.path, state.record.document())
+        self.writer.submit(files.write_json, self.path, files.host_copy(state.record.document()))  # after last.pt
 
     def on_run_end(self, state: TrainState, status: str) -> None:
+        with contextlib.suppress(UsageError):  # a failed write in flight: already the run's error
+            self.writer.wait()
         files.write_json(self.path, state.record.document())
 
 

@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 # `ddp`, not `distributed`: submitit's launcher pickles this module's functions by value, and cloudpickle
 # would take a module-level name `distributed` for the unpicklable torch.distributed.
-from resnet9 import build, lr_find, report, schema, tracking
+from resnet9 import build, files, lr_find, report, schema, tracking
 from resnet9 import distributed as ddp
 from resnet9.data import Cifar10
 from resnet9.errors import UsageError, exit_on_usage_error, exit_with, in_multirun
@@ -205,13 +205,14 @@ def _recorders(cfg: DictConfig, out_dir: Path, on: torch.device) -> list[Listene
         )  # fmt: skip
 
     # Mid-epoch checkpoints in one process only: under torchrun a rank's running sums cover its own slice.
-    writer = [CheckpointWriter(out_dir / "last.pt", config, mid_epoch=not ddp.world().is_parallel)]
+    writer = files.BackgroundWriter()  # last.pt, then metrics.json, beside the next epoch's training
+    checkpoints = [CheckpointWriter(out_dir / "last.pt", config, writer, mid_epoch=not ddp.world().is_parallel)]
     return [
-        *(writer if cfg.checkpoint else []),
+        *(checkpoints if cfg.checkpoint else []),
         RunFiles(out_dir, config["model"]),
         TrackerLog(start_tracker, out_dir),
         ConsoleLog(out_dir),
-        MetricsFile(out_dir),
+        MetricsFile(out_dir, writer),
     ]
 
 

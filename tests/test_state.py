@@ -1,6 +1,7 @@
 """The training state round-trips: saved mid-epoch and loaded into fresh objects (or a fresh process), training
 goes on exactly as if it had never stopped; and today's runs give the numbers recorded before the redesign."""
 
+import json
 import signal
 import subprocess
 from pathlib import Path
@@ -15,6 +16,7 @@ from test_resume import env, metrics, start_and_wait_for_first_epoch
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from resnet9 import augment, build, data
+from resnet9.errors import UsageError
 from resnet9.loop import EpochProgress, StopFlag, StopRequested, train_one_epoch
 from resnet9.state import RunRecord, TrainState
 
@@ -151,3 +153,21 @@ def test_albumentations_engine_stopped_mid_epoch_resumes_to_the_recorded_numbers
     resumed = metrics(out)
     assert resumed["resumed_from_step"] > resumed["steps_per_epoch"]  # it went on from inside epoch 2
     assert_as_recorded(resumed, "albumentations_engine")
+
+
+def test_the_background_writer_keeps_order_copies_what_it_writes_and_stops_after_a_failure(tmp_path):
+    from resnet9 import files
+
+    writer = files.BackgroundWriter()
+    weights = {"w": torch.zeros(3)}
+    writer.submit(files.save_torch, tmp_path / "last.pt", files.host_copy(weights))
+    weights["w"] += 1  # training goes on changing the originals while the copy is written
+    writer.submit(files.write_json, tmp_path / "metrics.json", {"epochs": [1]})
+    writer.wait()
+    assert torch.equal(torch.load(tmp_path / "last.pt", weights_only=True)["w"], torch.zeros(3))
+    (tmp_path / "blocked.pt").mkdir()  # a write that fails (a folder in the way), then one that must not happen
+    writer.submit(files.save_torch, tmp_path / "blocked.pt", files.host_copy(weights))
+    writer.submit(files.write_json, tmp_path / "metrics.json", {"epochs": [1, 2]})
+    with pytest.raises(UsageError, match="cannot write .*blocked.pt"):
+        writer.wait()
+    assert json.loads((tmp_path / "metrics.json").read_text()) == {"epochs": [1]}  # never ahead of the checkpoint
