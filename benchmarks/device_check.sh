@@ -12,6 +12,7 @@
 #   2. benchmarks/throughput.py on whole epochs (97 steps of 512) for the three data paths, then SEEDS
 #      (default 5) complete 24-epoch runs with the defaults (their folders are kept under $OUT/runs);
 #   3. one more complete run with compile=true (seed 0), to compare its training time and first step;
+#   3b. one run with the step as it was before warm-up and whole-epoch augmentation (issue 11), to compare;
 #   4. benchmarks/sweep.py: a 15-job sweep's per-job overhead and wall time, and the same sweep 3 jobs at a
 #      time on the one GPU (joblib) against one at a time.
 set -uo pipefail
@@ -44,6 +45,10 @@ timeout "${BENCH_LIMIT:-330}" python3 benchmarks/throughput.py --steps "${STEPS:
 stage "compile=true, seed 0"
 timeout "${COMPILE_LIMIT:-150}" python3 -m resnet9.train compile=true seed=0 data.root=.device/data logger=none \
   progress=false checkpoint=false hydra.run.dir="$out/runs/compile-seed0" "$@" 2>&1 | tail -4
+stage "the step before warm-up and whole-epoch augmentation, seed 0 (issue 11: the same card, side by side)"
+timeout "${OLD_PATH_LIMIT:-90}" python3 -m resnet9.train warmup=false augment.whole_epoch=false seed=0 \
+  data.root=.device/data logger=none progress=false checkpoint=false hydra.run.dir="$out/runs/old-path-seed0" "$@" \
+  2>&1 | tail -2
 python3 - "$out/runs" <<'PY' | tee "$out/summary.txt"
 import json, pathlib, statistics, sys
 rows = []
@@ -52,12 +57,16 @@ for path in sorted(pathlib.Path(sys.argv[1]).glob("*/metrics.json")):
     if m.get("status") != "completed":
         print(f"{path.parent.name}: {m.get('status')} {m.get('error', '')}")
         continue
+    epochs = [r["train_time_s"] for r in m["epochs"]]
     rows.append((path.parent.name, 100 * m["final_test_acc"], m["train_time_s"], m.get("first_step_s", float("nan")),
-                 sum(r["epoch_time_s"] for r in m["epochs"]), m["lr_min"], m["lr_max"]))
-print("| run | final test acc (%) | train time (s) | first step (s) | with evaluation (s) | LRMIN | LRMAX |")
-print("|---|---|---|---|---|---|---|")
-for name, acc, train, first, total, lo, hi in rows:
-    print(f"| {name} | {acc:.2f} | {train:.2f} | {first:.2f} | {total:.2f} | {lo:.4g} | {hi:.4g} |")
+                 sum(r["epoch_time_s"] for r in m["epochs"]), m["lr_min"], m["lr_max"], epochs[0],
+                 statistics.median(epochs), m["timings"].get("warmup_s", 0.0), m["precision"]))
+print("| run | final test acc (%) | train time (s) | first step (s) | with evaluation (s) | LRMIN | LRMAX "
+      "| epoch 1 (s) | median epoch (s) | warm-up (s) | precision |")
+print("|---|---|---|---|---|---|---|---|---|---|---|")
+for name, acc, train, first, total, lo, hi, first_epoch, median, warmup, precision in rows:
+    print(f"| {name} | {acc:.2f} | {train:.2f} | {first:.2f} | {total:.2f} | {lo:.4g} | {hi:.4g} "
+          f"| {first_epoch:.2f} | {median:.2f} | {warmup:.2f} | {precision} |")
 seeds = [r[1] for r in rows if r[0].startswith("seed")]
 if len(seeds) > 1:
     print(f"\nseeds: {len(seeds)}, mean {statistics.fmean(seeds):.2f} ± {statistics.stdev(seeds):.2f} %")

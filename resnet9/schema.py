@@ -71,6 +71,7 @@ class AugmentConfig(Section):
     flip: bool = True
     cutout: int = Field(8, ge=0, le=32)
     engine: Literal["auto", "device", "albumentations"] = AUTO
+    whole_epoch: Literal["auto", True, False] = AUTO
 
 
 class OptimizerConfig(Section):

@@ -164,3 +164,28 @@ def test_loader_workers_draw_different_augmentations(image):
     assert not torch.equal(first, second)
     again = [batch for batch, _ in loader]  # next epoch: fresh worker seeds, new augmentations
     assert not torch.equal(again[0], first)
+
+
+@pytest.mark.parametrize("rank, world_size", [(0, 1), (1, 2)])
+def test_a_whole_epoch_at_once_gives_the_batch_by_batch_batches_bit_for_bit(rank, world_size):
+    """Two epochs, every batch; then a resume in the middle of an epoch (the skipped batches still draw)."""
+    rng = np.random.default_rng(4)
+    images, labels = rng.integers(0, 256, (230, 32, 32, 3), dtype=np.uint8), rng.integers(0, 10, 230)
+
+    def loader(whole_epoch: bool) -> augment.DeviceLoader:
+        return augment.DeviceLoader(images, labels, 50, torch.device("cpu"), train=True, pad=4, flip=True, cutout=8,
+                                    seed=7, rank=rank, world_size=world_size, whole_epoch=whole_epoch)  # fmt: skip
+
+    batch_by_batch, at_once = loader(False), loader(True)
+    for _ in range(2):
+        pairs = list(zip(batch_by_batch, at_once, strict=True))
+        assert len(pairs) == 4  # 230 // 50, the partial batch dropped
+        for (images_a, labels_a), (images_b, labels_b) in pairs:
+            assert images_a.shape == (50 // world_size, 3, 32, 32)
+            assert torch.equal(images_a, images_b) and torch.equal(labels_a, labels_b)
+    resumed = loader(True)
+    resumed.load_state_dict({**batch_by_batch.state_dict(), "batches_done": 2})
+    reference = loader(False)
+    reference.load_state_dict({**batch_by_batch.state_dict(), "batches_done": 2})
+    for (images_a, _), (images_b, _) in zip(reference, resumed, strict=True):
+        assert torch.equal(images_a, images_b)
