@@ -7,6 +7,7 @@
 (a) bare:            the model's training step on random tensors already on the device (the compute alone)
 (b) device-resident: the trainer's epoch loop fed by augment.DeviceLoader (the default engine)
 (c) albumentations:  the same loop fed by the albumentations DataLoader (the reference engine)
+(d) whole epoch:     (b) with augment.whole_epoch=true: the epoch augmented at once, batches as slices
 
 All three run through the trainer's `loop.train_one_epoch`, built by `resnet9.build` from the trainer's own
 config (channels_last, bf16 autocast on CUDA, fused SGD on CUDA). The measurements are interleaved in rounds
@@ -43,7 +44,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=4, help="training steps per measurement")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; the median is reported")
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"))
+    parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"))
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers for path (c)")
     parser.add_argument("--data-root", default=str(REPO.parent / "shared" / "cifar10"),
                         help="CIFAR-10 root; random images when it holds none")  # fmt: skip
@@ -67,13 +68,13 @@ def training_images(root: str, count: int) -> tuple[data.Cifar10, str]:
     return cifar, source
 
 
-def run_config(args: argparse.Namespace, engine: str) -> DictConfig:
+def run_config(args: argparse.Namespace, engine: str, *extra: str) -> DictConfig:
     """The trainer's own config (conf/), at the benchmark's width, batch, precision and device."""
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         cfg = compose(config_name="config", overrides=[
             f"model.width={args.width}", f"batch_size={args.batch_size}", f"precision={args.precision}",
             f"device={args.device}", f"augment.engine={engine}", f"data.num_workers={args.workers}",
-            "optimizer.lr=0.01", "scheduler.lr_min=0.001",
+            "optimizer.lr=0.01", "scheduler.lr_min=0.001", *extra,
         ])  # fmt: skip
     schema.validate(cfg)
     return cfg
@@ -100,6 +101,9 @@ def measure_paths(args: argparse.Namespace) -> list[tuple[str, float]]:
         "(b) device-resident loader": build.train_loader(cfg, cifar, settings, seed=0),
         f"(c) albumentations DataLoader, {args.workers} workers": build.train_loader(
             run_config(args, engine="albumentations"), cifar, settings, seed=0
+        ),
+        "(d) device-resident, whole epoch at once": build.train_loader(
+            run_config(args, "device", "augment.whole_epoch=true"), cifar, settings, seed=0
         ),
     }
 
@@ -138,12 +142,13 @@ def full_runs(args: argparse.Namespace) -> list[dict]:
 def main() -> None:
     args = parse_args()
     rows = measure_paths(args)
-    bare, device_path, albu = (rate for _, rate in rows)
+    bare, device_path, albu, whole_epoch = (rate for _, rate in rows)
     print("\n| path | images/s |\n|---|---|")
     for name, rate in rows:
         print(f"| {name} | {rate:,.1f} |")
     print(f"| ratio (b)/(a): data path keeps this share of pure compute | {device_path / bare:.3f} |")
     print(f"| ratio (b)/(c): device-resident vs albumentations | {device_path / albu:.3f} |")
+    print(f"| ratio (d)/(a): the whole-epoch data path keeps this share of pure compute | {whole_epoch / bare:.3f} |")
 
     if args.full_run:
         runs = full_runs(args)

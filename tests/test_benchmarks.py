@@ -15,7 +15,8 @@ def test_throughput_benchmark_prints_its_table(cifar_root):
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
     out = result.stdout
-    for row in ("(a) bare model", "(b) device-resident loader", "(c) albumentations DataLoader", "ratio (b)/(a)"):
+    for row in ("(a) bare model", "(b) device-resident loader", "(c) albumentations DataLoader",
+                "(d) device-resident, whole epoch at once", "ratio (b)/(a)", "ratio (d)/(a)"):  # fmt: skip
         assert f"| {row}" in out
     ratio = float(out.split("ratio (b)/(a)")[1].split("|")[1])
     assert ratio > 0
