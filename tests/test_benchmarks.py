@@ -20,3 +20,17 @@ def test_throughput_benchmark_prints_its_table(cifar_root):
         assert f"| {row}" in out
     ratio = float(out.split("ratio (b)/(a)")[1].split("|")[1])
     assert ratio > 0
+
+
+def test_lr_regret_benchmark_prints_its_table(cifar_root):
+    result = subprocess.run(
+        [sys.executable, "benchmarks/lr_regret.py", "--widths", "0.125", "--batches", "40", "--images", "400",
+         "--test-images", "200", "--epochs", "2", "--seeds", "1", "--peaks", "0.1", "0.4", "--data-root",
+         str(cifar_root), "--", "lr_finder.num_iter=30", "device=cpu"],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    row = next(line for line in result.stdout.splitlines() if line.startswith("| model.width=0.125 batch_size=40"))
+    derived, derived_acc, best_pair, best_acc, regret = [cell.strip() for cell in row.strip("|").split("|")][1:]
+    assert best_pair in ("0.005 / 0.1", "0.02 / 0.4")  # LRMIN = peak / 20
+    assert float(regret) == round(float(best_acc) - float(derived_acc), 2) and "could not draw" not in result.stderr
