@@ -118,7 +118,7 @@ def _download(root: Path) -> None:
     try:
         download_and_extract_archive(ARCHIVE_URL, download_root=str(root), md5=ARCHIVE_MD5)
     except Exception as err:  # network errors, checksum mismatch, disk full: all mean "stage it by hand"
-        if created is not None:  # no empty data folder left behind by a failed first run
+        if created is not None and not (root / BATCHES_DIR).is_dir():  # no empty data folder left behind
             shutil.rmtree(created, ignore_errors=True)
         reason = (str(err).splitlines() or [type(err).__name__])[0]
         raise DataError(
@@ -182,6 +182,8 @@ class _BatchUnpickler(pickle.Unpickler):
         ("numpy.core.multiarray", "scalar"),
         ("numpy._core.multiarray", "scalar"),
         ("_codecs", "encode"),  # how Python 3 writes bytes at pickle protocol 2
+        ("numpy.core.numeric", "_frombuffer"),  # arrays at pickle protocol 5 (frombuffer refuses object dtypes)
+        ("numpy._core.numeric", "_frombuffer"),
     }
 
     def find_class(self, module: str, name: str) -> Any:

@@ -96,9 +96,16 @@ class BackgroundWriter:
         self._pending.append(self._pool.submit(self._unless_failed, write, *args))
 
     def wait(self) -> None:
-        pending, self._pending = self._pending, []
-        for job in pending:
-            job.result()
+        while self._pending:
+            job = self._pending[0]
+            try:
+                job.result()
+            finally:
+                if job.done():  # (a signal can interrupt the wait: then the job stays to be waited for)
+                    self._pending.pop(0)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
 
     def _unless_failed(self, write: Callable[..., Any], *args: Any) -> None:
         if self._failed:

@@ -24,7 +24,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from resnet9 import files, jobcache, lr_find, plots, summary
+from resnet9 import distributed, files, jobcache, lr_find, plots, summary
+from resnet9.data import NUM_CLASSES
 from resnet9.errors import UsageError
 from resnet9.loop import EpochResult, StopFlag, StopRequested
 from resnet9.state import TrainState
@@ -71,8 +72,8 @@ def notifying(listeners: list[Listener], state: TrainState, stop: StopFlag) -> I
                 listener.on_stop(state)
         raise
     except BaseException as err:
-        if stop.signal is not None:  # under torchrun a stopped rank can leave another inside a collective:
-            status = "interrupted"  # the error it gets there is the stop's doing
+        if stop.signal is not None and distributed.is_active():  # under torchrun a stopped rank can leave
+            status = "interrupted"  # another inside a collective: the error it gets there is the stop's doing
             raise StopRequested(stop.signal) from err
         state.record.update(error=one_line(err))
         raise
@@ -86,7 +87,8 @@ def _tell_run_end(listeners: list[Listener], state: TrainState, status: str) -> 
     """Every listener hears the end, even when an earlier one fails (a full disk): the first failure is raised
     after all have been told, unless the run had already failed, whose own error then stays the one reported."""
     failures = []
-    for listener in listeners:
+    # SignalStop last: its handlers stay until every other listener has ended (a signal then waits its turn)
+    for listener in sorted(listeners, key=lambda listener: isinstance(listener, SignalStop)):
         try:
             listener.on_run_end(state, status)
         except Exception as err:
@@ -103,7 +105,8 @@ def job_record(out_dir: Path, config: Callable[[], dict[str, Any]], overrides: l
     that a sweep's report counts the job under its setting. A SIGTERM/SIGINT before training ends the job at
     once (nothing to save yet); from the first epoch on, `SignalStop` takes over."""
     path = out_dir / "metrics.json"
-    existed = path.exists()  # a resumed run's record is its own: a failure before it resumes leaves it as it was
+    # a resumed run's record is its own: a failure before it resumes leaves it as it was (not so a setup failure's)
+    existed = path.exists() and not _setup_record(path)
 
     def stop_now(signum: int, _frame: Any) -> None:
         raise StopRequested(signum)
@@ -114,7 +117,8 @@ def job_record(out_dir: Path, config: Callable[[], dict[str, Any]], overrides: l
     try:
         yield
     except BaseException as err:
-        if not existed and not path.exists() and not isinstance(err, SystemExit):
+        ours_to_write = not path.exists() or _setup_record(path)  # (not if the run's own record began meanwhile)
+        if not existed and ours_to_write and not isinstance(err, SystemExit):
             stopped = isinstance(err, StopRequested | KeyboardInterrupt)
             record = {"status": "interrupted", "stopped": one_line(err)} if stopped else {}
             record = record or {"status": "failed", "error": one_line(err)}
@@ -125,6 +129,14 @@ def job_record(out_dir: Path, config: Callable[[], dict[str, Any]], overrides: l
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def _setup_record(path: Path) -> bool:
+    """Is this metrics.json the short record of a job that ended before training (job_record's)?"""
+    try:
+        return json.loads(path.read_text()).get("ended_in") == "setup"
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def one_line(err: BaseException) -> str:
@@ -179,7 +191,10 @@ class CheckpointWriter(Listener):
             self.writer.submit(files.save_torch, self.path, files.host_copy(state.checkpoint(self.config)))
 
     def on_stop(self, state: TrainState) -> None:
-        self.writer.wait()
+        try:
+            self.writer.wait()
+        except UsageError as err:  # an earlier epoch's write failed: say so, and still try the stop's own save
+            state.record.update(error=str(err))
         if self.mid_epoch and state.progress is not None:
             files.save_torch(self.path, state.checkpoint(self.config))
 
@@ -220,6 +235,7 @@ class MetricsFile(Listener):
     def on_run_end(self, state: TrainState, status: str) -> None:
         with contextlib.suppress(UsageError):  # a failed write in flight: already the run's error
             self.writer.wait()
+        self.writer.close()
         files.write_json(self.path, state.record.document())
 
 
@@ -323,10 +339,13 @@ class ConsoleLog(Listener):
 
     @staticmethod
     def _warn_if_exploded(record: Any) -> None:
-        """A run can complete with a test loss that blew up (a peak LR too high for a small network): say so."""
+        """A run can complete with a test loss that blew up and never recovered (a peak LR too high for a small
+        network): say so. A spike around the peak that training recovers from (a short run at a high LR often
+        has one) is not worth a word."""
         losses = [row["test_loss"] for row in record["epochs"]]
         epoch, worst = max(enumerate(losses, start=1), key=lambda item: math.inf if math.isnan(item[1]) else item[1])
-        if not worst <= EXPLODED * math.log(10):  # (nan included)
+        recovered = record["final_test_acc"] > 2 / NUM_CLASSES  # ends above twice chance
+        if not worst <= EXPLODED * math.log(10) and not recovered:  # (nan included)
             log.warning(
                 "the test loss exploded to %.4g at epoch %d (a uniform guess scores %.2f): LRMAX=%.4g may be too "
                 "high for this setup; try lr_finder.scale=0.5 or lr_finder.max_divisor=2, or give optimizer.lr",

@@ -25,6 +25,7 @@ from resnet9 import augment, build
 from resnet9.data import CLASSES
 from resnet9.errors import UsageError, exit_on_usage_error
 
+ALPHA_MODES = {"RGBA", "RGBa", "LA", "La", "PA"}  # (not LAB, whose A is a colour axis)
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
 
@@ -80,12 +81,11 @@ def _as_rgb(image: Image.Image, path: Path) -> tuple[Image.Image, list[str]]:
         if values.min() < 0 or values.max() > 65535:
             found = f"{values.min()}..{values.max()}"
             raise UsageError(f"{path}: pixel values {found} are not 8- or 16-bit; save it as an 8- or 16-bit PNG")
-        if mode != "I" or values.max() > 255:
-            values, notes = (values * 255 + 32767) // 65535, [*notes, "16-bit grey scaled to 8 bits"]
+        values, notes = (values * 255 + 32767) // 65535, [*notes, "16-bit grey scaled to 8 bits"]
         return Image.fromarray(values.astype(np.uint8)).convert("RGB"), notes
     if mode == "F":
         raise UsageError(f"{path}: floating-point pixels have no fixed range; save it as an 8- or 16-bit PNG")
-    if "A" in mode or "a" in mode or "transparency" in image.info:
+    if mode in ALPHA_MODES or "transparency" in image.info:
         rgba = image.convert("RGBA")
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(white, rgba).convert("RGB"), [*notes, "transparency flattened onto white"]

@@ -39,7 +39,17 @@ from resnet9.loop import EpochProgress
 CHECKPOINT_FORMAT = 2  # 1: before the TrainState (no "format" key)
 
 # Settings that may differ between a run and its resumption: they change no result.
-FREE_TO_CHANGE = ("resume", "progress", "log_every", "device", "logger", "data.num_workers", "data.root")
+FREE_TO_CHANGE = (
+    "resume",
+    "progress",
+    "log_every",
+    "device",
+    "logger",
+    "data.num_workers",
+    "data.root",
+    "warmup",
+    "augment.whole_epoch",
+)  # (neither changes a number the run computes: tested)
 
 
 class Stopwatch:

@@ -8,6 +8,7 @@ which one it talks to. `WandbTracker` imports wandb only when it is chosen (`log
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -196,6 +197,8 @@ def check_login(logger_cfg: Any) -> None:
     """Before any work: W&B in online mode needs a login, which would otherwise fail only after the data load
     and the range test. Looks for the key (environment, ~/.netrc, W&B settings) without network or prompt."""
     if not str(logger_cfg.get("_target_", "")).endswith("WandbTracker") or logger_cfg.get("mode") != "online":
+        return
+    if os.environ.get("WANDB_MODE") in ("offline", "disabled", "dryrun"):  # W&B itself will not go online
         return
     import wandb
 

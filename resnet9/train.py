@@ -63,7 +63,10 @@ def main() -> None:
     try:
         hydra_main()
     finally:
-        report.end_unfinished_sweep()  # a sweep Hydra stopped early (a failed job, a signal) still gets its summary
+        try:  # a sweep Hydra stopped early (a failed job, a signal) still gets its summary
+            report.end_unfinished_sweep()
+        except Exception as err:  # ...but never in place of how the command ends
+            logging.getLogger("resnet9").warning("could not write the sweep's summary: %s", err)
         ddp.finish()
 
 

@@ -128,6 +128,9 @@ def test_a_transparent_pixel_becomes_white_and_float_pixels_are_refused(tmp_path
     Image.fromarray(rgba, mode="RGBA").save(tmp_path / "half.png")
     loaded, _ = load_image(tmp_path / "half.png")
     assert loaded[:16].max() == 0 and loaded[16:].min() == 255
+    dark = np.full((32, 32), 200, np.int32)  # a dark 16-bit picture (as a 16-bit PGM opens): scaled, not read as 8-bit
+    Image.fromarray(dark).save(tmp_path / "dark.tiff")
+    assert load_image(tmp_path / "dark.tiff")[0].max() == 1  # 200 / 65535 of white
     Image.fromarray(np.ones((32, 32), np.float32)).save(tmp_path / "float.tiff")
     with pytest.raises(UsageError, match="floating-point pixels have no fixed range"):
         load_image(tmp_path / "float.tiff")

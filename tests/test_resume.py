@@ -146,10 +146,14 @@ def test_a_job_ended_before_training_leaves_its_record_and_a_resumed_ones_is_kep
         "config": {"epochs": 3}, "epochs": [],
     }  # fmt: skip
     assert signal.getsignal(signal.SIGTERM) is previous
-    with pytest.raises(ValueError), job_record(tmp_path, lambda: {}, []):  # a record exists: a resume's, kept
+    (tmp_path / "metrics.json").write_text(json.dumps({"status": "interrupted", "epochs": [{"epoch": 1}]}))
+    with pytest.raises(ValueError), job_record(tmp_path, lambda: {}, []):  # a run's own record: a resume's, kept
         raise ValueError("refused")
-    assert metrics(tmp_path)["status"] == "interrupted"
+    assert metrics(tmp_path) == {"status": "interrupted", "epochs": [{"epoch": 1}]}
     with pytest.raises(ValueError), job_record(tmp_path / "new", lambda: {}, []):
         (tmp_path / "new").mkdir()
         raise ValueError("bad value\nsecond line")
     assert metrics(tmp_path / "new")["error"] == "ValueError: bad value"
+    with pytest.raises(ValueError), job_record(tmp_path / "new", lambda: {}, []):  # rerun: a setup failure's
+        raise ValueError("another value")  # record is not a run's own, so the new one replaces it
+    assert metrics(tmp_path / "new")["error"] == "ValueError: another value"

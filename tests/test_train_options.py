@@ -269,6 +269,10 @@ def test_an_exploded_test_loss_is_warned_about_with_the_fix(caplog):
     record.data["epochs"] = [{"epoch": 1, "test_loss": 2.1}, {"epoch": 2, "test_loss": 1.2}]
     ConsoleLog(Path("run"))._warn_if_exploded(record)
     assert caplog.text == ""
+    record.data["epochs"] = [{"epoch": 1, "test_loss": 7.2}, {"epoch": 2, "test_loss": 1.5}]
+    record.update(final_test_acc=0.47)  # a spike around the peak that training recovered from: no word
+    ConsoleLog(Path("run"))._warn_if_exploded(record)
+    assert caplog.text == ""
 
 
 def test_a_warm_up_step_changes_nothing_the_run_computes(synthetic_root, tmp_path):
