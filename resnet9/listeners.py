@@ -220,8 +220,9 @@ class RunFiles(Listener):
 
 class MetricsFile(Listener):
     """metrics.json: written at the start (running), after every epoch, and last of all with the final status
-    (completed, failed or interrupted) and the job's timings. After the checkpoint: an epoch it lists is
-    always one a resume starts after."""
+    (completed, failed or interrupted) and the job's timings. After the checkpoint (on the same background
+    writer): while the run goes well, an epoch it lists is always one a resume starts after; the final record of a
+    run whose checkpoint write failed lists every epoch trained, and its error says which write failed."""
 
     def __init__(self, out_dir: Path, writer: files.BackgroundWriter) -> None:
         self.path, self.writer = out_dir / "metrics.json", writer
