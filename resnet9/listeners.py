@@ -119,9 +119,10 @@ def job_record(out_dir: Path, config: Callable[[], dict[str, Any]], overrides: l
     except BaseException as err:
         ours_to_write = not path.exists() or _setup_record(path)  # (not if the run's own record began meanwhile)
         if not existed and ours_to_write and not isinstance(err, SystemExit):
-            stopped = isinstance(err, StopRequested | KeyboardInterrupt)
-            record = {"status": "interrupted", "stopped": one_line(err)} if stopped else {}
-            record = record or {"status": "failed", "error": one_line(err)}
+            if isinstance(err, StopRequested | KeyboardInterrupt):
+                record = {"status": "interrupted", "stopped": one_line(err)}
+            else:
+                record = {"status": "failed", "error": one_line(err)}
             record |= {"ended_in": "setup", "overrides": overrides}
             with contextlib.suppress(Exception):  # the record must never hide the error itself
                 files.write_json(path, {**record, "config": config(), "epochs": []})

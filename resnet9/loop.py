@@ -141,11 +141,7 @@ def train_one_epoch(
         images = images.to(device, non_blocking=True).contiguous(memory_format=settings.memory_format)
         labels = labels.to(device, non_blocking=True)
         progress.lrs.append(optimizer.param_groups[0]["lr"])
-        with settings.autocast():
-            logits = model(images)
-            loss = F.cross_entropy(logits, labels, label_smoothing=settings.label_smoothing)
-        optimizer.zero_grad(set_to_none=True)
-        _backward_and_step(loss, optimizer, scaler)
+        logits, loss = _train_step(model, images, labels, optimizer, settings, scaler)
         scheduler.step()
         if ema is not None:
             ema.update_parameters(model)
@@ -164,7 +160,19 @@ def train_one_epoch(
     return progress
 
 
-def _backward_and_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scaler: Any) -> None:
+def _train_step(
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    optimizer: torch.optim.Optimizer,
+    settings: StepSettings,
+    scaler: torch.amp.GradScaler | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Forward, loss, backward and the optimizer's step on one batch: (logits, loss), left on the device."""
+    with settings.autocast():
+        logits = model(images)
+        loss = F.cross_entropy(logits, labels, label_smoothing=settings.label_smoothing)
+    optimizer.zero_grad(set_to_none=True)
     if scaler is None:
         loss.backward()
         optimizer.step()
@@ -172,6 +180,7 @@ def _backward_and_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, sca
         scaler.scale(loss).backward()
         scaler.step(optimizer)  # skipped (and the scale lowered) when the gradients overflowed
         scaler.update()
+    return logits, loss
 
 
 def warm_up(
@@ -184,14 +193,9 @@ def warm_up(
     """One training step at the training batch's shape and one evaluation at each evaluation shape, on random
     throwaway images: cuDNN autotunes its kernels (and torch.compile compiles) before the first epoch is
     timed. Run it inside `TrainState.untouched()`, which undoes the step."""
-    images = _throwaway_images(train_batch, settings)
     labels = torch.randint(0, 10, (train_batch,), device=settings.device)
     model.train()
-    with settings.autocast():
-        loss = F.cross_entropy(model(images), labels, label_smoothing=settings.label_smoothing)
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
+    _train_step(model, _throwaway_images(train_batch, settings), labels, optimizer, settings, scaler=None)
     optimizer.zero_grad(set_to_none=True)
     for size in dict.fromkeys(eval_batches):  # each shape once
         predict(model, [(_throwaway_images(size, settings), labels[:0])], settings)

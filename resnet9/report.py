@@ -106,15 +106,17 @@ def _overrides(folder: Path) -> list[str]:
     return [item for item in overrides if isinstance(item, str)] if isinstance(overrides, list) else []
 
 
+def swept_keys(sweep_dir: Path, jobs: list[dict[str, Any]]) -> set[str]:
+    """The keys the sweep varies (sweep.json); for a sweep from before sweep.json, those whose values differ."""
+    description = sweep.read(sweep_dir)
+    if description is not None:
+        return set(description["varies"])
+    return sweep.keys_that_differ([job.get("overrides", []) for job in jobs])
+
+
 def group_jobs(sweep_dir: Path, jobs: list[dict[str, Any]], by: list[str] | None = None) -> dict[str, list[dict]]:
     """Jobs by setting: the values of `by`, else of every key the sweep varies (the seed excepted)."""
-    description = sweep.read(sweep_dir)
-    if by:
-        keys = set(by)
-    elif description is not None:
-        keys = set(description["varies"])
-    else:  # a sweep from before sweep.json: the keys whose values differ between its jobs
-        keys = sweep.keys_that_differ([job.get("overrides", []) for job in jobs])
+    keys = set(by) if by else swept_keys(sweep_dir, jobs)
     groups: dict[str, list[dict[str, Any]]] = {}
     for job in jobs:
         groups.setdefault(sweep.setting(job.get("overrides", []), keys) or "(all jobs)", []).append(job)
@@ -183,10 +185,15 @@ def format_table(rows: list[dict[str, Any]], metric: str = "final_test_acc", as_
 
 
 def write_report(
-    sweep_dir: Path, by: list[str] | None = None, metric: str = "final_test_acc", figure: str = "now"
+    sweep_dir: Path,
+    by: list[str] | None = None,
+    metric: str = "final_test_acc",
+    figure: str = "now",
+    jobs: list[dict[str, Any]] | None = None,
 ) -> tuple[list[dict[str, Any]], str]:
-    """summary.json, summary.md and test_accuracy.png (`figure`: "now", "background" or "none")."""
-    jobs = load_jobs(sweep_dir)
+    """summary.json, summary.md and test_accuracy.png (`figure`: "now", "background" or "none"), from `jobs`
+    (default: read from the folder)."""
+    jobs = load_jobs(sweep_dir) if jobs is None else jobs
     groups = group_jobs(sweep_dir, jobs, by)
     rows = summarize(groups, metric)
     table = format_table(rows, metric)
@@ -260,22 +267,21 @@ class SweepSummary(Callback):
     def end(self) -> None:
         SweepSummary.unfinished = None
         sweep_dir = Path(self.config.hydra.sweep.dir)
-        if not sweep_dir.is_dir() or not load_jobs(sweep_dir):
+        jobs = load_jobs(sweep_dir) if sweep_dir.is_dir() else []
+        if not jobs:
             return
         plots.wait_for_figures()
-        rows, table = write_report(sweep_dir)
+        rows, table = write_report(sweep_dir, jobs=jobs)
         print(f"\nSweep summary (mean ± std and 95 % interval over seeds), also in {sweep_dir / 'summary.md'}:")
         print(table)
-        for line in failure_lines(sweep_dir):
+        for line in failure_lines(sweep_dir, jobs):
             print(line)
         log_to_tracker(sweep_dir, rows, self.config.logger)
 
 
-def failure_lines(sweep_dir: Path) -> list[str]:
+def failure_lines(sweep_dir: Path, jobs: list[dict[str, Any]]) -> list[str]:
     """One line per job that did not complete: its folder, its values of the swept keys, its status and error."""
-    jobs = load_jobs(sweep_dir)
-    description = sweep.read(sweep_dir)
-    keys = description["varies"] if description else sweep.keys_that_differ([job["overrides"] for job in jobs])
+    keys = swept_keys(sweep_dir, jobs)
     return [
         f"job {job['job']} ({sweep.setting(job['overrides'], keys, with_seed=True) or 'no overrides'}): "
         f"{job['status']}: {job.get('error') or job.get('stopped') or 'no reason recorded'}"
@@ -326,9 +332,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     with exit_on_usage_error():
         check_sweep_folder(args.folder)
-        rows, table = write_report(args.folder, args.by, args.metric)
+        jobs = load_jobs(args.folder)
+        rows, table = write_report(args.folder, args.by, args.metric, jobs=jobs)
     print(format_table(rows, args.metric, as_csv=True) if args.csv else table, end="" if args.csv else "\n")
-    for line in [] if args.csv else failure_lines(args.folder):
+    for line in [] if args.csv else failure_lines(args.folder, jobs):
         print(line)
     logger = _logger_of(args.folder, args.tracker)
     if logger is not None and logger["_target_"].endswith("WandbTracker"):
