@@ -174,9 +174,9 @@ def find_lr_range(
         log.info("LR range test: the cached result of an identical test (%s)", cache_entry)
         shutil.copyfile(cache_entry / PLOT_NAME, out_dir / PLOT_NAME)
     else:
-        why = "no cached result for this setup" if finder_cfg.cache else "lr_finder.cache=false"
+        why = "no cached result for this setup; later runs reuse it" if finder_cfg.cache else "lr_finder.cache=false"
         log.info(
-            "LR range test: %d training steps, LR %g to %g, to derive LRMIN/LRMAX (%s; later runs reuse it)",
+            "LR range test: %d training steps, LR %g to %g, to derive LRMIN/LRMAX (%s)",
             finder_cfg.num_iter, finder_cfg.start_lr, finder_cfg.end_lr, why,
         )  # fmt: skip
         model, optimizer, loader = probe.build()
