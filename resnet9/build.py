@@ -255,11 +255,14 @@ def range_test_probe(cfg: DictConfig, cifar: data.Cifar10, settings: StepSetting
 
 
 def _range_test_key(cfg: DictConfig, settings: StepSettings) -> dict:
-    """Everything that shapes the range test's curve; not the LRs it is meant to derive, nor scale/cache settings."""
+    """Everything that shapes the range test's curve; not the LRs it is meant to derive, nor how the curve is
+    read (rule, divisor, trims, scales: another reading of the same curve reuses the test), nor the cache's own
+    settings."""
     optimizer_cfg = OmegaConf.to_container(cfg.optimizer, resolve=True)
     optimizer_cfg.pop("lr", None)
     finder = OmegaConf.to_container(cfg.lr_finder, resolve=True)
-    for key in ("scale", "max_scale", "min_scale", "cache", "cache_dir"):
+    for key in ("rule", "max_divisor", "min_drop", "skip_start", "skip_end", "scale", "max_scale", "min_scale",
+                "cache", "cache_dir"):  # fmt: skip
         finder.pop(key, None)
     return {
         "model": OmegaConf.to_container(cfg.model, resolve=True),

@@ -271,6 +271,7 @@ class TrackerLog(Listener):
         if self.tracker is None:
             return
         if status == "completed":
+            plots.wait_for_figures()  # lr_finder.png is drawn on the figure thread
             if (self.out_dir / lr_find.PLOT_NAME).is_file():
                 self.tracker.log_images(
                     {"lr_finder": self.out_dir / lr_find.PLOT_NAME}, len(state.record["lr_per_step"]) - 1

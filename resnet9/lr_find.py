@@ -4,18 +4,11 @@ The test trains the freshly initialised model for `num_iter` batches while the L
 `start_lr` to `end_lr`, records the (exponentially smoothed) loss, stops early once the loss diverges, and
 then restores the model and optimizer exactly (torch-lr-finder's `reset`).
 
-The rule that reads the curve, after trimming `skip_start` points (noisy start) and `skip_end` points (the
-divergent tail):
-- LRMAX = (LR at the lowest smoothed loss) / max_divisor. Past that point the loss climbs: the LR is too
-  large for the network to make progress. max_divisor defaults to 1; raise it for a more cautious peak.
-- LRMIN = where the fall begins: the first LR at which the smoothed loss has made `min_drop` (default 0.1)
-  of its way from the start of the curve down to the lowest point — the bottom of the range in which the
-  network learns at all (Smith's lower bound). One Cycle starts and, with no annihilation, *ends* here, so
-  this must be a low LR: the steepest point of the fall (recorded and drawn as `steepest_lr`), an earlier
-  rule, ended the run at a quarter of LRMAX and cost 3.7 points (87.25% vs 90.92% on an H100, see README).
-  If the curve never falls below LRMAX, LRMIN = LRMAX / 10 (recorded in `rule`).
-No rule fits every curve (torch-lr-finder's maintainers say as much): the plot shows both points, and
-`optimizer.lr` / `scheduler.lr_min` accept numbers that override either one, `lr_finder.scale` both.
+How the curve becomes LRMIN and LRMAX is `lr_rules`' business (`lr_finder.rule` picks one of its rules).
+The cache keeps the curve, not what was read from it: a run that reads the same curve another way (another
+rule, divisor or trim) reuses the test. No rule fits every curve (torch-lr-finder's maintainers say as much):
+the plot shows every rule's pick, and `optimizer.lr` / `scheduler.lr_min` accept numbers that override
+either LR, `lr_finder.scale` both.
 
 Also a command: `python -m resnet9.lr_find [overrides]` runs (or reuses) the test for the composed config.
 """
@@ -28,7 +21,6 @@ import hashlib
 import io
 import json
 import logging
-import math
 import os
 import shutil
 import tempfile
@@ -44,12 +36,13 @@ from omegaconf import DictConfig
 from torch import nn
 from torch.utils.data import DataLoader
 
-from resnet9 import build, distributed, files, plots, schema
+from resnet9 import build, distributed, files, lr_rules, plots, schema
 from resnet9.errors import ConfigError, UsageError, exit_on_usage_error
 
 log = logging.getLogger("resnet9.lr_find")
 
 JSON_NAME, PLOT_NAME = "lr_finder.json", "lr_finder.png"
+CURVE_NAME = "curve.json"  # a cache entry: the recorded curve alone
 
 
 class LRFinderError(UsageError):
@@ -60,39 +53,28 @@ class LRFinderError(UsageError):
 class LRRange:
     lr_min: float
     lr_max: float
-    steepest_lr: float
-    min_loss_lr: float
-    rule: str
-    history: dict[str, list[float]] = field(default_factory=dict)
+    rule: str  # lr_finder.rule
+    reading: str  # the rule in words, as applied
+    picks: dict[str, float] = field(default_factory=dict)  # every rule's LRMAX on this curve
+    history: dict[str, list[float]] = field(default_factory=dict)  # the whole curve, untrimmed
     cached: bool = False
     cache_key: str = ""
 
 
-def derive_lr_range(
-    lrs: list[float],
-    losses: list[float],
-    skip_start: int,
-    skip_end: int,
-    max_divisor: float,
-    min_drop: float = 0.1,
-) -> LRRange:
-    """Apply the rule in this module's docstring to a recorded curve."""
-    end = len(lrs) - skip_end
-    trimmed_lrs, trimmed_losses = np.asarray(lrs[skip_start:end]), np.asarray(losses[skip_start:end])
-    lowest = int(np.argmin(trimmed_losses))
-    min_loss_lr = float(trimmed_lrs[lowest])
-    lr_max = min_loss_lr / max_divisor
-    falling = trimmed_losses[: lowest + 1]
-    steepest_lr = float(trimmed_lrs[np.argmin(np.gradient(falling))]) if len(falling) >= 3 else float("nan")
-    threshold = falling[0] - min_drop * (falling[0] - falling[-1])
-    fall_begins_lr = float(trimmed_lrs[int(np.argmax(falling <= threshold))])
-    rule = f"LRMAX = lowest-loss LR / {max_divisor:g}; "
-    if fall_begins_lr < lr_max:
-        lr_min, rule = fall_begins_lr, rule + f"LRMIN = first LR {min_drop:g} of the way down to the lowest loss"
-    else:
-        lr_min, rule = lr_max / 10, rule + "LRMIN = LRMAX / 10 (the loss does not fall below LRMAX)"
+def derive_lr_range(history: dict[str, list[float]], finder_cfg: DictConfig) -> LRRange:
+    """Read LRMIN/LRMAX off a recorded curve with the configured rule (lr_rules), after checking it is long
+    enough to read."""
+    lrs, losses = history["lr"], history["loss"]
+    if len(lrs) < finder_cfg.skip_start + finder_cfg.skip_end + 10:
+        raise LRFinderError(
+            f"LR range test diverged after {len(lrs)} of {finder_cfg.num_iter} steps (LR {lrs[-1]:.3g}), too few "
+            f"to read; lower lr_finder.end_lr, raise lr_finder.diverge_th, or set optimizer.lr and scheduler.lr_min"
+        )
+    curve = lr_rules.Curve.trimmed(lrs, losses, finder_cfg.skip_start, finder_cfg.skip_end)
+    rule = finder_cfg.get("rule", lr_rules.DEFAULT_RULE)
+    lr_min, lr_max, reading = lr_rules.lr_pair(curve, rule, finder_cfg.max_divisor, finder_cfg.min_drop)
     history = {"lr": [float(x) for x in lrs], "loss": [float(x) for x in losses]}
-    return LRRange(lr_min, lr_max, steepest_lr, min_loss_lr, rule, history)
+    return LRRange(lr_min, lr_max, rule, reading, lr_rules.picks(curve), history)
 
 
 def run_range_test(
@@ -123,16 +105,7 @@ def run_range_test(
             )
     finally:
         finder.reset()  # weights and optimizer state exactly as before the test
-    lrs, losses = finder.history["lr"], finder.history["loss"]
-    needed = finder_cfg.skip_start + finder_cfg.skip_end + 10
-    if len(lrs) < needed:
-        raise LRFinderError(
-            f"LR range test diverged after {len(lrs)} of {finder_cfg.num_iter} steps (LR {lrs[-1]:.3g}), too few "
-            f"to read; lower lr_finder.end_lr, raise lr_finder.diverge_th, or set optimizer.lr and scheduler.lr_min"
-        )
-    return derive_lr_range(
-        lrs, losses, finder_cfg.skip_start, finder_cfg.skip_end, finder_cfg.max_divisor, finder_cfg.min_drop
-    )
+    return derive_lr_range(finder.history, finder_cfg)
 
 
 @contextlib.contextmanager
@@ -152,27 +125,29 @@ def _library_speaks_our_way(progress: bool) -> Iterator[None]:
 
 
 def draw(result: LRRange, finder_cfg: DictConfig, path: Path) -> Path:
-    """lr_finder.png: the curve as the rule reads it (trimmed), LRMIN, LRMAX and the other marks."""
+    """lr_finder.png: the curve as the rule reads it (trimmed), LRMIN, LRMAX and every rule's pick."""
     steps = len(result.history["lr"])
-    title = f"LR range test: {steps} steps, {finder_cfg.start_lr:g} to {finder_cfg.end_lr:g}"
+    title = f"LR range test: {steps} steps, {finder_cfg.start_lr:g} to {finder_cfg.end_lr:g}; LRMAX rule: {result.rule}"
     return plots.lr_range_test(asdict(result), finder_cfg.skip_start, finder_cfg.skip_end, title, path)
 
 
 def find_lr_range(
     finder_cfg: DictConfig, probe: build.Probe, device: torch.device, out_dir: Path, progress: bool = True
 ) -> LRRange:
-    """LRMIN/LRMAX for this probe: from the cache if an identical test ran before, else by running it.
+    """LRMIN/LRMAX for this probe, read off the curve of an identical earlier test if the cache has one, else
+    off a new test's.
 
     The probe (build.range_test_probe) has its own seed, `lr_finder.seed`, not the run's, so every seed of a
     sweep trains with the same LRMIN/LRMAX from one shared test, and seed statistics measure training noise,
-    not range-test noise. Writes lr_finder.json and lr_finder.png into `out_dir` either way.
+    not range-test noise. Writes lr_finder.json now and lr_finder.png (on the figure thread) into `out_dir`.
     """
     key = hashlib.sha256(json.dumps(probe.key, sort_keys=True).encode()).hexdigest()[:16]
     cache_entry = Path(os.path.expanduser(finder_cfg.cache_dir)) / key
-    result = _read_cache(cache_entry) if finder_cfg.cache else None
-    if result is not None:
-        log.info("LR range test: the cached result of an identical test (%s)", cache_entry)
-        shutil.copyfile(cache_entry / PLOT_NAME, out_dir / PLOT_NAME)
+    history = _read_cache(cache_entry) if finder_cfg.cache else None
+    if history is not None:
+        log.info("LR range test: the curve of an identical earlier test (%s)", cache_entry)
+        result = derive_lr_range(history, finder_cfg)
+        result.cached = True
     else:
         why = "no cached result for this setup; later runs reuse it" if finder_cfg.cache else "lr_finder.cache=false"
         log.info(
@@ -181,11 +156,11 @@ def find_lr_range(
         )  # fmt: skip
         model, optimizer, loader = probe.build()
         result = run_range_test(model, optimizer, loader, device, finder_cfg, progress)
-        draw(result, finder_cfg, out_dir / PLOT_NAME)
+        if finder_cfg.cache:
+            _write_cache(cache_entry, result.history)
     result.cache_key = key
     (out_dir / JSON_NAME).write_text(json.dumps(asdict(result), indent=1))
-    if finder_cfg.cache and not result.cached:
-        _write_cache(cache_entry, out_dir)
+    plots.in_background(draw, result, finder_cfg, out_dir / PLOT_NAME)
     return result
 
 
@@ -203,6 +178,10 @@ def lrs_for_run(
         source += f" x {max_scale:g}" if max_scale == min_scale else f" x {min_scale:g} (LRMIN), {max_scale:g} (LRMAX)"
     lr_max = found.lr_max * max_scale if lr_max == "auto" else float(lr_max)
     lr_min = found.lr_min * min_scale if lr_min == "auto" else float(lr_min)
+    history = found.history
+    curve = lr_rules.Curve.trimmed(history["lr"], history["loss"], finder_cfg.skip_start, finder_cfg.skip_end)
+    for doubt in lr_rules.doubts(curve, lr_min, lr_max):
+        log.warning(doubt)
     if not lr_min < lr_max:
         raise ConfigError(
             f"LRMIN={lr_min:.4g} is not below LRMAX={lr_max:.4g} (from {source} and the config); "
@@ -211,27 +190,28 @@ def lrs_for_run(
     return lr_min, lr_max, source
 
 
-def _read_cache(entry: Path) -> LRRange | None:
+def _read_cache(entry: Path) -> dict[str, list[float]] | None:
+    """The cached curve, or None when there is none or it is damaged (then the test runs again). A file from
+    disk: it must be two equally long lists of finite numbers, the LRs positive and growing."""
     try:
-        result = LRRange(**json.loads((entry / JSON_NAME).read_text()))
-    except (OSError, ValueError, TypeError, RecursionError):
-        return None  # no entry, or a damaged one: run the test again
-    numbers = (result.lr_min, result.lr_max, result.steepest_lr, result.min_loss_lr)
-    if not all(isinstance(x, float | int) and math.isfinite(x) and x > 0 for x in numbers):
-        return None  # a file from disk: LRs that are not positive numbers are a damaged entry too
-    if not (entry / PLOT_NAME).is_file():
+        history = json.loads((entry / CURVE_NAME).read_text())
+        lrs, losses = history["lr"], history["loss"]
+    except (OSError, ValueError, TypeError, KeyError, RecursionError):
         return None
-    result.cached = True
-    return result
+    numbers = [*lrs, *losses] if isinstance(lrs, list) and isinstance(losses, list) else None
+    if not numbers or len(lrs) != len(losses) or not all(type(x) in (float, int) for x in numbers):
+        return None
+    if not (np.all(np.isfinite(numbers)) and lrs[0] > 0 and np.all(np.diff(lrs) > 0)):
+        return None
+    return {"lr": [float(x) for x in lrs], "loss": [float(x) for x in losses]}
 
 
-def _write_cache(entry: Path, out_dir: Path) -> None:
-    """Copy the run's files into the cache atomically: a half-written entry is never visible."""
+def _write_cache(entry: Path, history: dict[str, list[float]]) -> None:
+    """Store the curve atomically: a half-written entry is never visible."""
     entry.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=entry.parent, prefix=f".{entry.name}-"))
     files.shared_as_umask_says(staging, folder=True)
-    for name in (JSON_NAME, PLOT_NAME):
-        shutil.copyfile(out_dir / name, staging / name)
+    (staging / CURVE_NAME).write_text(json.dumps(history))
     shutil.rmtree(entry, ignore_errors=True)  # we only get here when the entry is absent or damaged
     try:
         os.replace(staging, entry)
@@ -255,8 +235,9 @@ def _hydra_main(cfg: DictConfig) -> None:
         probe = build.range_test_probe(cfg, build.dataset(cfg.data), settings)
         out_dir = Path(HydraConfig.get().runtime.output_dir)
         result = find_lr_range(cfg.lr_finder, probe, device, out_dir, cfg.progress)
-    source = "cache" if result.cached else "new test"
-    print(f"LRMIN={result.lr_min:.4g} LRMAX={result.lr_max:.4g} ({source}; {result.rule})")
+    source = "cached curve" if result.cached else "new test"
+    print(f"LRMIN={result.lr_min:.4g} LRMAX={result.lr_max:.4g} ({source}; {result.reading})")
+    print("every rule's LRMAX (lr_finder.rule=...): " + ", ".join(f"{k} {v:.3g}" for k, v in result.picks.items()))
     print(f"plot and numbers: {out_dir / PLOT_NAME}, {out_dir / JSON_NAME}")
 
 

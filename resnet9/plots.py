@@ -55,24 +55,25 @@ def wait_for_figures() -> None:
 
 
 def lr_range_test(found: dict[str, Any], skip_start: int, skip_end: int, title: str, path: Path) -> Path:
-    """The range test's smoothed loss against LR (log scale, trimmed as the rule reads it), with its picks."""
+    """The range test's smoothed loss against LR (log scale, trimmed as the rules read it), LRMIN and LRMAX,
+    and where each of the other rules (lr_finder.rule) would have put LRMAX."""
     history = found["history"]
     end = len(history["lr"]) - skip_end
+    lrs, losses = np.asarray(history["lr"][skip_start:end]), np.asarray(history["loss"][skip_start:end])
     fig = Figure(figsize=(7.5, 4.5))
     ax = fig.subplots()
-    ax.plot(history["lr"][skip_start:end], history["loss"][skip_start:end], color="tab:blue")
+    ax.plot(lrs, losses, color="tab:blue")
     ax.set_xscale("log")
     ax.axvline(found["lr_min"], color="tab:green", linestyle="--", label=f"LRMIN = {found['lr_min']:.3g}")
-    ax.axvline(found["lr_max"], color="tab:red", linestyle="--", label=f"LRMAX = {found['lr_max']:.3g}")
-    # The curve's own points as markers on it, not lines: the lowest loss is often exactly LRMAX's line.
-    for key, marker, colour, label in (("steepest_lr", "D", "tab:olive", "steepest fall"),
-                                       ("min_loss_lr", "v", "black", "lowest loss")):  # fmt: skip
-        if np.isfinite(found[key]):
-            at = int(np.argmin(np.abs(np.log(history["lr"]) - np.log(found[key]))))
-            ax.plot(found[key], history["loss"][at], marker, color=colour, markersize=9, zorder=3,
-                    label=f"{label} at {found[key]:.3g}")  # fmt: skip
+    ax.axvline(found["lr_max"], color="tab:red", linestyle="--",
+               label=f"LRMAX = {found['lr_max']:.3g} (rule {found['rule']})")  # fmt: skip
+    # The other rules' picks as markers on the curve: a sweep over lr_finder.rule reads this same curve.
+    markers = iter("vDs^PX")
+    for rule, lr in found["picks"].items():
+        at = int(np.argmin(np.abs(np.log(lrs) - np.log(lr))))
+        ax.plot(lr, losses[at], next(markers, "o"), markersize=7, zorder=3, alpha=0.8, label=f"{rule}: {lr:.3g}")
     ax.set(title=title, xlabel="learning rate (log scale)", ylabel="training loss (smoothed)")
-    ax.legend()
+    ax.legend(fontsize="small", loc="lower left")  # the curve starts high on the left: that corner is free
     ax.grid(True, which="both", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)

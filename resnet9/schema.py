@@ -135,6 +135,7 @@ class LRFinderConfig(Section):
     diverge_th: float = Field(5, gt=1)
     skip_start: int = Field(10, ge=0)
     skip_end: int = Field(5, ge=0)
+    rule: Literal["steepest", "lowest", "fall_end", "tenth"] = "steepest"
     max_divisor: float = Field(1.0, ge=1)
     min_drop: float = Field(0.1, gt=0, lt=1)
     seed: int = 0
