@@ -6,6 +6,7 @@
 #               (grad-cam ships no wheel: build it into .device/whl first, as that script does for antlr4)
 # There:        bash benchmarks/device_check.sh [SEEDS] [extra Hydra overrides for the full runs...]
 #               (carry .device; results land in $OUT, or in .device/out when OUT is unset)
+#               STAGES="regret" bash benchmarks/device_check.sh     # stage 5 alone (it is not in the default set)
 #
 # Stages, each under its own time limit so that one slow stage cannot take the others' time:
 #   1. stage CIFAR-10 from the 18 MB JPEG archive, install the wheels the image lacks, print the GPU;
@@ -14,7 +15,9 @@
 #   3. one more complete run with compile=true (seed 0), to compare its training time and first step;
 #   3b. one run with the step as it was before warm-up and whole-epoch augmentation (issue 11), to compare;
 #   4. benchmarks/sweep.py: a 15-job sweep's per-job overhead and wall time, and the same sweep 3 jobs at a
-#      time on the one GPU (joblib) against one at a time.
+#      time on the one GPU (joblib) against one at a time;
+#   5. (STAGES=regret) benchmarks/lr_regret.py at full data on the GPU (issue 15): widths 1 and 0.5, batch 512,
+#      12 epochs, 2 seeds, today's rule (steepest) against the previous one (lowest), about 6 minutes on an H100.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 seeds=${1:-5}
@@ -23,6 +26,8 @@ out=${OUT:-.device/out}
 mkdir -p "$out"
 started=$(date +%s)
 stage() { echo; echo "== $1 (at $(( $(date +%s) - started )) s)"; }
+stages=" ${STAGES:-throughput compile old-path sweep} "
+want() { [[ "$stages" == *" $1 "* ]]; }
 
 stage "data and packages"
 [ -d .device/data/cifar-10-batches-py ] || python3 .device/build_batches.py .device/cifar10-jpeg.tar.xz .device/data || exit 1
@@ -37,19 +42,25 @@ export WANDB_MODE=offline PYTHONUNBUFFERED=1 NO_ALBUMENTATIONS_UPDATE=1 RESNET9_
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1 | tee "$out/gpu.txt"
 python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), torch.cuda.get_device_name() if torch.cuda.is_available() else '')"
 
+if want throughput; then
 stage "throughput and $seeds full runs"
 timeout "${BENCH_LIMIT:-330}" python3 benchmarks/throughput.py --steps "${STEPS:-97}" --rounds "${ROUNDS:-3}" \
   --workers "${WORKERS:-8}" --data-root .device/data --full-run --seeds "$seeds" --out "$out/runs" checkpoint=false "$@" 2>&1 \
   | grep -v "^\[\|it/s\]" | tee "$out/throughput.txt"
+fi
 
+if want compile; then
 stage "compile=true, seed 0"
 timeout "${COMPILE_LIMIT:-150}" python3 -m resnet9.train compile=true seed=0 data.root=.device/data logger=none \
   progress=false checkpoint=false hydra.run.dir="$out/runs/compile-seed0" "$@" 2>&1 | tail -4
+fi
+if want old-path; then
 stage "the step before warm-up and whole-epoch augmentation, seed 0 (issue 11: the same card, side by side)"
 timeout "${OLD_PATH_LIMIT:-90}" python3 -m resnet9.train warmup=false augment.whole_epoch=false seed=0 \
   data.root=.device/data logger=none progress=false checkpoint=false hydra.run.dir="$out/runs/old-path-seed0" "$@" \
   2>&1 | tail -2
-python3 - "$out/runs" <<'PY' | tee "$out/summary.txt"
+fi
+[ -d "$out/runs" ] && python3 - "$out/runs" <<'PY' | tee "$out/summary.txt"
 import json, pathlib, statistics, sys
 rows = []
 for path in sorted(pathlib.Path(sys.argv[1]).glob("*/metrics.json")):
@@ -71,7 +82,15 @@ seeds = [r[1] for r in rows if r[0].startswith("seed")]
 if len(seeds) > 1:
     print(f"\nseeds: {len(seeds)}, mean {statistics.fmean(seeds):.2f} ± {statistics.stdev(seeds):.2f} %")
 PY
+if want sweep; then
 stage "sweeps: per-job overhead, 15 jobs, 3 at a time on one GPU"
 timeout "${SWEEP_LIMIT:-200}" python3 benchmarks/sweep.py --jobs 15 --parallel 3 --width 1 --images 5000 --epochs 2 \
   --data-root .device/data device=cuda 2>&1 | tee "$out/sweep.txt"
+fi
+if want regret; then
+stage "the range-test rules' regret at full data (issue 15)"
+timeout "${REGRET_LIMIT:-480}" python3 benchmarks/lr_regret.py --settings "model.width=1" "model.width=0.5" \
+  --rules steepest lowest --batch 512 --images 50000 --test-images 10000 --epochs 12 --seeds 2 \
+  --data-root .device/data --out "$out/regret.json" -- device=cuda 2>&1 | grep -v "^\[" | tee "$out/regret.txt"
+fi
 stage "done"

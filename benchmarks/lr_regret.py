@@ -1,21 +1,24 @@
-"""The range-test rule's regret: how much accuracy the derived LRMIN/LRMAX lose against the best of a grid.
+"""The range-test rules' regret: how much accuracy each rule's LRMIN/LRMAX lose against the best of a grid.
 
-    python benchmarks/lr_regret.py                                   # CPU scale (see the defaults below)
-    python benchmarks/lr_regret.py --widths 0.125 0.25 0.5 1 --batches 128 512 --optimizers sgd adam \\
-        --images 50000 --test-images 10000 --epochs 24 --seeds 3 -- device=cuda      # a GPU, full size
+    python benchmarks/lr_regret.py                     # CPU scale: the settings below, every rule (~75 min)
+    python benchmarks/lr_regret.py --rules lowest fall_end --settings "model.width=0.125" --seeds 3
+    python benchmarks/lr_regret.py --settings "model.width=1 batch_size=512" "model.width=0.5 batch_size=512" \\
+        --images 50000 --test-images 10000 --epochs 24 --seeds 3 -- device=cuda             # a GPU, full size
 
-For every setting (width x batch size x optimizer), in this one process: the range test (a fresh one, cached
-only within this benchmark), training with the derived pair, and training with each hand-set pair of the grid
-(peak P, LRMIN = P / --min-divisor), every one with the same seeds. Printed per setting: the derived pair,
-the best grid pair, and the regret = best grid accuracy - derived accuracy (means over seeds), with the
-seeds' spread. Arguments after `--` are Hydra overrides for every run (e.g. `-- lr_finder.max_divisor=2` to
-try another rule).
+For every setting (Hydra overrides on top of the base: batch 128, --images training images, --epochs), in
+this one process: the range test (once: every rule reads the same curve), training with each rule's pair
+(`lr_finder.rule=...`; rules that agree share their runs), and training with each hand-set pair of the grid
+(peak P, LRMIN = P / --min-divisor), all with the same seeds. Printed: per setting and rule the derived pair,
+its accuracy, the best grid pair's, and the regret = best grid accuracy - derived accuracy (means over
+seeds); then per rule the mean and worst regret. `--out FILE` keeps it all as JSON, curves included.
+Arguments after `--` are Hydra overrides for every run.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import tempfile
 from pathlib import Path
@@ -23,85 +26,157 @@ from pathlib import Path
 from hydra import compose, initialize_config_dir
 from tabulate import tabulate
 
-from resnet9 import jobcache, plots
+from resnet9 import jobcache, lr_rules, plots
 from resnet9.train import train
 
 REPO = Path(__file__).resolve().parents[1]
+SETTINGS = [  # what researchers change first: width, batch size, optimizer, data size
+    "model.width=0.125",
+    "model.width=0.25",
+    "model.width=0.5",
+    "model.width=0.25 data.limit_train=2000",
+    # batch 512 on 4x the images: the same 124 steps as batch 128 on 4,000 (on 4,000 images batch 512 takes
+    # 28 steps, and its accuracies spread by up to 10 points between seeds)
+    "model.width=0.125 batch_size=512 data.limit_train=16000",
+    "model.width=0.25 optimizer=adam",
+]
+GRID = {"sgd": [0.05, 0.1, 0.2, 0.4, 0.8, 1.6], "adam": [0.001, 0.002, 0.004, 0.008, 0.016, 0.032]}
 
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--widths", type=float, nargs="+", default=[0.125, 0.25])
-    parser.add_argument("--batches", type=int, nargs="+", default=[128])
-    parser.add_argument("--optimizers", nargs="+", default=["sgd"], choices=("sgd", "adam"))
+    parser.add_argument("--settings", nargs="+", default=SETTINGS, help="each a string of Hydra overrides")
+    parser.add_argument("--rules", nargs="+", default=list(lr_rules.RULES), choices=list(lr_rules.RULES))
+    parser.add_argument("--batch", type=int, default=128, help="the base batch size (a setting may change it)")
     parser.add_argument("--images", type=int, default=4000, help="training images (a class-balanced subset)")
     parser.add_argument("--test-images", type=int, default=2000)
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--seeds", type=int, default=2)
-    parser.add_argument("--peaks", type=float, nargs="+", default=[0.05, 0.1, 0.2, 0.4, 0.8],
-                        help="the grid's LRMAX values (for Adam, scale them down, e.g. 0.0005 ... 0.008)")  # fmt: skip
+    parser.add_argument("--grid", type=float, nargs="+", help=f"the grid's peaks (default by optimizer: {GRID})")
     parser.add_argument("--min-divisor", type=float, default=20.0, help="the grid's LRMIN = peak / this")
     parser.add_argument("--data-root", default=str(REPO.parent / "shared" / "cifar10"))
+    parser.add_argument("--out", type=Path, help="write every number (and each setting's curve) here as JSON")
+    parser.add_argument("--from", dest="saved", type=Path, nargs="+",
+                        help="train nothing: print the tables of files written by --out")  # fmt: skip
     parser.add_argument("overrides", nargs="*", help="Hydra overrides for every run, e.g. device=cuda")
     return parser.parse_args()
 
 
-def accuracy(args: argparse.Namespace, setting: list[str], lrs: list[str], seed: int, folder: Path) -> float:
-    """One training run's final test accuracy (%) in this process (the data and device copies are shared)."""
-    overrides = [
-        f"data.root={args.data_root}", f"data.limit_train={args.images}", f"data.limit_test={args.test_images}",
-        f"epochs={args.epochs}", f"seed={seed}", "logger=none", "progress=false", "checkpoint=false",
-        f"lr_finder.cache_dir={folder / 'cache'}", *setting, *lrs, *args.overrides,
-    ]  # fmt: skip
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=overrides)
-    out = Path(tempfile.mkdtemp(dir=folder))
-    return 100 * train(cfg, out)
+class Setting:
+    """One setting's runs, in one scratch folder whose range-test cache every run of it shares."""
 
+    def __init__(self, args: argparse.Namespace, overrides: str, folder: Path) -> None:
+        self.args, self.overrides, self.folder = args, overrides.split(), folder
 
-def measure(args: argparse.Namespace, setting: list[str], folder: Path) -> dict:
-    """The derived pair's accuracy and every grid pair's, over the seeds, for one setting."""
-    seeds = range(args.seeds)
-    derived = [accuracy(args, setting, [], seed, folder) for seed in seeds]  # optimizer.lr=auto: the range test
-    record = next(folder.glob("*/metrics.json"))  # the first run's record names the derived pair
-    pair = json.loads(record.read_text())
-    grid = {}
-    for peak in args.peaks:
-        lrs = [f"optimizer.lr={peak}", f"scheduler.lr_min={peak / args.min_divisor}"]
-        grid[peak] = [accuracy(args, setting, lrs, seed, folder) for seed in seeds]
-    best = max(grid, key=lambda peak: statistics.fmean(grid[peak]))
-    return {"derived": (pair["lr_min"], pair["lr_max"]), "derived_acc": derived, "best_peak": best, "grid": grid}
+    def accuracies(self, lrs: list[str]) -> tuple[list[float], Path]:
+        """Final test accuracy (%) per seed for these LR overrides, and the first run's folder."""
+        folders = [Path(tempfile.mkdtemp(dir=self.folder)) for _ in range(self.args.seeds)]
+        accs = [100 * train(self.config(seed, lrs), out) for seed, out in enumerate(folders)]
+        return accs, folders[0]
+
+    def config(self, seed: int, lrs: list[str]):  # noqa: ANN201 (a DictConfig)
+        a = self.args
+        overrides = [
+            f"data.root={a.data_root}", f"data.limit_train={a.images}", f"data.limit_test={a.test_images}",
+            f"batch_size={a.batch}", f"epochs={a.epochs}", f"seed={seed}", "logger=none", "progress=false",
+            "checkpoint=false", f"lr_finder.cache_dir={self.folder / 'cache'}", *self.overrides, *lrs, *a.overrides,
+        ]  # fmt: skip
+        with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+            return compose(config_name="config", overrides=overrides)
+
+    def pair(self, curve: dict, rule: str) -> list[float]:
+        """The pair `rule` reads off a recorded curve, trimmed as this setting's runs trim it."""
+        finder = self.config(0, [f"lr_finder.rule={rule}"]).lr_finder
+        trimmed = lr_rules.Curve.trimmed(curve["lr"], curve["loss"], finder.skip_start, finder.skip_end)
+        return list(lr_rules.lr_pair(trimmed, rule, finder.max_divisor, finder.min_drop)[:2])
+
+    @staticmethod
+    def same(pair: list[float], other: list[float]) -> bool:
+        return all(math.isclose(a, b, rel_tol=1e-6) for a, b in zip(pair, other, strict=True))
+
+    def measure(self) -> dict:
+        """Every rule's pair and accuracy, and every grid pair's, over the seeds."""
+        rules: dict[str, dict] = {}
+        for rule in self.args.rules:
+            twin = next((r for r in rules if self.same(rules[r]["pair"], self.pair(rules[r]["curve"], rule))), None)
+            if twin is not None:  # this rule reads the curve as an earlier one did: the same runs
+                rules[rule] = {**rules[twin], "same_as": twin}
+                continue
+            accs, first = self.accuracies([f"lr_finder.rule={rule}"])  # optimizer.lr=auto: the range test's
+            found = json.loads((first / "lr_finder.json").read_text())
+            rules[rule] = {"pair": [found["lr_min"], found["lr_max"]], "acc": accs, "curve": found["history"]}
+        curve = next(iter(rules.values()))["curve"]
+        for found in rules.values():
+            found.pop("curve", None)
+        optimizer = next((o.split("=")[1] for o in self.overrides if o.startswith("optimizer=")), "sgd")
+        grid = {}
+        for peak in self.args.grid or GRID[optimizer]:
+            lrs = [f"optimizer.lr={peak}", f"scheduler.lr_min={peak / self.args.min_divisor}"]
+            grid[peak] = self.accuracies(lrs)[0]
+        best = max(grid, key=lambda peak: statistics.fmean(grid[peak]))
+        edge = best in (min(grid), max(grid))  # the grid may not reach the best pair: the regret is a floor
+        return {"rules": rules, "grid": grid, "best_peak": best, "best_at_grid_edge": edge, "curve": curve}
 
 
 def spread(values: list[float]) -> str:
     return f"{statistics.fmean(values):.2f}" + (f" ± {statistics.stdev(values):.2f}" if len(values) > 1 else "")
 
 
+def regret(result: dict, rule: str) -> float:
+    best = statistics.fmean(result["grid"][result["best_peak"]])
+    return best - statistics.fmean(result["rules"][rule]["acc"])
+
+
+def tables(args: argparse.Namespace, results: dict[str, dict]) -> tuple[str, str]:
+    """Per setting: the best grid pair and each rule's regret with its LRMAX; then per rule over the settings."""
+    rows = []
+    for setting, result in results.items():
+        best = result["best_peak"]
+        edge = " (grid edge)" if result["best_at_grid_edge"] else ""
+        cells = [setting, f"{best / args.min_divisor:.3g} / {best:.3g}{edge}: {spread(result['grid'][best])}"]
+        for rule in args.rules:
+            found = result["rules"][rule]
+            cells.append(f"{regret(result, rule):.2f} ({found['pair'][1]:.3g}: {spread(found['acc'])})")
+        rows.append(cells)
+    headers = ["setting", "best grid LRMIN / LRMAX: acc (%)", *(f"{rule}: regret (LRMAX: acc)" for rule in args.rules)]
+    per_setting = tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True)
+    summary = []
+    for rule in args.rules:
+        regrets = [regret(result, rule) for result in results.values()]
+        summary.append([rule, f"{statistics.fmean(regrets):.2f}", f"{max(regrets):.2f}", sum(r > 3 for r in regrets)])
+    headers = ["rule", "mean regret", "worst regret", "settings > 3 points"]
+    return per_setting, tabulate(summary, headers=headers, tablefmt="github", disable_numparse=True)
+
+
+def from_files(args: argparse.Namespace) -> dict[str, dict]:
+    """The settings of earlier --out files, and (in args) the rules every one of them measured."""
+    results: dict[str, dict] = {}
+    for path in args.saved:
+        saved = json.loads(path.read_text())
+        for setting, result in saved["results"].items():  # JSON keeps the grid's peaks as strings
+            results[setting] = {**result, "grid": {float(peak): accs for peak, accs in result["grid"].items()}}
+        for key in ("batch", "images", "test_images", "epochs", "seeds", "min_divisor"):
+            setattr(args, key, saved["args"][key])
+    args.rules = [rule for rule in lr_rules.RULES if all(rule in result["rules"] for result in results.values())]
+    return results
+
+
 def main() -> None:
     args = parse_args()
-    rows = []
-    for width in args.widths:
-        for batch in args.batches:
-            for optimizer in args.optimizers:
-                setting = [f"model.width={width}", f"batch_size={batch}", f"optimizer={optimizer}"]
-                with tempfile.TemporaryDirectory() as tmp:
-                    result = measure(args, setting, Path(tmp))
-                    plots.wait_for_figures()  # each run's curves.png, drawn beside the next run
-                best = result["grid"][result["best_peak"]]
-                regret = statistics.fmean(best) - statistics.fmean(result["derived_acc"])
-                lr_min, lr_max = result["derived"]
-                rows.append([" ".join(setting), f"{lr_min:.3g} / {lr_max:.3g}", spread(result["derived_acc"]),
-                             f"{result['best_peak'] / args.min_divisor:.3g} / {result['best_peak']:.3g}",
-                             spread(best), f"{regret:.2f}"])  # fmt: skip
-                print(" | ".join(rows[-1]), flush=True)
-        jobcache.shared.clear()  # the next width: free the compiled models and summaries of this one
-    print(f"\n{args.images} training / {args.test_images} test images, {args.epochs} epochs, {args.seeds} seeds; "
-          f"grid peaks {args.peaks}, LRMIN = peak / {args.min_divisor:g}\n")  # fmt: skip
-    headers = ["setting", "derived LRMIN / LRMAX", "derived acc (%)", "best grid pair", "best grid acc (%)",
-               "regret (points)"]  # fmt: skip
-    print(tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True))
-    regrets = [float(row[-1]) for row in rows]
-    print(f"\nmean regret {statistics.fmean(regrets):.2f} points, worst {max(regrets):.2f}")
+    results = from_files(args) if args.saved else {}
+    for setting in [] if args.saved else args.settings:
+        with tempfile.TemporaryDirectory() as tmp:
+            results[setting] = Setting(args, setting, Path(tmp)).measure()
+            plots.wait_for_figures()  # each run's figures, drawn beside the next run, before the folder goes
+        jobcache.shared.clear()  # the next setting: free the compiled models and summaries of this one
+        print(f"{setting}: " + ", ".join(f"{rule} {regret(results[setting], rule):.2f}" for rule in args.rules),
+              flush=True)  # fmt: skip
+        if args.out:
+            args.out.write_text(json.dumps({"args": {**vars(args), "out": str(args.out)}, "results": results}))
+    per_setting, summary = tables(args, results)
+    print(f"\nbase: batch {args.batch}, {args.images} training / {args.test_images} test images, {args.epochs} "
+          f"epochs, {args.seeds} seeds; grid LRMIN = peak / {args.min_divisor:g}; regret in points\n")  # fmt: skip
+    print(per_setting, summary, sep="\n\n")
 
 
 if __name__ == "__main__":

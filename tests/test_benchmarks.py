@@ -1,8 +1,11 @@
 """The benchmark script runs and prints its table (numbers are checked by reading them, never in tests)."""
 
+import json
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -22,15 +25,26 @@ def test_throughput_benchmark_prints_its_table(cifar_root):
     assert ratio > 0
 
 
-def test_lr_regret_benchmark_prints_its_table(cifar_root):
+def test_lr_regret_benchmark_prints_its_tables(cifar_root, tmp_path):
     result = subprocess.run(
-        [sys.executable, "benchmarks/lr_regret.py", "--widths", "0.125", "--batches", "40", "--images", "400",
-         "--test-images", "200", "--epochs", "2", "--seeds", "1", "--peaks", "0.1", "0.4", "--data-root",
-         str(cifar_root), "--", "lr_finder.num_iter=30", "device=cpu"],
+        [sys.executable, "benchmarks/lr_regret.py", "--settings", "model.width=0.125", "--batch", "40", "--images",
+         "400", "--test-images", "200", "--epochs", "2", "--seeds", "1", "--rules", "lowest", "steepest", "tenth",
+         "--grid", "0.1", "0.4", "--data-root", str(cifar_root), "--out", str(tmp_path / "regret.json"), "--",
+         "lr_finder.num_iter=30", "device=cpu"],
         cwd=REPO, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
-    row = next(line for line in result.stdout.splitlines() if line.startswith("| model.width=0.125 batch_size=40"))
-    derived, derived_acc, best_pair, best_acc, regret = [cell.strip() for cell in row.strip("|").split("|")][1:]
-    assert best_pair in ("0.005 / 0.1", "0.02 / 0.4")  # LRMIN = peak / 20
-    assert float(regret) == round(float(best_acc) - float(derived_acc), 2) and "could not draw" not in result.stderr
+    row = next(line for line in result.stdout.splitlines() if line.startswith("| model.width=0.125 "))
+    best, *regrets = [cell.strip() for cell in row.strip("|").split("|")][1:]
+    assert len(regrets) == 3  # lowest, steepest, tenth
+    best_pair, best_acc = best.split(": ")
+    # LRMIN = peak / 20; a grid of two peaks is all edge
+    assert best_pair in ("0.005 / 0.1 (grid edge)", "0.02 / 0.4 (grid edge)")
+    (lowest_max, _), _, (tenth_max, tenth_acc) = (cell.split("(")[1].rstrip(")").split(": ") for cell in regrets)
+    assert float(tenth_max) == pytest.approx(float(lowest_max) / 10, rel=0.01)  # the rules read one curve
+    assert float(regrets[2].split()[0]) == pytest.approx(float(best_acc) - float(tenth_acc), abs=0.011)
+    assert "could not draw" not in result.stderr
+    summary = {line.split("|")[1].strip(): line for line in result.stdout.splitlines() if line.count("|") == 5}
+    assert {"lowest", "steepest", "tenth"} <= set(summary)
+    saved = json.loads((tmp_path / "regret.json").read_text())["results"]["model.width=0.125"]
+    assert len(saved["curve"]["lr"]) == 30 and set(saved["grid"]) == {"0.1", "0.4"}
