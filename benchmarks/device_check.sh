@@ -16,8 +16,9 @@
 #   3b. one run with the step as it was before warm-up and whole-epoch augmentation (issue 11), to compare;
 #   4. benchmarks/sweep.py: a 15-job sweep's per-job overhead and wall time, and the same sweep 3 jobs at a
 #      time on the one GPU (joblib) against one at a time;
-#   5. (STAGES=regret) benchmarks/lr_regret.py at full data on the GPU (issue 15): widths 1 and 0.5, batch 512,
-#      12 epochs, 2 seeds, today's rule (steepest) against the previous one (lowest), about 6 minutes on an H100.
+#   5. (STAGES=regret) benchmarks/lr_regret.py on the mission's run (issue 15): full width and data, batch 512,
+#      24 epochs, 2 seeds, today's rule (steepest) and the previous one (lowest) against the SGD grid: 16 runs,
+#      about 6-7 minutes on an H100.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 seeds=${1:-5}
@@ -89,8 +90,8 @@ timeout "${SWEEP_LIMIT:-200}" python3 benchmarks/sweep.py --jobs 15 --parallel 3
 fi
 if want regret; then
 stage "the range-test rules' regret at full data (issue 15)"
-timeout "${REGRET_LIMIT:-480}" python3 benchmarks/lr_regret.py --settings "model.width=1" "model.width=0.5" \
-  --rules steepest lowest --batch 512 --images 50000 --test-images 10000 --epochs 12 --seeds 2 \
+timeout "${REGRET_LIMIT:-540}" python3 benchmarks/lr_regret.py --settings "model.width=1" \
+  --rules steepest lowest --batch 512 --images 50000 --test-images 10000 --epochs 24 --seeds 2 \
   --data-root .device/data --out "$out/regret.json" -- device=cuda 2>&1 | grep -v "^\[" | tee "$out/regret.txt"
 fi
 stage "done"

@@ -6,8 +6,8 @@ training loss after it, trimmed at both ends (the noisy start, the divergent tai
 Its *fall* is the distance from its first loss down to its lowest one.
 
 LRMAX, by `lr_finder.rule` (benchmarks/lr_regret.py measures what each costs; the README has the table):
-- `steepest` (the default): the LR at which the loss falls fastest, torch-lr-finder's own suggestion. The
-  network learns fastest there, and a peak there held its accuracy in every setting the benchmark tried.
+- `steepest` (the default): the LR at which the loss falls fastest, torch-lr-finder's own suggestion. Of the
+  rules the benchmark tried it lost the least accuracy, on average and at worst.
 - `lowest`: the LR at the lowest loss, the rule before this one. Right for the full network at batch 512
   (0.46, beside Page's hand-tuned 0.4), but it overshoots wherever the test ends before the loss climbs: a
   small network's loss creeps down to LR 5 in a short test, Adam's smoothed loss bottoms out at 0.23.
