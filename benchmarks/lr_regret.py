@@ -26,7 +26,7 @@ from pathlib import Path
 from hydra import compose, initialize_config_dir
 from tabulate import tabulate
 
-from resnet9 import jobcache, lr_rules, plots
+from resnet9 import jobcache, lr_find, lr_rules, plots
 from resnet9.train import train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -85,10 +85,9 @@ class Setting:
             return compose(config_name="config", overrides=overrides)
 
     def pair(self, curve: dict, rule: str) -> list[float]:
-        """The pair `rule` reads off a recorded curve, trimmed as this setting's runs trim it."""
-        finder = self.config(0, [f"lr_finder.rule={rule}"]).lr_finder
-        trimmed = lr_rules.Curve.trimmed(curve["lr"], curve["loss"], finder.skip_start, finder.skip_end)
-        return list(lr_rules.lr_pair(trimmed, rule, finder.max_divisor, finder.min_drop)[:2])
+        """The pair `rule` reads off a recorded curve, read as this setting's runs read it."""
+        found = lr_find.derive_lr_range(curve, self.config(0, [f"lr_finder.rule={rule}"]).lr_finder)
+        return [found.lr_min, found.lr_max]
 
     @staticmethod
     def same(pair: list[float], other: list[float]) -> bool:
