@@ -7,6 +7,7 @@ background thread while the next job of a sweep sets up and trains: `in_backgrou
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
 import os
 import threading
@@ -30,11 +31,12 @@ def _lower_priority() -> None:
 
 
 _drawer = ThreadPoolExecutor(1, "figures", initializer=_lower_priority)  # joined when the process exits
-_pending: list[Future] = []
+_pending: list[tuple[Path | None, Future]] = []  # (the file a figure writes, its drawing)
 
 
 def in_background(draw: Callable[..., Path], *args: Any, **kwargs: Any) -> Future:
-    """Draw a figure on the figure thread; a failure is logged as a warning (a figure never fails a run)."""
+    """Draw a figure on the figure thread; a failure is logged as a warning (a figure never fails a run).
+    Every drawing function here writes the file named by its `path` argument (`wait_for_figures` waits by it)."""
 
     def drawn() -> Path | None:
         try:
@@ -43,15 +45,23 @@ def in_background(draw: Callable[..., Path], *args: Any, **kwargs: Any) -> Futur
             log.warning("could not draw %s: %s: %s", draw.__name__, type(err).__name__, err)
             return None
 
+    target = inspect.signature(draw).bind(*args, **kwargs).arguments.get("path")
     future = _drawer.submit(drawn)
-    _pending.append(future)
+    _pending[:] = [entry for entry in _pending if not entry[1].done()]  # a long sweep keeps no finished ones
+    _pending.append((None if target is None else Path(target), future))
     return future
 
 
-def wait_for_figures() -> None:
-    """Block until every figure asked for so far is on disk."""
-    while _pending:
-        _pending.pop().result()
+def wait_for_figures(*paths: Path) -> None:
+    """Block until the figures that write `paths` are on disk; with no paths, every figure asked for so far.
+    Waiting for one figure only keeps the others (a job's curves.png) off the critical path."""
+    wanted = {Path(path) for path in paths}
+    for entry in list(_pending):
+        target, future = entry
+        if not wanted or target in wanted:
+            future.result()
+            with contextlib.suppress(ValueError):  # another thread may have taken it off already
+                _pending.remove(entry)
 
 
 def lr_range_test(found: dict[str, Any], skip_start: int, skip_end: int, title: str, path: Path) -> Path:

@@ -122,7 +122,9 @@ def test_a_sweep_gives_one_wandb_group_per_setting_short_names_and_one_range_tes
     assert json.loads((sweep / "sweep.json").read_text()) == {"id": f"sweep-{tmp_path.name}_sweep",
                                                              "varies": ["lr_finder.scale", "seed"]}  # fmt: skip
 
-    runs = [read_run(wandb_run_files(job)[0])["run"] for job in jobs]
+    records = [read_run(wandb_run_files(job)[0]) for job in jobs]
+    assert all("exit" in record["types"] for record in records)  # closed beside the next job, then joined
+    runs = [record["run"] for record in records]
     sweep_id = f"sweep-{tmp_path.name}_sweep"
     assert [run.display_name for run in runs] == [
         "lr_finder.scale=0.5 seed=0", "lr_finder.scale=0.5 seed=1", "lr_finder.scale=1.0 seed=0",
