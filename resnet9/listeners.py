@@ -26,7 +26,7 @@ from typing import Any
 
 from resnet9 import distributed, files, jobcache, lr_find, plots, summary
 from resnet9.data import NUM_CLASSES
-from resnet9.errors import UsageError, in_multirun
+from resnet9.errors import UsageError
 from resnet9.loop import EpochResult, StopFlag, StopRequested
 from resnet9.state import TrainState
 
@@ -279,9 +279,7 @@ class TrackerLog(Listener):
             self.tracker.summary({key: state.record[key] for key in self.SUMMARY})
             if (self.out_dir / "last.pt").is_file():
                 self.tracker.log_checkpoint_file(self.out_dir / "last.pt")
-        # In a sweep the next job starts while W&B closes this run (the sweep's end waits for every run)
-        exit_code, preempted = (0 if status == "completed" else 1), status == "interrupted"
-        self.tracker.finish(exit_code=exit_code, preempted=preempted, wait=not in_multirun())
+        self.tracker.finish(exit_code=0 if status == "completed" else 1, preempted=status == "interrupted")
 
 
 class ConsoleLog(Listener):

@@ -33,7 +33,7 @@ from omegaconf import DictConfig
 from pydantic import BaseModel, ConfigDict, ValidationError
 from tabulate import tabulate
 
-from resnet9 import build, files, plots, schema, sweep, tracking
+from resnet9 import build, files, plots, schema, sweep
 from resnet9.errors import ConfigError, UsageError, exit_on_usage_error
 
 NUMBERS = ("final_test_acc", "best_test_acc", "lr_min", "lr_max", "train_time_s")
@@ -271,7 +271,6 @@ class SweepSummary(Callback):
         if not jobs:
             return
         plots.wait_for_figures()
-        tracking.wait_for_runs()  # the jobs' W&B runs, closed beside the next jobs: every file complete
         rows, table = write_report(sweep_dir, jobs=jobs)
         print(f"\nSweep summary (mean ± std and 95 % interval over seeds), also in {sweep_dir / 'summary.md'}:")
         print(table)

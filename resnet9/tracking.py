@@ -9,10 +9,6 @@ from __future__ import annotations
 
 import logging
 import os
-import secrets
-import string
-from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -37,7 +33,7 @@ class Tracker(Protocol):
 
     def summary(self, values: dict[str, Any]) -> None: ...
 
-    def finish(self, exit_code: int = 0, preempted: bool = False, wait: bool = True) -> None: ...
+    def finish(self, exit_code: int = 0, preempted: bool = False) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -98,7 +94,7 @@ class NullTracker:
     def summary(self, values: dict[str, Any]) -> None:
         pass
 
-    def finish(self, exit_code: int = 0, preempted: bool = False, wait: bool = True) -> None:
+    def finish(self, exit_code: int = 0, preempted: bool = False) -> None:
         pass
 
 
@@ -110,12 +106,6 @@ class WandbTracker:
     epoch metrics against the epoch (`epoch/epoch`) and keeps both the last and the highest test accuracy
     in its summary. `system_metrics`: W&B's charts of CPU/GPU use (the trainer passes `logger.system_metrics`,
     whose `auto` means on for CUDA runs and off on a CPU, where the sampler competes with training for cores).
-
-    The trainer never waits for W&B: every call (the run's start, 0.1-0.3 s; each epoch's step records; the
-    end) runs in order on a thread of the run's own. The run's id is chosen here, so it is known at once
-    (a resume continues that run). In online mode the start is awaited, so a failure shows before any work.
-    A failed call is raised by the next one. `finish(wait=False)` lets a sweep's next job begin while this
-    run closes; `wait_for_runs` joins every run still closing.
     """
 
     def __init__(
@@ -137,127 +127,70 @@ class WandbTracker:
             import wandb
         except ImportError:
             raise UsageError("logger=wandb but wandb is not installed; pip install wandb, or use logger=none") from None
-        self._wandb, self.log_checkpoint, self.mode = wandb, log_checkpoint, mode
-        self.run_id = run_id or new_run_id()
-        self.run: Any = None
-        self._calls = ThreadPoolExecutor(1, thread_name_prefix="wandb")
-        self._last: Future | None = None
-        _open.add(self)
-        started = self._submit(
-            self._start,
-            project=project, entity=entity, mode=mode, group=group, name=name, tags=list(tags),
-            config=readable(config), dir=str(dir), job_type=job_type, id=self.run_id,
-            resume="allow" if run_id else None,  # a resumed training continues its own W&B run
-            # console="off": the progress bar stays ours; W&B records metrics, not terminal output.
-            # x_disable_stats: W&B's sampler of CPU/GPU use runs beside training; see `system_metrics`.
-            # create_new: a sweep's next run starts while this one may still be closing on its thread.
-            settings=wandb.Settings(console="off", silent=True, init_timeout=60, x_disable_stats=not system_metrics,
-                                    reinit="create_new"),
-        )  # fmt: skip
-        if mode == "online":
-            self._raise_failure(started)
-
-    def _start(self, **init: Any) -> None:
+        self._wandb, self.log_checkpoint = wandb, log_checkpoint
         try:
-            self.run = self._wandb.init(**init)
+            self.run = wandb.init(
+                project=project,
+                entity=entity,
+                mode=mode,
+                group=group,
+                name=name,
+                tags=list(tags),
+                config=readable(config),
+                dir=str(dir),
+                job_type=job_type,
+                id=run_id,  # a resumed training continues its own W&B run
+                resume="allow" if run_id else None,
+                # console="off": the progress bar stays ours; W&B records metrics, not terminal output.
+                # x_disable_stats: W&B's sampler of CPU/GPU use runs beside training; see `system_metrics`.
+                settings=wandb.Settings(
+                    console="off", silent=True, init_timeout=60, x_disable_stats=not system_metrics
+                ),
+            )
         except Exception as err:  # e.g. online mode without login or network
             reason = (str(err).splitlines() or [type(err).__name__])[0]
             raise UsageError(
-                f"W&B could not start a run in {self.mode} mode ({reason}); use logger.mode=offline or logger=none"
+                f"W&B could not start a run in {mode} mode ({reason}); use logger.mode=offline or logger=none"
             ) from None
-        if init["job_type"] == "train":
+        if job_type == "train":
             self.run.define_metric("epoch/epoch")
             self.run.define_metric("epoch/*", step_metric="epoch/epoch")
             for summary in ("max", "last"):
                 self.run.define_metric("epoch/test_acc", step_metric="epoch/epoch", summary=summary)
-        if self.mode == "offline":
+        if mode == "offline":
             log.info("W&B offline run in %s; upload later with: wandb sync %s", self.run.dir, Path(self.run.dir).parent)
 
-    def _submit(self, call: Callable[..., Any], *args: Any, **kwargs: Any) -> Future:
-        """Queue a call behind the earlier ones; raise now if an earlier one failed."""
-        if self._last is not None and self._last.done():
-            self._raise_failure(self._last)
-        return self._queue(call, *args, **kwargs)
-
-    def _queue(self, call: Callable[..., Any], *args: Any, even_after_failure: bool = False, **kwargs: Any) -> Future:
-        self._last = self._calls.submit(self._in_turn, self._last, even_after_failure, call, *args, **kwargs)
-        return self._last
-
-    @staticmethod
-    def _in_turn(
-        previous: Future | None, even_after_failure: bool, call: Callable[..., Any], *args: Any, **kwargs: Any
-    ) -> Any:
-        failure = previous.exception() if previous is not None else None  # waits for the earlier call
-        if failure is not None and not even_after_failure:
-            raise failure  # a failed start (or call) fails every later call with the same error
-        result = call(*args, **kwargs)
-        if failure is not None:
-            raise failure  # ...and the run's end still reports it
-        return result
-
-    @staticmethod
-    def _raise_failure(future: Future) -> None:
-        future.result()  # its exception, if any, is raised here, in the trainer's thread
+    @property
+    def run_id(self) -> str:
+        return self.run.id
 
     def log(self, metrics: dict[str, float], step: int) -> None:
-        self._submit(lambda: self.run.log(metrics, step=step))
+        self.run.log(metrics, step=step)
 
     def log_images(self, images: dict[str, Path], step: int) -> None:
-        self._submit(
-            lambda: self.run.log({key: self._wandb.Image(str(path)) for key, path in images.items()}, step=step)
-        )
+        self.run.log({key: self._wandb.Image(str(path)) for key, path in images.items()}, step=step)
 
     def log_table(self, key: str, rows: list[dict[str, Any]], step: int | None = None) -> None:
         columns, data = _table(rows)
-        self._submit(lambda: self.run.log({key: self._wandb.Table(columns=columns, data=data)}, step=step))
+        self.run.log({key: self._wandb.Table(columns=columns, data=data)}, step=step)
 
     def log_checkpoint_file(self, path: Path) -> None:
         """The checkpoint as a W&B model artifact, when `logger.log_checkpoint=true` (a copy of last.pt per run)."""
         if self.log_checkpoint:
-            self._submit(self._log_artifact, path)
-
-    def _log_artifact(self, path: Path) -> None:
-        artifact = self._wandb.Artifact(f"checkpoint-{self.run.id}", type="model")
-        artifact.add_file(str(path))
-        self.run.log_artifact(artifact)
+            artifact = self._wandb.Artifact(f"checkpoint-{self.run.id}", type="model")
+            artifact.add_file(str(path))
+            self.run.log_artifact(artifact)
 
     def summary(self, values: dict[str, Any]) -> None:
-        values = {key: value for key, value in values.items() if value is not None}
-        self._submit(lambda: self.run.summary.update(values))
+        for key, value in values.items():
+            if value is not None:
+                self.run.summary[key] = value
 
-    def finish(self, exit_code: int = 0, preempted: bool = False, wait: bool = True) -> None:
-        """`preempted`: stopped by a signal, resumable: W&B shows it pre-empted, not failed. `wait=False`: return
-        at once (the run closes on its thread; the process joins it before exiting)."""
+    def finish(self, exit_code: int = 0, preempted: bool = False) -> None:
+        """`preempted`: stopped by a signal, resumable: W&B shows it pre-empted, not failed."""
         if preempted:
-            self._queue(self._end, "mark_preempting", even_after_failure=True)
-        self._queue(self._end, "finish", exit_code=exit_code, even_after_failure=True)  # closes it whatever failed
-        self._calls.shutdown(wait=False)
-        if wait and (failure := self.wait()) is not None:
-            raise failure
-
-    def _end(self, method: str, **kwargs: Any) -> None:
-        if self.run is not None:  # a run that never started has nothing to close
-            getattr(self.run, method)(**kwargs)
-
-    def wait(self) -> BaseException | None:
-        """Until every call so far has run; the error of a call that failed, if one did."""
-        _open.discard(self)
-        return None if self._last is None else self._last.exception()
-
-
-def new_run_id() -> str:
-    """A W&B run id of the kind W&B draws itself (8 characters of base 36), chosen before the run starts."""
-    return "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8))
-
-
-_open: set[WandbTracker] = set()  # runs whose calls may still be running on their threads
-
-
-def wait_for_runs() -> None:
-    """Until every W&B run of this process has run its calls (a sweep's end); a run that failed is a warning."""
-    for tracker in list(_open):
-        if (failure := tracker.wait()) is not None:
-            log.warning("W&B run %s: %s", tracker.run_id, failure)
+            self.run.mark_preempting()
+        self.run.finish(exit_code=exit_code)
 
 
 def check_login(logger_cfg: Any) -> None:

@@ -2,7 +2,6 @@
 
 import json
 import math
-import threading
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -221,29 +220,6 @@ def test_an_interrupted_wandb_run_is_marked_preempted_not_just_failed(tmp_path):
         tracker.finish(exit_code=1, preempted=preempted)
         types = read_run(wandb_run_files(tmp_path / name)[0])["types"]
         assert ("preempting" in types) == preempted and "exit" in types
-
-
-def test_wandb_calls_run_on_a_thread_of_their_own_and_a_failed_one_is_raised_at_the_end(tmp_path):
-    """The trainer never waits for W&B; a call that failed there still fails the run, and the run is closed."""
-    from test_train import wandb_run_files
-    from wandb_records import read_run
-
-    from resnet9.tracking import WandbTracker
-
-    tracker = WandbTracker(project="resnet9", mode="offline", config={}, dir=tmp_path, name="x")
-    assert tracker.wait() is None and tracker.run.id == tracker.run_id  # the id is chosen before W&B starts
-    callers = []
-
-    def failing_log(metrics, step):
-        callers.append(threading.current_thread())
-        raise RuntimeError("disk full")
-
-    tracker.run.log = failing_log
-    tracker.log({"train/loss": 1.0}, step=0)  # returns at once; the failure comes later
-    with pytest.raises(RuntimeError, match="disk full"):
-        tracker.finish()
-    assert callers and callers[0] is not threading.current_thread()
-    assert "exit" in read_run(wandb_run_files(tmp_path)[0])["types"]  # closed although a call failed
 
 
 def compose_with(*overrides: str):
