@@ -6,9 +6,10 @@
         --images 50000 --test-images 10000 --epochs 24 --seeds 3 -- device=cuda             # a GPU, full size
 
 For every setting (Hydra overrides on top of the base: batch 128, --images training images, --epochs), in
-this one process: the range test (once: every rule reads the same curve), training with each rule's pair
-(`lr_finder.rule=...`; rules that agree share their runs), and training with each hand-set pair of the grid
-(peak P, LRMIN = P / --min-divisor), all with the same seeds. Printed: per setting and rule the derived pair,
+this one process: the range test (once: every rule reads the same curve; or once per --test-seeds, whose
+noise then counts too), training with each rule's pair (`lr_finder.rule=...`; a pair read twice trains once),
+and training with each hand-set pair of the grid (peak P, LRMIN = P / --min-divisor; or the grid an earlier
+run recorded, --grid-from), all with the same seeds. Printed: per setting and rule the derived pair,
 its accuracy, the best grid pair's, and the regret = best grid accuracy - derived accuracy (means over
 seeds); then per rule the mean and worst regret. `--out FILE` keeps it all as JSON, curves included.
 Arguments after `--` are Hydra overrides for every run.
@@ -52,10 +53,17 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--test-images", type=int, default=2000)
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--seeds", type=int, default=2)
+    parser.add_argument("--test-seeds", type=int, default=1,
+                        help="range tests per setting (lr_finder.seed=0,1,...): each rule trains with each test's "
+                             "pair, so the regret includes the test's own noise")  # fmt: skip
     parser.add_argument("--grid", type=float, nargs="+", help=f"the grid's peaks (default by optimizer: {GRID})")
     parser.add_argument("--min-divisor", type=float, default=20.0, help="the grid's LRMIN = peak / this")
     parser.add_argument("--data-root", default=str(REPO.parent / "shared" / "cifar10"))
     parser.add_argument("--out", type=Path, help="write every number (and each setting's curve) here as JSON")
+    parser.add_argument("--grid-from", type=Path, nargs="+", default=[],
+                        help="take each setting's grid from these --out files where they measured it with the same "
+                             "base and at least as many seeds (training is deterministic on one machine): a new "
+                             "rule is measured in a quarter of the time")  # fmt: skip
     parser.add_argument("--from", dest="saved", type=Path, nargs="+",
                         help="train nothing: print the tables of files written by --out")  # fmt: skip
     parser.add_argument("overrides", nargs="*", help="Hydra overrides for every run, e.g. device=cuda")
@@ -65,8 +73,8 @@ def parse_args() -> argparse.Namespace:
 class Setting:
     """One setting's runs, in one scratch folder whose range-test cache every run of it shares."""
 
-    def __init__(self, args: argparse.Namespace, overrides: str, folder: Path) -> None:
-        self.args, self.overrides, self.folder = args, overrides.split(), folder
+    def __init__(self, args: argparse.Namespace, overrides: str, folder: Path, grid: dict | None = None) -> None:
+        self.args, self.overrides, self.folder, self.recorded_grid = args, overrides.split(), folder, grid
 
     def accuracies(self, lrs: list[str]) -> tuple[list[float], Path]:
         """Final test accuracy (%) per seed for these LR overrides, and the first run's folder."""
@@ -94,27 +102,35 @@ class Setting:
         return all(math.isclose(a, b, rel_tol=1e-6) for a, b in zip(pair, other, strict=True))
 
     def measure(self) -> dict:
-        """Every rule's pair and accuracy, and every grid pair's, over the seeds."""
-        rules: dict[str, dict] = {}
-        for rule in self.args.rules:
-            twin = next((r for r in rules if self.same(rules[r]["pair"], self.pair(rules[r]["curve"], rule))), None)
-            if twin is not None:  # this rule reads the curve as an earlier one did: the same runs
-                rules[rule] = {**rules[twin], "same_as": twin}
-                continue
-            accs, first = self.accuracies([f"lr_finder.rule={rule}"])  # optimizer.lr=auto: the range test's
-            found = json.loads((first / "lr_finder.json").read_text())
-            rules[rule] = {"pair": [found["lr_min"], found["lr_max"]], "acc": accs, "curve": found["history"]}
-        curve = next(iter(rules.values()))["curve"]
-        for found in rules.values():
-            found.pop("curve", None)
+        """Every rule's pairs (one per range-test seed) and accuracies, and every grid pair's, over the seeds."""
+        rules: dict[str, dict] = {rule: {"tests": []} for rule in self.args.rules}
+        trained: list[tuple[list[float], list[float]]] = []  # (pair, accuracies): a pair read twice trains once
+        curves = []
+        for test_seed in range(self.args.test_seeds):
+            curve = None
+            for rule in self.args.rules:
+                pair = self.pair(curve, rule) if curve else None
+                accs = next((a for p, a in trained if pair and self.same(p, pair)), None)
+                if accs is None:  # optimizer.lr=auto: the pair this rule reads off this test's curve
+                    accs, first = self.accuracies([f"lr_finder.rule={rule}", f"lr_finder.seed={test_seed}"])
+                    found = json.loads((first / "lr_finder.json").read_text())
+                    pair, curve = [found["lr_min"], found["lr_max"]], curve or found["history"]
+                    trained.append((pair, accs))
+                rules[rule]["tests"].append({"seed": test_seed, "pair": pair, "acc": accs})
+            curves.append(curve)
+        for found in rules.values():  # the first test's pair; the accuracies of every test's runs
+            found.update(pair=found["tests"][0]["pair"], acc=[acc for test in found["tests"] for acc in test["acc"]])
         optimizer = next((o.split("=")[1] for o in self.overrides if o.startswith("optimizer=")), "sgd")
-        grid = {}
-        for peak in self.args.grid or GRID[optimizer]:
+        grid = self.recorded_grid or {}
+        if grid:
+            print(f"{' '.join(self.overrides)}: the grid as recorded (--grid-from), not trained again", flush=True)
+        for peak in [] if grid else self.args.grid or GRID[optimizer]:
             lrs = [f"optimizer.lr={peak}", f"scheduler.lr_min={peak / self.args.min_divisor}"]
             grid[peak] = self.accuracies(lrs)[0]
         best = max(grid, key=lambda peak: statistics.fmean(grid[peak]))
         edge = best in (min(grid), max(grid))  # the grid may not reach the best pair: the regret is a floor
-        return {"rules": rules, "grid": grid, "best_peak": best, "best_at_grid_edge": edge, "curve": curve}
+        return {"rules": rules, "grid": grid, "best_peak": best, "best_at_grid_edge": edge, "curve": curves[0],
+                "other_test_curves": curves[1:]}  # fmt: skip
 
 
 def spread(values: list[float]) -> str:
@@ -126,6 +142,12 @@ def regret(result: dict, rule: str) -> float:
     return best - statistics.fmean(result["rules"][rule]["acc"])
 
 
+def lr_maxes(found: dict) -> str:
+    """The rule's LRMAX, or the range of its LRMAXes over several range tests (--test-seeds)."""
+    lrs = [test["pair"][1] for test in found.get("tests", [])] or [found["pair"][1]]
+    return f"{min(lrs):.3g}" if len(set(lrs)) == 1 else f"{min(lrs):.3g}-{max(lrs):.3g} over {len(lrs)} tests"
+
+
 def tables(args: argparse.Namespace, results: dict[str, dict]) -> tuple[str, str]:
     """Per setting: the best grid pair and each rule's regret with its LRMAX; then per rule over the settings."""
     rows = []
@@ -135,7 +157,7 @@ def tables(args: argparse.Namespace, results: dict[str, dict]) -> tuple[str, str
         cells = [setting, f"{best / args.min_divisor:.3g} / {best:.3g}{edge}: {spread(result['grid'][best])}"]
         for rule in args.rules:
             found = result["rules"][rule]
-            cells.append(f"{regret(result, rule):.2f} ({found['pair'][1]:.3g}: {spread(found['acc'])})")
+            cells.append(f"{regret(result, rule):.2f} ({lr_maxes(found)}: {spread(found['acc'])})")
         rows.append(cells)
     headers = ["setting", "best grid LRMIN / LRMAX: acc (%)", *(f"{rule}: regret (LRMAX: acc)" for rule in args.rules)]
     per_setting = tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True)
@@ -160,18 +182,45 @@ def from_files(args: argparse.Namespace) -> dict[str, dict]:
     return results
 
 
+BASE = ("batch", "images", "test_images", "epochs", "min_divisor", "data_root", "overrides")
+
+
+def recorded_grids(args: argparse.Namespace) -> dict[str, dict]:
+    """Per setting, the grid an earlier --out file measured with this base and at least this many seeds (the
+    first seeds' accuracies: the same runs as this benchmark's)."""
+    grids: dict[str, dict] = {}
+    for path in args.grid_from:
+        saved = json.loads(path.read_text())
+        if any(saved["args"][key] != vars(args)[key] for key in BASE) or saved["args"]["seeds"] < args.seeds:
+            print(f"{path}: another base or fewer seeds; its grids are not reused", flush=True)
+            continue
+        for setting, result in saved["results"].items():
+            grid = {float(peak): accs[: args.seeds] for peak, accs in result["grid"].items()}
+            if args.grid is None or sorted(grid) == sorted(args.grid):
+                grids[setting] = grid
+    return grids
+
+
 def main() -> None:
     args = parse_args()
     results = from_files(args) if args.saved else {}
+    grids = recorded_grids(args)
     for setting in [] if args.saved else args.settings:
         with tempfile.TemporaryDirectory() as tmp:
-            results[setting] = Setting(args, setting, Path(tmp)).measure()
+            results[setting] = Setting(args, setting, Path(tmp), grids.get(setting)).measure()
             plots.wait_for_figures()  # each run's figures, drawn beside the next run, before the folder goes
         jobcache.shared.clear()  # the next setting: free the compiled models and summaries of this one
         print(f"{setting}: " + ", ".join(f"{rule} {regret(results[setting], rule):.2f}" for rule in args.rules),
               flush=True)  # fmt: skip
         if args.out:
-            args.out.write_text(json.dumps({"args": {**vars(args), "out": str(args.out)}, "results": results}))
+            args.out.write_text(
+                json.dumps(
+                    {
+                        "args": {**vars(args), "out": str(args.out), "grid_from": list(map(str, args.grid_from))},
+                        "results": results,
+                    }
+                )
+            )
     per_setting, summary = tables(args, results)
     print(f"\nbase: batch {args.batch}, {args.images} training / {args.test_images} test images, {args.epochs} "
           f"epochs, {args.seeds} seeds; grid LRMIN = peak / {args.min_divisor:g}; regret in points\n")  # fmt: skip

@@ -48,3 +48,21 @@ def test_lr_regret_benchmark_prints_its_tables(cifar_root, tmp_path):
     assert {"lowest", "steepest", "tenth"} <= set(summary)
     saved = json.loads((tmp_path / "regret.json").read_text())["results"]["model.width=0.125"]
     assert len(saved["curve"]["lr"]) == 30 and set(saved["grid"]) == {"0.1", "0.4"}
+
+    # Another rule against the recorded grid: the grid is not trained again, the rule's runs are
+    again = subprocess.run(
+        [sys.executable, "benchmarks/lr_regret.py", "--settings", "model.width=0.125", "--batch", "40", "--images",
+         "400", "--test-images", "200", "--epochs", "2", "--seeds", "1", "--rules", "steepest", "--grid", "0.1",
+         "0.4", "--test-seeds", "2", "--data-root", str(cifar_root), "--grid-from", str(tmp_path / "regret.json"),
+         "--out", str(tmp_path / "again.json"), "--", "lr_finder.num_iter=30", "device=cpu"],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "model.width=0.125: the grid as recorded (--grid-from), not trained again" in again.stdout
+    resaved = json.loads((tmp_path / "again.json").read_text())["results"]["model.width=0.125"]
+    assert resaved["grid"] == saved["grid"]
+    first, second = saved["rules"]["steepest"], resaved["rules"]["steepest"]
+    assert [test["seed"] for test in second["tests"]] == [0, 1]  # two range tests (lr_finder.seed), two pairs
+    assert (second["tests"][0]["pair"], second["tests"][0]["acc"]) == (first["pair"], first["acc"])  # as before
+    assert second["acc"] == second["tests"][0]["acc"] + second["tests"][1]["acc"]  # the regret counts both tests
+    assert len(resaved["other_test_curves"]) == 1 and resaved["other_test_curves"][0] != resaved["curve"]
