@@ -222,6 +222,27 @@ def test_an_interrupted_wandb_run_is_marked_preempted_not_just_failed(tmp_path):
         assert ("preempting" in types) == preempted and "exit" in types
 
 
+def test_wandb_lists_the_installed_packages_once_per_process_and_every_run_keeps_them(tmp_path, monkeypatch):
+    """Reading every package's metadata costs W&B 0.2 s per run; a sweep's later jobs reuse the first list."""
+    import importlib.metadata
+
+    import wandb
+
+    from resnet9.tracking import WandbTracker
+
+    listing = wandb.util.working_set
+    monkeypatch.setattr(wandb.util, "working_set", getattr(listing, "original", listing))  # as if first in process
+    reads = []
+    distributions = importlib.metadata.distributions
+    monkeypatch.setattr(importlib.metadata, "distributions", lambda: reads.append(1) or distributions())
+    for name in ("first", "second"):
+        WandbTracker(project="resnet9", mode="offline", config={}, dir=tmp_path / name, name=name).finish()
+    assert len(reads) == 1
+    for name in ("first", "second"):
+        (requirements,) = (tmp_path / name).glob("wandb/offline-run-*/files/requirements.txt")
+        assert "torch==" in requirements.read_text()
+
+
 def compose_with(*overrides: str):
     with initialize_config_dir(config_dir=CONF, version_base="1.3"):
         return compose(config_name="config", overrides=[*overrides, "logger=none", "progress=false", "device=cpu"])
