@@ -185,6 +185,12 @@ def from_files(args: argparse.Namespace) -> dict[str, dict]:
 BASE = ("batch", "images", "test_images", "epochs", "min_divisor", "data_root", "overrides")
 
 
+def grid_key(setting: str) -> str:
+    """What a setting's grid depends on: its overrides but the range test's (the grid's LRs are hand-set), so
+    `"model.width=0.25 lr_finder.num_iter=300"` is measured against the grid of `"model.width=0.25"`."""
+    return " ".join(o for o in setting.split() if not o.startswith("lr_finder."))
+
+
 def recorded_grids(args: argparse.Namespace) -> dict[str, dict]:
     """Per setting, the grid an earlier --out file measured with this base and at least this many seeds (the
     first seeds' accuracies: the same runs as this benchmark's)."""
@@ -197,7 +203,7 @@ def recorded_grids(args: argparse.Namespace) -> dict[str, dict]:
         for setting, result in saved["results"].items():
             grid = {float(peak): accs[: args.seeds] for peak, accs in result["grid"].items()}
             if args.grid is None or sorted(grid) == sorted(args.grid):
-                grids[setting] = grid
+                grids[grid_key(setting)] = grid
     return grids
 
 
@@ -207,7 +213,7 @@ def main() -> None:
     grids = recorded_grids(args)
     for setting in [] if args.saved else args.settings:
         with tempfile.TemporaryDirectory() as tmp:
-            results[setting] = Setting(args, setting, Path(tmp), grids.get(setting)).measure()
+            results[setting] = Setting(args, setting, Path(tmp), grids.get(grid_key(setting))).measure()
             plots.wait_for_figures()  # each run's figures, drawn beside the next run, before the folder goes
         jobcache.shared.clear()  # the next setting: free the compiled models and summaries of this one
         print(f"{setting}: " + ", ".join(f"{rule} {regret(results[setting], rule):.2f}" for rule in args.rules),

@@ -49,11 +49,11 @@ def train() -> None:
 
 
 def lr_find() -> None:
-    _run("lr_find", "config")
+    _run("lr_find", "lr_find")
 
 
 def summary() -> None:
-    _run("summary", "config")
+    _run("summary", "summary")
 
 
 def evaluate() -> None:

@@ -225,7 +225,7 @@ def main() -> None:
     _hydra_main()
 
 
-@hydra.main(version_base="1.3", config_path="conf", config_name="config")
+@hydra.main(version_base="1.3", config_path="conf", config_name="lr_find")
 def _hydra_main(cfg: DictConfig) -> None:
     with exit_on_usage_error():
         schema.validate(cfg)

@@ -49,17 +49,19 @@ def test_lr_regret_benchmark_prints_its_tables(cifar_root, tmp_path):
     saved = json.loads((tmp_path / "regret.json").read_text())["results"]["model.width=0.125"]
     assert len(saved["curve"]["lr"]) == 30 and set(saved["grid"]) == {"0.1", "0.4"}
 
-    # Another rule against the recorded grid: the grid is not trained again, the rule's runs are
+    # Another rule against the recorded grid: the grid is not trained again, the rule's runs are. A setting that
+    # differs only in how the range test runs (here: its default smoothing, spelled out) shares that grid.
     again = subprocess.run(
-        [sys.executable, "benchmarks/lr_regret.py", "--settings", "model.width=0.125", "--batch", "40", "--images",
-         "400", "--test-images", "200", "--epochs", "2", "--seeds", "1", "--rules", "steepest", "--grid", "0.1",
-         "0.4", "--test-seeds", "2", "--data-root", str(cifar_root), "--grid-from", str(tmp_path / "regret.json"),
-         "--out", str(tmp_path / "again.json"), "--", "lr_finder.num_iter=30", "device=cpu"],
+        [sys.executable, "benchmarks/lr_regret.py", "--settings", "model.width=0.125 lr_finder.smooth_f=0.05",
+         "--batch", "40", "--images", "400", "--test-images", "200", "--epochs", "2", "--seeds", "1", "--rules",
+         "steepest", "--grid", "0.1", "0.4", "--test-seeds", "2", "--data-root", str(cifar_root), "--grid-from",
+         str(tmp_path / "regret.json"), "--out", str(tmp_path / "again.json"), "--", "lr_finder.num_iter=30",
+         "device=cpu"],
         cwd=REPO, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert again.returncode == 0, again.stderr[-2000:]
-    assert "model.width=0.125: the grid as recorded (--grid-from), not trained again" in again.stdout
-    resaved = json.loads((tmp_path / "again.json").read_text())["results"]["model.width=0.125"]
+    assert "model.width=0.125 lr_finder.smooth_f=0.05: the grid as recorded (--grid-from)" in again.stdout
+    resaved = json.loads((tmp_path / "again.json").read_text())["results"]["model.width=0.125 lr_finder.smooth_f=0.05"]
     assert resaved["grid"] == saved["grid"]
     first, second = saved["rules"]["steepest"], resaved["rules"]["steepest"]
     assert [test["seed"] for test in second["tests"]] == [0, 1]  # two range tests (lr_finder.seed), two pairs

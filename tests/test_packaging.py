@@ -89,6 +89,10 @@ def test_the_console_commands_answer_help_and_tab_completion(tmp_path):
     assert install.stdout.rstrip().endswith("-F hydra_bash_completion resnet9-train")
     report_help = subprocess.run([BIN / "resnet9-report", "--help"], capture_output=True, text=True)
     assert report_help.returncode == 0 and "sweep folder" in report_help.stdout
+    for command, first_line in (("resnet9-lr-find", "resnet9-lr-find: the LR range test alone"),
+                                ("resnet9-summary", "resnet9-summary: the model of the composed")):  # fmt: skip
+        own_help = subprocess.run([BIN / command, "--help"], cwd=tmp_path, capture_output=True, text=True)
+        assert own_help.returncode == 0 and own_help.stdout.startswith(first_line), own_help.stdout[:300]
 
 
 def test_a_users_own_config_folder_joins_the_search_path(tmp_path):
