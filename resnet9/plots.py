@@ -45,7 +45,10 @@ def in_background(draw: Callable[..., Path], *args: Any, **kwargs: Any) -> Futur
             log.warning("could not draw %s: %s: %s", draw.__name__, type(err).__name__, err)
             return None
 
-    target = inspect.signature(draw).bind(*args, **kwargs).arguments.get("path")
+    try:
+        target = inspect.signature(draw).bind(*args, **kwargs).arguments.get("path")
+    except TypeError:  # arguments the drawing does not take: drawn() logs its failure; nothing to wait by
+        target = None
     future = _drawer.submit(drawn)
     _pending[:] = [entry for entry in _pending if not entry[1].done()]  # a long sweep keeps no finished ones
     _pending.append((None if target is None else Path(target), future))

@@ -35,5 +35,7 @@ def test_a_figure_that_fails_is_a_warning_not_an_error(tmp_path, caplog):
         raise ValueError("no data to plot")
 
     plots.in_background(broken, tmp_path / "broken.png")
-    plots.wait_for_figures(tmp_path / "broken.png")
+    plots.in_background(broken, tmp_path / "broken.png", "an argument too many")
+    plots.wait_for_figures()
     assert "could not draw broken: ValueError: no data to plot" in caplog.text
+    assert "could not draw broken: TypeError" in caplog.text
