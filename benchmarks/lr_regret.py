@@ -218,15 +218,9 @@ def main() -> None:
         jobcache.shared.clear()  # the next setting: free the compiled models and summaries of this one
         print(f"{setting}: " + ", ".join(f"{rule} {regret(results[setting], rule):.2f}" for rule in args.rules),
               flush=True)  # fmt: skip
-        if args.out:
-            args.out.write_text(
-                json.dumps(
-                    {
-                        "args": {**vars(args), "out": str(args.out), "grid_from": list(map(str, args.grid_from))},
-                        "results": results,
-                    }
-                )
-            )
+        if args.out:  # after every setting: a long run that stops keeps what it measured
+            paths = {"out": str(args.out), "grid_from": [str(path) for path in args.grid_from]}
+            args.out.write_text(json.dumps({"args": {**vars(args), **paths}, "results": results}))
     per_setting, summary = tables(args, results)
     print(f"\nbase: batch {args.batch}, {args.images} training / {args.test_images} test images, {args.epochs} "
           f"epochs, {args.seeds} seeds; grid LRMIN = peak / {args.min_divisor:g}; regret in points\n")  # fmt: skip
