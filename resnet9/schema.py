@@ -24,7 +24,6 @@ from omegaconf import DictConfig, OmegaConf
 from pydantic import BaseModel, ConfigDict, Field, PlainValidator, ValidationError, ValidationInfo, model_validator
 from pydantic_core import PydanticCustomError, PydanticUndefined
 
-from resnet9 import lr_rules
 from resnet9.data import TEST_SIZE, TRAIN_SIZE
 from resnet9.errors import ConfigError
 
@@ -128,9 +127,6 @@ class DataConfig(Section):
     num_workers: int = Field(2, ge=0)
 
 
-RuleName = Literal[tuple(lr_rules.RULES)]  # the rules lr_rules defines, by name: one list of them, not two
-
-
 class LRFinderConfig(Section):
     start_lr: float = Field(1e-5, gt=0)
     end_lr: float = Field(10.0, gt=0)
@@ -139,7 +135,7 @@ class LRFinderConfig(Section):
     diverge_th: float = Field(5, gt=1)
     skip_start: int = Field(10, ge=0)
     skip_end: int = Field(5, ge=0)
-    rule: RuleName = lr_rules.DEFAULT_RULE
+    rule: Literal["steepest", "lowest", "fall_end", "tenth"] = "steepest"
     max_divisor: float = Field(1.0, ge=1)
     min_drop: float = Field(0.1, gt=0, lt=1)
     seed: int = 0
