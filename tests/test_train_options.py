@@ -211,14 +211,14 @@ def test_a_diverged_loss_stops_training_with_its_step_and_lr():
 
 def test_an_interrupted_wandb_run_is_marked_preempted_not_just_failed(tmp_path):
     from test_train import wandb_run_files
-    from wandb_records import read_run
+    from wandb_records import read_finished_run
 
     from resnet9.tracking import WandbTracker
 
     for name, preempted in (("stopped", True), ("failed", False)):
         tracker = WandbTracker(project="resnet9", mode="offline", config={}, dir=tmp_path / name, name=name)
         tracker.finish(exit_code=1, preempted=preempted)
-        types = read_run(wandb_run_files(tmp_path / name)[0])["types"]
+        types = read_finished_run(wandb_run_files(tmp_path / name)[0])["types"]
         assert ("preempting" in types) == preempted and "exit" in types
 
 

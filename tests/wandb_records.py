@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import struct
+import time
 from pathlib import Path
 from typing import Any
 
@@ -68,3 +69,15 @@ def read_run(path: Path) -> dict[str, Any]:
             for item in record.summary.update:
                 result["summary"][item.key or "/".join(item.nested_key)] = json.loads(item.value_json)
     return result
+
+
+def read_finished_run(path: Path, timeout_s: float = 30.0) -> dict[str, Any]:
+    """`read_run` of a run finished in this process. wandb's `run.finish()` returns once its service has the
+    exit record, and the service writes the file a moment later (on a loaded CI machine the file still held
+    only its header): read until the exit record is there, or fail after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        result = read_run(path)
+        if "exit" in result["types"] or time.monotonic() > deadline:
+            return result
+        time.sleep(0.05)
