@@ -56,6 +56,7 @@ def test_the_wheel_holds_the_configs_and_every_command(wheel):
     in_tree = {str(path.relative_to(REPO / "conf")) for path in (REPO / "conf").rglob("*.yaml")}
     assert configs == in_tree and "experiment/quick_cpu.yaml" in configs
     assert set(scripts["console_scripts"]) == COMMANDS
+    assert "hydra_plugins/resnet9_sweeper/compose_once.py" in names  # the default sweeper (hparams_search=grid)
 
 
 def test_an_installed_command_composes_its_config_from_an_empty_folder(wheel, tmp_path):
