@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -123,6 +123,7 @@ def train_one_epoch(
     ema: AveragedModel | None = None,
     stop: StopFlag | None = None,
     scaler: torch.amp.GradScaler | None = None,
+    graph_step: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None,
 ) -> EpochProgress:
     """One pass over the training batches; the scheduler steps after every batch. Returns the epoch's sums.
 
@@ -131,6 +132,7 @@ def train_one_epoch(
     `batches` is one) reads its running numbers every `log_every` steps. The run's very first step (step 0)
     is timed on its own. `progress` continues an epoch that a stop interrupted (its loader skips the steps
     already done); a stop raises StopRequested after the step, with `progress` holding every step done.
+    `graph_step(images, labels) -> (logits, loss)` replaces the eager step (captured.CapturedStep, a CUDA graph).
     """
     model.train()
     device = settings.device
@@ -141,7 +143,10 @@ def train_one_epoch(
         images = images.to(device, non_blocking=True).contiguous(memory_format=settings.memory_format)
         labels = labels.to(device, non_blocking=True)
         progress.lrs.append(optimizer.param_groups[0]["lr"])
-        logits, loss = _train_step(model, images, labels, optimizer, settings, scaler)
+        if graph_step is None:
+            logits, loss = _train_step(model, images, labels, optimizer, settings, scaler)
+        else:
+            logits, loss = graph_step(images, labels)
         scheduler.step()
         if ema is not None:
             ema.update_parameters(model)

@@ -176,6 +176,7 @@ class TrainConfig(Section):
     resume: Literal["auto", True, False] = AUTO
     precision: Literal["auto", "fp32", "bf16", "fp16"] = AUTO
     compile: bool = False
+    cuda_graph: bool = False
     warmup: Literal["auto", True, False] = AUTO
     label_smoothing: Fraction = Field(0.0, examples=[0.2])
     eval_tta: bool = False

@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 # `ddp`, not `distributed`: submitit's launcher pickles this module's functions by value, and cloudpickle
 # would take a module-level name `distributed` for the unpicklable torch.distributed.
-from resnet9 import build, files, lr_find, report, schema, tracking
+from resnet9 import build, captured, files, lr_find, report, schema, tracking
 from resnet9 import distributed as ddp
 from resnet9.data import Cifar10
 from resnet9.errors import UsageError, exit_on_usage_error, exit_with, in_multirun
@@ -237,10 +237,11 @@ def _fit(
         with clock.phase("warmup"), state.untouched():
             eval_batches = [cfg.eval_batch_size, state.record["n_test"] % cfg.eval_batch_size or cfg.eval_batch_size]
             warm_up(trained, state.optimizer, settings, cfg.batch_size // ddp.world().size, eval_batches)
+    step = _captured_step(cfg, state, trained, settings) if cfg.cuda_graph else None
     for epoch in range(state.epoch + 1, cfg.epochs + 1):
         started = time.perf_counter()
         with clock.phase("train"):
-            result = _train_epoch(cfg, state, trained, epoch, settings, stop)
+            result = _train_epoch(cfg, state, trained, epoch, settings, stop, step)
         train_time = time.perf_counter() - started
         if not ddp.world().is_main:  # rank 0 evaluates and records; the others go on to the next epoch
             continue
@@ -263,8 +264,28 @@ def _fit(
                 listener.on_epoch_end(state, row, result)
 
 
+def _captured_step(
+    cfg: DictConfig, state: TrainState, trained: torch.nn.Module, settings: StepSettings
+) -> captured.CapturedStep | None:
+    """cuda_graph=true: the training step captured once (before the first epoch, outside its time), or None."""
+    with state.record.clock.phase("warmup"):
+        started = time.perf_counter()
+        world = ddp.world()
+        step = captured.capture_step(
+            trained, state.optimizer, settings, cfg.batch_size // world.size, state.scaler, world.is_parallel
+        )
+        state.record.update(cuda_graph=step is not None, capture_s=time.perf_counter() - started)
+    return step
+
+
 def _train_epoch(
-    cfg: DictConfig, state: TrainState, trained: torch.nn.Module, epoch: int, settings: StepSettings, stop: StopFlag
+    cfg: DictConfig,
+    state: TrainState,
+    trained: torch.nn.Module,
+    epoch: int,
+    settings: StepSettings,
+    stop: StopFlag,
+    step: captured.CapturedStep | None = None,
 ) -> EpochResult:
     """One epoch of training steps (or the rest of one a stop interrupted), read once at its end."""
     first_step = (epoch - 1) * len(state.loader)
@@ -276,7 +297,7 @@ def _train_epoch(
         state.progress = EpochProgress.start(settings.device)
     train_one_epoch(
         trained, batches, state.optimizer, state.scheduler, settings, state.progress, first_step,
-        ema=state.averaging(epoch), stop=stop, scaler=state.scaler,
+        ema=state.averaging(epoch), stop=stop, scaler=state.scaler, graph_step=step,
     )  # fmt: skip
     result = ddp.sum_epoch(state.progress).read(first_step)
     if state.progress.first_step_s is not None:  # the run's very first step (with compile=true: compilation)
