@@ -6,19 +6,24 @@
 #               (grad-cam ships no wheel: build it into .device/whl first, as that script does for antlr4)
 # There:        bash benchmarks/device_check.sh [SEEDS] [extra Hydra overrides for the full runs...]
 #               (carry .device; results land in $OUT, or in .device/out when OUT is unset)
-#               STAGES="regret" bash benchmarks/device_check.sh     # stage 5 alone (it is not in the default set)
+#               STAGES="regret" bash benchmarks/device_check.sh     # one stage alone (see below)
 #
-# Stages, each under its own time limit so that one slow stage cannot take the others' time:
-#   1. stage CIFAR-10 from the 18 MB JPEG archive, install the wheels the image lacks, print the GPU;
-#   2. benchmarks/throughput.py on whole epochs (97 steps of 512) for the three data paths, then SEEDS
-#      (default 5) complete 24-epoch runs with the defaults (their folders are kept under $OUT/runs);
-#   3. one more complete run with compile=true (seed 0), to compare its training time and first step;
-#   3b. one run with the step as it was before warm-up and whole-epoch augmentation (issue 11), to compare;
-#   4. benchmarks/sweep.py: a 15-job sweep's per-job overhead and wall time, and the same sweep 3 jobs at a
-#      time on the one GPU (joblib) against one at a time;
-#   5. (STAGES=regret) benchmarks/lr_regret.py on the mission's run (issue 15): full width and data, batch 512,
-#      24 epochs, 2 seeds, today's rule (steepest) and the previous one (lowest) against the SGD grid: 16 runs,
-#      about 6-7 minutes on an H100.
+# Stages, each under its own time limit so that one slow stage cannot take the others' time; STAGES names the
+# ones to run (default: "gpu-tests attribution graph sweep"; all of them do not fit one lent machine's 15 min):
+#   (always)     stage CIFAR-10 from the 18 MB JPEG archive, install the wheels the image lacks, print the GPU;
+#   gpu-tests    the tests that need a GPU (the captured step against the eager step), where pytest is installed;
+#   attribution  benchmarks/step_attribution.py at full width: six variants of the step, whole epochs (issue 11);
+#   graph        cuda_graph=true runs of seeds 0-2 beside one default run (seed 0), same card (issue 11);
+#   throughput   benchmarks/throughput.py on whole epochs (97 steps of 512) for the data paths, then SEEDS
+#                (default 5) complete 24-epoch runs with the defaults (their folders are kept under $OUT/runs);
+#   compile      one more complete run with compile=true (seed 0), to compare its training time and first step;
+#   old-path     one run with the step as it was before warm-up and whole-epoch augmentation (issue 11);
+#   sweep        benchmarks/sweep.py: a 15-job sweep's per-job overhead and wall time, and the same sweep 3 jobs
+#                at a time on the one GPU (joblib) against one at a time (issue 10);
+#   regret       benchmarks/lr_regret.py on the mission's run (issue 15): full width and data, batch 512, 24 epochs,
+#                2 seeds, today's rule (steepest) and the previous one (lowest) against the SGD grid: 16 runs,
+#                about 6-7 minutes on an H100.
+# Every complete run's row (accuracy, train time, epoch 1 against the median epoch, warm-up) is in summary.txt.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 seeds=${1:-5}
@@ -27,7 +32,7 @@ out=${OUT:-.device/out}
 mkdir -p "$out"
 started=$(date +%s)
 stage() { echo; echo "== $1 (at $(( $(date +%s) - started )) s)"; }
-stages=" ${STAGES:-throughput compile old-path sweep} "
+stages=" ${STAGES:-gpu-tests attribution graph sweep} "
 want() { [[ "$stages" == *" $1 "* ]]; }
 
 stage "data and packages"
@@ -43,6 +48,24 @@ export WANDB_MODE=offline PYTHONUNBUFFERED=1 NO_ALBUMENTATIONS_UPDATE=1 RESNET9_
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1 | tee "$out/gpu.txt"
 python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), torch.cuda.get_device_name() if torch.cuda.is_available() else '')"
 
+if want gpu-tests; then
+stage "the GPU-only tests: the captured step steps like the eager one (needs pytest on the machine)"
+timeout "${TESTS_LIMIT:-90}" python3 -m pytest -q -p no:cacheprovider tests/test_captured.py 2>&1 | tail -5
+fi
+if want attribution; then
+stage "where an epoch's time goes: six variants of the step, whole epochs, interleaved (issue 11)"
+timeout "${ATTRIBUTION_LIMIT:-200}" python3 benchmarks/step_attribution.py --width 1 --steps "${STEPS:-97}" \
+  --rounds "${ROUNDS:-3}" --data-root .device/data 2>&1 | grep -v "it/s\]" | tee "$out/attribution.txt"
+fi
+if want graph; then
+stage "cuda_graph=true, seeds 0-2, beside the defaults, seed 0 (issue 11: the same card)"
+for run in graph-seed0:"cuda_graph=true seed=0" graph-seed1:"cuda_graph=true seed=1" \
+           graph-seed2:"cuda_graph=true seed=2" default-seed0:"seed=0"; do
+  # shellcheck disable=SC2086
+  timeout "${GRAPH_LIMIT:-60}" python3 -m resnet9.train ${run#*:} data.root=.device/data logger=none progress=false \
+    checkpoint=false hydra.run.dir="$out/runs/${run%%:*}" "$@" 2>&1 | grep -i "warn\|error" | tail -2
+done
+fi
 if want throughput; then
 stage "throughput and $seeds full runs"
 timeout "${BENCH_LIMIT:-330}" python3 benchmarks/throughput.py --steps "${STEPS:-97}" --rounds "${ROUNDS:-3}" \

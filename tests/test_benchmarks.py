@@ -25,6 +25,32 @@ def test_throughput_benchmark_prints_its_table(cifar_root):
     assert ratio > 0
 
 
+def test_step_attribution_benchmark_prints_its_table(cifar_root):
+    """Variants 1-3 from the same weights on the same batches agree to the last digit (whole-epoch augmentation
+    draws the same images); the captured variant says why it cannot run on a CPU; the kernel classes add up."""
+    result = subprocess.run(
+        [sys.executable, "benchmarks/step_attribution.py", "--only", "1", "2", "3", "5", "--batch-size", "32",
+         "--steps", "2", "--rounds", "1", "--log-every", "1", "--device", "cpu", "--data-root", str(cifar_root)],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "5 captured: not run here" in result.stdout and "a CUDA graph needs a CUDA device" in result.stderr
+    lines = result.stdout.splitlines()
+    header = [cell.strip() for cell in next(line for line in lines if line.startswith("| variant")).split("|")[1:-1]]
+    rows = {}
+    for line in lines:
+        cells = [cell.strip() for cell in line.split("|")[1:-1]]
+        if cells and cells[0][:1] in "123":
+            rows[cells[0]] = dict(zip(header, cells, strict=True))
+    assert list(rows) == ["1 loop", "2 no reads", "3 whole epoch"]
+    assert len({row["loss after epoch 1"] for row in rows.values()}) == 1
+    assert int(rows["1 loop"]["reads/epoch"]) > 0  # the bar's running numbers, every step here
+    assert rows["2 no reads"]["reads/epoch"] == rows["3 whole epoch"]["reads/epoch"] == "0"
+    for row in rows.values():
+        classes = sum(float(row[key]) for key in header if key.endswith("ms/step") and key != "augment ms/step")
+        assert 0 < classes < 1000 * float(row["s/epoch"])  # the profiled operators' time per step, under an epoch's
+
+
 def test_lr_regret_benchmark_prints_its_tables(cifar_root, tmp_path):
     result = subprocess.run(
         [sys.executable, "benchmarks/lr_regret.py", "--settings", "model.width=0.125", "--batch", "40", "--images",
