@@ -165,7 +165,7 @@ class TrainConfig(Section):
     logger: Logger
     epochs: int = Field(24, ge=1)
     batch_size: int = Field(512, ge=1)
-    eval_batch_size: int = Field(1024, ge=1)
+    eval_batch_size: int = Field(2000, ge=1)
     seed: int = 0
     device: Device = AUTO
     deterministic: bool = False
