@@ -18,7 +18,9 @@ with every read from the device counted (`.item()`, `.tolist()`, `.cpu()`, `bool
 torch's profiler, whose time per step is split into kernel classes (on a GPU the kernels' own time, and the
 share of the epoch the GPU was busy; on a CPU the operators' time). Then `--rounds` rounds of one timed epoch
 per variant; each row reports the median round. The augmentation's own time is the loader alone, timed apart.
-"prepare s": the capture, plus what the first epoch took beyond a usual one (compilation, cuDNN's autotuning).
+"prepare s": the capture, plus what the first epoch took beyond a usual one (compilation, cuDNN's autotuning;
+a later variant may find caches an earlier one warmed). "GPU busy" is measured under the profiler, which
+slows the host's side of an eager step (≈ 180 operators) more than one replay: read it as a lower bound there.
 """
 
 from __future__ import annotations
@@ -105,11 +107,14 @@ class Variant:
         """One epoch's steps, at a fixed LR; nothing read back yet."""
         batches = tqdm(self.loader, leave=False) if self.progress_bar else self.loader
         scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda step: 1.0)
-        return train_one_epoch(self.trained, batches, self.optimizer, scheduler, settings, graph_step=self.graph_step)
+        # first_step=1: step 0 is the run's very first, which the loop times by waiting for the device
+        return train_one_epoch(
+            self.trained, batches, self.optimizer, scheduler, settings, first_step=1, graph_step=self.graph_step
+        )
 
     def epoch(self, settings: StepSettings) -> float:
         """One epoch and its mean loss (the epoch's one read, which waits for the device)."""
-        return self.run(settings).read(first_step=0).loss
+        return self.run(settings).read(first_step=1).loss
 
 
 def build_variant(name: str, args: argparse.Namespace, cifar, initial: dict) -> Variant | None:
@@ -171,8 +176,9 @@ def profiled_epoch(variant: Variant, settings: StepSettings, steps: int) -> None
         wall = time.perf_counter() - started
     totals = dict.fromkeys([label for label, _ in CLASSES] + [OTHER], 0.0)
     for row in profiler.key_averages():
-        if on_gpu:  # the kernels themselves (rows of device type CUDA), not the operators that launched them
-            if "cuda" not in str(getattr(row, "device_type", "")).lower():
+        if on_gpu:  # the kernels themselves (rows of device type CUDA), not the operators that launched them,
+            # nor the GPU-side spans of annotations (e.g. Optimizer.step), which overlap the kernels inside them
+            if "cuda" not in str(getattr(row, "device_type", "")).lower() or getattr(row, "is_user_annotation", False):
                 continue
             microseconds = getattr(row, "self_device_time_total", 0.0)
         else:
@@ -213,12 +219,12 @@ def bare_step_seconds(args: argparse.Namespace, initial: dict, rounds: int) -> f
         for _ in range(args.steps)
     ]  # fmt: skip
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
-    train_one_epoch(model, batches[:1], optimizer, scheduler, settings).read(first_step=0)  # warm-up
+    train_one_epoch(model, batches[:1], optimizer, scheduler, settings, first_step=1).read(first_step=1)  # warm-up
     seconds = []
     for _ in range(rounds):
         synchronize(settings)
         started = time.perf_counter()
-        train_one_epoch(model, batches, optimizer, scheduler, settings).read(first_step=0)
+        train_one_epoch(model, batches, optimizer, scheduler, settings, first_step=1).read(first_step=1)
         seconds.append(time.perf_counter() - started)
     return statistics.median(seconds)
 
@@ -232,7 +238,7 @@ def measure(variants: list[Variant], settings: StepSettings, args: argparse.Name
         with counted_reads() as reads:  # inside the epoch: the bar's running numbers, anything else that waits
             progress = variant.run(settings)
         variant.reads = len(reads)
-        progress.read(first_step=0)
+        progress.read(first_step=1)
         profiled_epoch(variant, settings, args.steps)
         variant.augment_s = loader_alone(variant, settings)
     for round_index in range(args.rounds):
@@ -268,6 +274,7 @@ def table(variants: list[Variant], bare_s: float, args: argparse.Namespace) -> s
 
 def main() -> None:
     args = parse_args()
+    build.seed_everything(0)  # as the trainer does, which also turns on cuDNN's autotuning
     names = [name for name in VARIANTS if not args.only or name.split()[0] in args.only]
     cfg = run_config(args, "device", f"log_every={args.log_every}")
     device = build.device(cfg.device)

@@ -44,6 +44,8 @@ class CapturedStep:
         self.images = torch.zeros(batch, 3, 32, 32, device=device).contiguous(memory_format=settings.memory_format)
         self.labels = torch.zeros(batch, dtype=torch.long, device=device)
         self.lrs = [torch.zeros((), device=device) for _ in optimizer.param_groups]
+        self.hyperparameters = _captured_hyperparameters(optimizer)
+        model.train()  # BatchNorm as in training: the warm-up's evaluation left the model in eval mode
         start_momentum(optimizer)
         with untouched_in_place(model, optimizer):  # the warm-up steps leave no trace
             stream = torch.cuda.Stream(device)
@@ -77,6 +79,8 @@ class CapturedStep:
     def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Replay on this batch at the schedule's current LR. The loss is a copy (the next replay overwrites
         the graph's own); the logits are the graph's, to be used before the next step."""
+        if _captured_hyperparameters(self.optimizer) != self.hyperparameters or not self.model.training:
+            raise RuntimeError("the captured step's optimizer settings or training mode changed after capture")
         for lr, group in zip(self.lrs, self.optimizer.param_groups, strict=True):
             lr.fill_(group["lr"])
         self.images.copy_(images)
@@ -92,9 +96,10 @@ def capture_step(
     batch: int,
     scaler: torch.amp.GradScaler | None = None,
     parallel: bool = False,
+    cycles_momentum: bool = False,
 ) -> CapturedStep | None:
     """The captured step, or None (with one line saying why) where the run must step eagerly."""
-    reason = why_not_captured(optimizer, settings, scaler, parallel)
+    reason = why_not_captured(optimizer, settings, scaler, parallel, cycles_momentum)
     if reason is None:
         try:
             return CapturedStep(model, optimizer, settings, batch)
@@ -109,8 +114,10 @@ def why_not_captured(
     settings: StepSettings,
     scaler: torch.amp.GradScaler | None,
     parallel: bool,
+    cycles_momentum: bool = False,
 ) -> str | None:
-    """What rules a captured step out here, in words, or None when nothing does."""
+    """What rules a captured step out here, in words, or None when nothing does. The graph holds every
+    optimizer setting but the LR as a constant, so a schedule that changes another one rules it out."""
     groups = optimizer.param_groups
     if settings.device.type != "cuda":
         return f"a CUDA graph needs a CUDA device, this run is on {settings.device.type}"
@@ -122,7 +129,15 @@ def why_not_captured(
         return "fp16 loss scaling decides on the host whether to step (use precision=bf16 or fp32)"
     if parallel:
         return "data parallelism (torchrun) is not captured"
+    if cycles_momentum:
+        return "scheduler.cycle_momentum=true changes the momentum every step, which a graph holds fixed"
     return None
+
+
+def _captured_hyperparameters(optimizer: torch.optim.Optimizer) -> list[tuple]:
+    """What a captured update holds fixed, per parameter group (all but the LR)."""
+    keys = ("momentum", "weight_decay", "nesterov", "dampening", "maximize")
+    return [tuple(group[key] for key in keys) for group in optimizer.param_groups]
 
 
 def start_momentum(optimizer: torch.optim.Optimizer) -> None:

@@ -237,7 +237,7 @@ def _fit(
         with clock.phase("warmup"), state.untouched():
             eval_batches = [cfg.eval_batch_size, state.record["n_test"] % cfg.eval_batch_size or cfg.eval_batch_size]
             warm_up(trained, state.optimizer, settings, cfg.batch_size // ddp.world().size, eval_batches)
-    step = _captured_step(cfg, state, trained, settings) if cfg.cuda_graph else None
+    step = _captured_step(cfg, state, trained, settings) if cfg.cuda_graph and state.epoch < cfg.epochs else None
     for epoch in range(state.epoch + 1, cfg.epochs + 1):
         started = time.perf_counter()
         with clock.phase("train"):
@@ -272,8 +272,9 @@ def _captured_step(
         started = time.perf_counter()
         world = ddp.world()
         step = captured.capture_step(
-            trained, state.optimizer, settings, cfg.batch_size // world.size, state.scaler, world.is_parallel
-        )
+            trained, state.optimizer, settings, cfg.batch_size // world.size, state.scaler, world.is_parallel,
+            cycles_momentum=cfg.scheduler.get("cycle_momentum", False),
+        )  # fmt: skip
         state.record.update(cuda_graph=step is not None, capture_s=time.perf_counter() - started)
     return step
 

@@ -98,6 +98,7 @@ def test_where_a_step_cannot_be_captured_the_reason_is_named():
     assert "dampening" in captured.why_not_captured(damped, cuda, None, False)
     assert "loss scaling" in captured.why_not_captured(optimizer, cuda, torch.amp.GradScaler("cpu"), False)
     assert "torchrun" in captured.why_not_captured(optimizer, cuda, None, parallel=True)
+    assert "cycle_momentum" in captured.why_not_captured(optimizer, cuda, None, False, cycles_momentum=True)
 
 
 def test_cuda_graph_on_a_cpu_says_why_and_trains_eagerly(synthetic_root, tmp_path, caplog):
@@ -124,12 +125,15 @@ def test_cuda_graph_on_a_cpu_says_why_and_trains_eagerly(synthetic_root, tmp_pat
 @needs_gpu
 @pytest.mark.parametrize("precision", [None, torch.bfloat16])
 def test_the_captured_step_steps_like_the_eager_step(precision):
-    """Three steps at three LRs from the same weights: the same losses and weights as the eager step."""
+    """Three steps at three LRs from the same weights: the same losses, weights and BatchNorm statistics as the
+    eager step, also when the model comes to the capture in eval mode (as after the trainer's warm-up)."""
     settings = StepSettings(device=CUDA, memory_format=torch.channels_last, autocast_dtype=precision)
     results = []
     for graph in (False, True):
         model, optimizer, _, _ = tiny(CUDA, fused=True)
         model = model.to(memory_format=torch.channels_last)
+        if graph:
+            model.eval()  # the warm-up's evaluation leaves it so; the capture must train BatchNorm all the same
         step = captured.CapturedStep(model, optimizer, settings, batch=8) if graph else None
         generator = torch.Generator(device=CUDA).manual_seed(1)
         losses = []
@@ -142,7 +146,7 @@ def test_the_captured_step_steps_like_the_eager_step(precision):
             else:
                 _, loss = step(images, labels)
             losses.append(loss.item())
-        results.append((losses, [p.detach().clone() for p in model.parameters()]))
+        results.append((losses, [t.detach().clone() for t in model.state_dict().values()]))
     (eager_losses, eager_weights), (graph_losses, graph_weights) = results
     assert graph_losses == pytest.approx(eager_losses, rel=1e-3, abs=1e-4)
     for eager, graph in zip(eager_weights, graph_weights, strict=True):
