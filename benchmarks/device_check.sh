@@ -22,7 +22,12 @@
 #                at a time on the one GPU (joblib) against one at a time (issue 10);
 #   regret       benchmarks/lr_regret.py on the mission's run (issue 15): full width and data, batch 512, 24 epochs,
 #                2 seeds, today's rule (steepest) and the previous one (lowest) against the SGD grid: 16 runs,
-#                about 6-7 minutes on an H100.
+#                about 6-7 minutes on an H100;
+#   evidence     benchmarks/evidence.py (issue 14): the defaults beside Page's schedule and on the staged copy
+#                passed once more through JPEG q50, 3 seeds each (EVIDENCE_PARTS="schedule q50", 9 runs); the
+#                options over 5 seeds (EVIDENCE_PARTS=options, 40 runs) in a session of their own. Commit
+#                $OUT/evidence/*/ under results/<date>-gpu-evidence/ and print the README's table with
+#                `python benchmarks/evidence.py --table results/<date>-gpu-evidence`.
 # Every complete run's row (accuracy, train time, epoch 1 against the median epoch, warm-up) is in summary.txt.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -116,5 +121,12 @@ stage "the range-test rules' regret at full data (issue 15)"
 timeout "${REGRET_LIMIT:-540}" python3 benchmarks/lr_regret.py --settings "model.width=1" \
   --rules steepest lowest --batch 512 --images 50000 --test-images 10000 --epochs 24 --seeds 2 \
   --data-root .device/data --out "$out/regret.json" -- device=cuda 2>&1 | grep -v "^\[" | tee "$out/regret.txt"
+fi
+if want evidence; then
+stage "issue 14: the defaults beside Page's schedule and on a q50 copy (3 seeds), options over 5 seeds"
+# EVIDENCE_PARTS="schedule q50" (9 runs) and "options" (40 runs) fit different sessions
+# shellcheck disable=SC2086
+timeout "${EVIDENCE_LIMIT:-540}" python3 benchmarks/evidence.py --data-root .device/data --out "$out/evidence" \
+  --work .device/evidence --parts ${EVIDENCE_PARTS:-schedule q50} -- "$@" 2>&1 | grep -v "^\[" | tail -30
 fi
 stage "done"
