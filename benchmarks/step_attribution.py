@@ -40,7 +40,7 @@ from omegaconf import DictConfig
 from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from throughput import run_config, training_images  # noqa: E402  (the same config and data as throughput.py)
+from throughput import run_config, step_arguments, training_images  # noqa: E402  (the same config and data as throughput.py)
 
 from resnet9 import build, captured  # noqa: E402
 from resnet9.loop import EpochProgress, StepSettings, train_one_epoch  # noqa: E402
@@ -68,14 +68,7 @@ OTHER = "elementwise, copies, other"
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--width", type=float, default=0.125, help="model width (1.0 = the mission's network)")
-    parser.add_argument("--batch-size", type=int, default=512)
-    parser.add_argument("--steps", type=int, default=4, help="steps per epoch (97 = all 50,000 images at 512)")
-    parser.add_argument("--rounds", type=int, default=3, help="timed rounds; the median is reported")
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"))
-    parser.add_argument("--data-root", default=str(REPO.parent / "shared" / "cifar10"),
-                        help="CIFAR-10 root; random images when it holds none")  # fmt: skip
+    step_arguments(parser, width=0.125, steps_help="steps per epoch (97 = all 50,000 images at 512)")
     parser.add_argument("--log-every", type=int, default=10, help="the bar's reads: every N steps (the trainer's)")
     parser.add_argument("--only", nargs="*", help="variant numbers to run, e.g. --only 2 3 (default: all)")
     args = parser.parse_args()

@@ -37,17 +37,22 @@ from resnet9.loop import train_one_epoch
 REPO = Path(__file__).resolve().parents[1]
 
 
-def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--width", type=float, default=1.0, help="model width (1.0 = the mission's network)")
+def step_arguments(parser: argparse.ArgumentParser, width: float, steps_help: str) -> None:
+    """What the step benchmarks (this one and step_attribution.py) measure on: model, batch, device, data."""
+    parser.add_argument("--width", type=float, default=width, help="model width (1.0 = the mission's network)")
     parser.add_argument("--batch-size", type=int, default=512)
-    parser.add_argument("--steps", type=int, default=4, help="training steps per measurement")
+    parser.add_argument("--steps", type=int, default=4, help=steps_help)
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; the median is reported")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"))
-    parser.add_argument("--workers", type=int, default=2, help="DataLoader workers for path (c)")
     parser.add_argument("--data-root", default=str(REPO.parent / "shared" / "cifar10"),
                         help="CIFAR-10 root; random images when it holds none")  # fmt: skip
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    step_arguments(parser, width=1.0, steps_help="training steps per measurement")
+    parser.add_argument("--workers", type=int, default=2, help="DataLoader workers for path (c)")
     parser.add_argument("--full-run", action="store_true", help="also train --seeds complete runs")
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--out", help="keep the full runs' output folders here (default: a temporary folder)")
