@@ -78,7 +78,7 @@ def test_an_installed_command_composes_its_config_from_an_empty_folder(wheel, tm
 def test_the_console_commands_answer_help_and_tab_completion(tmp_path):
     help_text = subprocess.run([BIN / "resnet9-train", "--help"], cwd=tmp_path, capture_output=True, text=True)
     assert help_text.returncode == 0, help_text.stderr[-2000:]
-    for fragment in ("resnet9-train: train the mission's ResNet-9", "experiment: page, quick_cpu",
+    for fragment in ("resnet9-train: train the mission's ResNet-9", "experiment: mission, page, quick_cpu",
                      "debug: fast_dev_run, overfit_batch", "epochs=24 batch_size=512", "resnet9-report"):  # fmt: skip
         assert fragment in help_text.stdout, fragment
     line = "resnet9-train experiment=qu"
