@@ -21,7 +21,6 @@ import hydra
 import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 # `ddp`, not `distributed`: submitit's launcher pickles this module's functions by value, and cloudpickle
@@ -29,6 +28,7 @@ from tqdm import tqdm
 from resnet9 import build, captured, files, lr_find, report, schema, tracking
 from resnet9 import distributed as ddp
 from resnet9.data import Cifar10
+from resnet9.ema import WeightEMA
 from resnet9.errors import UsageError, exit_on_usage_error, exit_with, in_multirun
 from resnet9.listeners import (
     CheckpointWriter,
@@ -160,7 +160,7 @@ def _training_state(
     scheduler = build.scheduler(cfg, optimizer, lr_min, lr_max, steps_per_epoch=len(loader))
     ema = None
     if cfg.ema.decay > 0:  # averages BatchNorm statistics too (use_buffers), so the average is ready to evaluate
-        ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema.decay), use_buffers=True)
+        ema = WeightEMA(model, cfg.ema.decay)
     autocast = build.autocast_dtype(cfg.precision, device)
     record = RunRecord(
         clock,
