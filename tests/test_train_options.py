@@ -318,7 +318,8 @@ def test_a_warm_up_step_changes_nothing_the_run_computes(synthetic_root, tmp_pat
 
 @pytest.mark.parametrize("progress", [False, True])
 def test_an_epoch_reads_the_device_only_for_a_progress_bar(synthetic_root, tmp_path, monkeypatch, progress):
-    """Reads from the device (`.item()`, `.tolist()`, `.cpu()`) inside train_one_epoch, counted."""
+    """Reads from the device (`.item()`, `.tolist()`, `.cpu()`, `bool()`, `float()`, `int()`) inside
+    train_one_epoch, counted; with the EMA updating after every step."""
     import resnet9.train as trainer
 
     inside, reads = [False], []
@@ -331,7 +332,7 @@ def test_an_epoch_reads_the_device_only_for_a_progress_bar(synthetic_root, tmp_p
         finally:
             inside[0] = False
 
-    for name in ("item", "tolist", "cpu"):
+    for name in ("item", "tolist", "cpu", "__bool__", "__float__", "__int__"):
         real = getattr(torch.Tensor, name)
 
         def counting(self, *args, _real=real, _name=name, **kwargs):
@@ -341,5 +342,6 @@ def test_an_epoch_reads_the_device_only_for_a_progress_bar(synthetic_root, tmp_p
 
         monkeypatch.setattr(torch.Tensor, name, counting)
     monkeypatch.setattr(trainer, "train_one_epoch", counted_epoch)
-    train(compose_small(synthetic_root, f"progress={str(progress).lower()}", "log_every=1", "epochs=2"), tmp_path)
+    options = ("log_every=1", "epochs=2", "ema.decay=0.9", "ema.start_epoch=1")  # the EMA updates every step
+    train(compose_small(synthetic_root, f"progress={str(progress).lower()}", *options), tmp_path)
     assert (len(reads) > 0) == progress  # with a bar: its running numbers every log_every steps; else none
