@@ -4,6 +4,8 @@
 # Here, once:   mkdir -p .device && cp ../shared/cifar10/cifar10-jpeg.tar.xz ../shared/cifar10/build_batches.py .device/
 #               echo /.device/ >> .git/info/exclude && bash ../shared/tools/offline-wheels.sh .device/whl
 #               (grad-cam ships no wheel: build it into .device/whl first, as that script does for antlr4)
+#               python3 -m pip download -q --only-binary=:all: --python-version 3.12 -d .device/whl pytest
+#               (pytest and its two small dependencies, for the gpu-tests stage; the image has none)
 # There:        bash benchmarks/device_check.sh [SEEDS] [extra Hydra overrides for the full runs...]
 #               (carry .device; results land in $OUT, or in .device/out when OUT is unset)
 #               STAGES="regret" bash benchmarks/device_check.sh     # one stage alone (see below)
@@ -55,7 +57,11 @@ python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.i
 
 if want gpu-tests; then
 stage "the GPU-only tests: the captured step steps like the eager one (needs pytest on the machine)"
-timeout "${TESTS_LIMIT:-90}" python3 -m pytest -q -p no:cacheprovider tests/test_captured.py 2>&1 | tail -5
+if python3 -c "import pytest" 2>/dev/null; then
+  timeout "${TESTS_LIMIT:-90}" python3 -m pytest -q -p no:cacheprovider tests/test_captured.py 2>&1 | tail -5
+else
+  echo "pytest is not installed here: add its wheels to .device/whl (see this script's header)"
+fi
 fi
 if want attribution; then
 stage "where an epoch's time goes: six variants of the step, whole epochs, interleaved (issue 11)"
