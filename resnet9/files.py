@@ -118,11 +118,11 @@ class BackgroundWriter:
 
 
 def host_copy(obj: Any) -> Any:
-    """`obj` with every tensor copied off the training device (into pinned memory from a GPU), so that training
-    can go on changing the originals while a background thread writes the copy."""
+    """`obj` with every tensor copied to the host, so that training can go on changing the originals while a
+    background thread writes the copy. The copy from a GPU waits for it and lands in ordinary memory: pinning
+    it afterwards (as this did before) only added a second host copy and a page-locked allocation per epoch."""
     if isinstance(obj, torch.Tensor):
-        copy = obj.detach().to("cpu", copy=True)
-        return copy.pin_memory() if obj.is_cuda else copy
+        return obj.detach().to("cpu", copy=True)
     if isinstance(obj, dict):
         return {key: host_copy(value) for key, value in obj.items()}
     if isinstance(obj, list | tuple):
