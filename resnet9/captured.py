@@ -65,12 +65,9 @@ class CapturedStep:
     def _body(self) -> tuple[torch.Tensor, torch.Tensor]:
         """`loop._train_step` without zero_grad (the graph overwrites the gradients) and without the autocast
         cache (a graph must not keep tensors cast outside it), with the LRs read from the device."""
-        settings = self.settings
-        dtype = settings.autocast_dtype or torch.bfloat16
-        autocast = torch.autocast("cuda", dtype=dtype, enabled=settings.autocast_dtype is not None, cache_enabled=False)
-        with autocast:
+        with self.settings.autocast(cache_enabled=False):
             logits = self.model(self.images)
-            loss = F.cross_entropy(logits, self.labels, label_smoothing=settings.label_smoothing)
+            loss = F.cross_entropy(logits, self.labels, label_smoothing=self.settings.label_smoothing)
         loss.backward()
         with lrs_on_device(self.optimizer, self.lrs):
             self.optimizer.step()

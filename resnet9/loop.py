@@ -106,10 +106,12 @@ class StepSettings:
     label_smoothing: float = 0.0
     log_every: int = 10
 
-    def autocast(self) -> torch.autocast:
+    def autocast(self, cache_enabled: bool = True) -> torch.autocast:
         # Under autocast, convolutions and matmuls run in bf16 while BatchNorm keeps fp32 statistics.
+        # `cache_enabled=False` for a CUDA graph's capture: it must not keep tensors cast outside the graph.
         dtype = self.autocast_dtype or torch.bfloat16
-        return torch.autocast(self.device.type, dtype=dtype, enabled=self.autocast_dtype is not None)
+        enabled = self.autocast_dtype is not None
+        return torch.autocast(self.device.type, dtype=dtype, enabled=enabled, cache_enabled=cache_enabled)
 
 
 def train_one_epoch(
