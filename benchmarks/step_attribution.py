@@ -40,7 +40,7 @@ from omegaconf import DictConfig
 from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from throughput import run_config, step_arguments, training_images  # noqa: E402  (the same config and data as throughput.py)
+from throughput import random_batches, run_config, step_arguments, training_images  # noqa: E402  (the same config and data as throughput.py)
 
 from resnet9 import build, captured  # noqa: E402
 from resnet9.loop import EpochProgress, StepSettings, train_one_epoch  # noqa: E402
@@ -206,11 +206,7 @@ def bare_step_seconds(args: argparse.Namespace, initial: dict, rounds: int) -> f
     optimizer = build.optimizer(
         variant_cfg.optimizer, model, lr=0.02, **build.fused_kernels(variant_cfg.optimizer, device)
     )
-    batches = [
-        (torch.randn(args.batch_size, 3, 32, 32, device=device).contiguous(memory_format=settings.memory_format),
-         torch.randint(0, 10, (args.batch_size,), device=device))
-        for _ in range(args.steps)
-    ]  # fmt: skip
+    batches = random_batches(args, settings)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
     train_one_epoch(model, batches[:1], optimizer, scheduler, settings, first_step=1).read(first_step=1)  # warm-up
     seconds = []

@@ -32,7 +32,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
 from resnet9 import build, data, schema
-from resnet9.loop import train_one_epoch
+from resnet9.loop import StepSettings, train_one_epoch
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -85,6 +85,16 @@ def run_config(args: argparse.Namespace, engine: str, *extra: str) -> DictConfig
     return cfg
 
 
+def random_batches(args: argparse.Namespace, settings: StepSettings) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """`args.steps` batches of random images and labels already on the device: the bare step's input."""
+    return [
+        (torch.randn(args.batch_size, 3, 32, 32, device=settings.device).contiguous(
+            memory_format=settings.memory_format),
+         torch.randint(0, 10, (args.batch_size,), device=settings.device))
+        for _ in range(args.steps)
+    ]  # fmt: skip
+
+
 def measure_paths(args: argparse.Namespace) -> list[tuple[str, float]]:
     cfg = run_config(args, engine="device")
     device = build.device(cfg.device)
@@ -96,13 +106,8 @@ def measure_paths(args: argparse.Namespace) -> list[tuple[str, float]]:
 
     count = args.steps * args.batch_size
     cifar, source = training_images(args.data_root, count)
-    random_batches = [
-        (torch.randn(args.batch_size, 3, 32, 32, device=device).contiguous(memory_format=settings.memory_format),
-         torch.randint(0, 10, (args.batch_size,), device=device))
-        for _ in range(args.steps)
-    ]  # fmt: skip
     paths = {
-        "(a) bare model, random tensors": random_batches,
+        "(a) bare model, random tensors": random_batches(args, settings),
         "(b) device-resident loader": build.train_loader(cfg, cifar, settings, seed=0),
         f"(c) albumentations DataLoader, {args.workers} workers": build.train_loader(
             run_config(args, engine="albumentations"), cifar, settings, seed=0
