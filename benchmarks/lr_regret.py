@@ -4,6 +4,8 @@
     python benchmarks/lr_regret.py --rules lowest fall_end --settings "model.width=0.125" --seeds 3
     python benchmarks/lr_regret.py --settings "model.width=1 batch_size=512" "model.width=0.5 batch_size=512" \\
         --images 50000 --test-images 10000 --epochs 24 --seeds 3 -- device=cuda             # a GPU, full size
+    python benchmarks/lr_regret.py --settings "model.width=1 batch_size=512 data.limit_train=16000 precision=bf16" \\
+        --rules steepest lowest fall_end --grid 0.1 0.2 0.4 0.8 --test-images 5000 -- device=cpu      # full width, CPU
 
 For every setting (Hydra overrides on top of the base: batch 128, --images training images, --epochs), in
 this one process: the range test (once: every rule reads the same curve; or once per --test-seeds, whose
@@ -176,8 +178,10 @@ def from_files(args: argparse.Namespace) -> dict[str, dict]:
         saved = json.loads(path.read_text())
         for setting, result in saved["results"].items():  # JSON keeps the grid's peaks as strings
             results[setting] = {**result, "grid": {float(peak): accs for peak, accs in result["grid"].items()}}
-        for key in ("batch", "images", "test_images", "epochs", "seeds", "min_divisor"):
-            setattr(args, key, saved["args"][key])
+        for key in ("batch", "images", "test_images", "epochs", "seeds"):  # printed as "a or b" where files differ
+            known = str(getattr(args, key)).split(" or ") if path != args.saved[0] else []
+            setattr(args, key, " or ".join(dict.fromkeys([*known, str(saved["args"][key])])))
+        args.min_divisor = saved["args"]["min_divisor"]
     args.rules = [rule for rule in lr_rules.RULES if all(rule in result["rules"] for result in results.values())]
     return results
 

@@ -100,6 +100,19 @@ def test_lr_regret_benchmark_prints_its_tables(cifar_root, tmp_path):
     assert second["acc"] == second["tests"][0]["acc"] + second["tests"][1]["acc"]  # the regret counts both tests
     assert len(resaved["other_test_curves"]) == 1 and resaved["other_test_curves"][0] != resaved["curve"]
 
+    # Files measured on different bases print together, the base saying where they differ
+    other = json.loads((tmp_path / "again.json").read_text())
+    other["args"]["test_images"] = 300
+    (tmp_path / "other.json").write_text(json.dumps(other))
+    printed = subprocess.run(
+        [sys.executable, "benchmarks/lr_regret.py", "--from", str(tmp_path / "regret.json"),
+         str(tmp_path / "other.json")],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert printed.returncode == 0, printed.stderr[-2000:]
+    assert "400 training / 200 or 300 test images, 2 epochs, 1 seeds" in printed.stdout
+    assert "| model.width=0.125 " in printed.stdout and "| model.width=0.125 lr_finder.smooth_f=0.05 " in printed.stdout
+
 
 def test_reencoding_damages_the_pixels_by_the_quality_asked_and_keeps_the_layout(tmp_path):
     sys.path.insert(0, str(REPO / "benchmarks"))
