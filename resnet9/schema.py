@@ -51,6 +51,8 @@ Device = Annotated[
     str, _rule("auto, cpu or cuda[:N]", lambda v: isinstance(v, str) and re.fullmatch(r"auto|cpu|cuda(:\d+)?", v))
 ]
 Fraction = Annotated[float, Field(ge=0, lt=1)]
+# A seed every random source takes as it is (NumPy's and albumentations' refuse negatives and >= 2**32).
+Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]
 
 
 class Section(BaseModel):
@@ -61,7 +63,9 @@ class Section(BaseModel):
 class ModelConfig(Section):
     target: Literal["resnet9.model.ResNet9"] = Field(alias="_target_")
     num_classes: Literal[10] = 10
-    width: float = Field(1.0, gt=0)  # scales every channel count; 1.0 = the mission's network
+    # scales every channel count; 1.0 = the mission's network. Parameters grow as width²: 8 is 420M of them (1.7 GB
+    # in fp32); a larger width, often a typo, would fail later in allocation with the tensor's size in bytes
+    width: float = Field(1.0, gt=0, le=8)
     logit_scale: float = Field(0.125, gt=0)
 
 
@@ -138,7 +142,7 @@ class LRFinderConfig(Section):
     rule: Literal["steepest", "lowest", "fall_end", "tenth"] = "steepest"
     max_divisor: float = Field(1.0, ge=1)
     min_drop: float = Field(0.1, gt=0, lt=1)
-    seed: int = 0
+    seed: Seed = 0
     scale: float = Field(1.0, gt=0)
     max_scale: float = Field(1.0, gt=0)
     min_scale: float = Field(1.0, gt=0)
@@ -166,7 +170,7 @@ class TrainConfig(Section):
     epochs: int = Field(24, ge=1)
     batch_size: int = Field(512, ge=1)
     eval_batch_size: int = Field(2000, ge=1)
-    seed: int = 0
+    seed: Seed = 0
     device: Device = AUTO
     deterministic: bool = False
     channels_last: bool = True
@@ -193,6 +197,11 @@ class TrainConfig(Section):
             raise ConfigError(
                 f"scheduler.peak_epoch must lie inside the run (0 < peak_epoch < epochs={self.epochs}), "
                 f"got {peak!r}; e.g. scheduler.peak_epoch={self.epochs * 5 / 24:.3g} (the mission's 5 of 24 epochs)"
+            )
+        if isinstance(self.optimizer, SGDConfig) and self.optimizer.nesterov and self.optimizer.momentum == 0:
+            raise ConfigError(
+                "optimizer.nesterov=true needs momentum, got optimizer.momentum=0; "
+                "e.g. optimizer.momentum=0.9, or optimizer.nesterov=false for plain SGD"
             )
         lr, lr_min = self.optimizer.lr, self.scheduler.lr_min
         if AUTO not in (lr, lr_min) and lr_min >= lr:

@@ -72,6 +72,7 @@ BAD = [
     (("scheduler.lr_min=0.5", "optimizer.lr=0.1"), "must be below the peak optimizer.lr"),
     (("scheduler.lr_min=0",), "scheduler.lr_min must be a number > 0 or 'auto'"),
     (("model.width=0",), "model.width must be greater than 0, got 0; e.g. model.width=1.0"),
+    (("model.width=1e6",), "model.width must be less than or equal to 8, got 1000000.0; e.g. model.width=1.0"),
     (("data.limit_train=5",), "data.limit_train must be greater than or equal to 10, got 5; e.g. data.limit_train=1"),
     (("data.limit_test=20000",), "data.limit_test must be less than or equal to 10000, got 20000"),
     (("data.limit_train=100",), "batch_size=512 is larger than the 100 training images"),
@@ -88,6 +89,9 @@ BAD = [
     (("ema.decay=0.9", "ema.start_epoch=30"), "ema.start_epoch must be in 1..epochs=24, got 30"),
     (("precision=fp8",), "precision must be 'auto', 'fp32', 'bf16' or 'fp16', got 'fp8'"),
     (("optimizer=adam", "optimizer.betas=[0.9,1.5]"), "optimizer.betas[1] must be less than 1, got 1.5"),
+    (("optimizer.momentum=0",), "optimizer.nesterov=true needs momentum, got optimizer.momentum=0; e.g. optimi"),
+    (("seed=-1",), "seed must be greater than or equal to 0, got -1; e.g. seed=0"),
+    (("lr_finder.seed=4294967296",), "lr_finder.seed must be less than or equal to 4294967295, got 4294967296"),
     (("optimizer._target_=torch.optim.AdamW",), "optimizer._target_ must be one of 'torch.optim.SGD', 'torch."),
 ]
 

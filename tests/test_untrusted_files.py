@@ -41,7 +41,9 @@ def wrong_types_pickled() -> list[bytes]:
 
 def wrong_types_torch() -> list[bytes]:
     cases = []
-    for value in ({}, [1, 2], {"model": 3, "config": "x"}, {"model": {}, "config": {"model": {"width": "wide"}}}):
+    wide = {"_target_": "resnet9.model.ResNet9", "width": 1e6}  # would ask the allocator for 2.9e17 bytes
+    for value in ({}, [1, 2], {"model": 3, "config": "x"}, {"model": {}, "config": {"model": {"width": "wide"}}},
+                  {"model": {}, "config": {"model": wide}}):  # fmt: skip
         buffer = io.BytesIO()
         torch.save(value, buffer)
         cases.append(buffer.getvalue())
