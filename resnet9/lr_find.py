@@ -143,13 +143,15 @@ def find_lr_range(
     """
     key = hashlib.sha256(json.dumps(probe.key, sort_keys=True).encode()).hexdigest()[:16]
     cache_entry = Path(os.path.expanduser(finder_cfg.cache_dir)) / key
+    if finder_cfg.cache:
+        _check_cache_folder(cache_entry.parent)
     history = _read_cache(cache_entry) if finder_cfg.cache else None
     if history is not None:
         log.info("LR range test: the curve of an identical earlier test (%s)", cache_entry)
         result = derive_lr_range(history, finder_cfg)
         result.cached = True
     else:
-        why = "no cached result for this setup; later runs reuse it" if finder_cfg.cache else "lr_finder.cache=false"
+        why = _why_no_cached_curve(finder_cfg.cache, cache_entry)
         log.info(
             "LR range test: %d training steps, LR %g to %g, to derive LRMIN/LRMAX (%s)",
             finder_cfg.num_iter, finder_cfg.start_lr, finder_cfg.end_lr, why,
@@ -190,6 +192,26 @@ def lrs_for_run(
     return lr_min, lr_max, source
 
 
+def _check_cache_folder(folder: Path) -> None:
+    """Refuse, before the test runs, a cache folder that cannot be one: a file somewhere on its path."""
+    for path in (folder, *folder.parents):
+        if path.exists():
+            if not path.is_dir():
+                raise UsageError(
+                    f"lr_finder.cache_dir={folder} cannot be a folder: {path} is a file; point RESNET9_CACHE or "
+                    f"lr_finder.cache_dir at a folder, or set lr_finder.cache=false"
+                )
+            return
+
+
+def _why_no_cached_curve(cache: bool, entry: Path) -> str:
+    if not cache:
+        return "lr_finder.cache=false"
+    if (entry / CURVE_NAME).exists():
+        return f"the cached curve {entry / CURVE_NAME} is unreadable or damaged; this test replaces it"
+    return "no cached result for this setup; later runs reuse it"
+
+
 def _read_cache(entry: Path) -> dict[str, list[float]] | None:
     """The cached curve, or None when there is none or it is damaged (then the test runs again). A file from
     disk: it must be two equally long lists of finite numbers, the LRs positive and growing."""
@@ -207,11 +229,19 @@ def _read_cache(entry: Path) -> dict[str, list[float]] | None:
 
 
 def _write_cache(entry: Path, history: dict[str, list[float]]) -> None:
-    """Store the curve atomically: a half-written entry is never visible."""
-    entry.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=entry.parent, prefix=f".{entry.name}-"))
-    files.shared_as_umask_says(staging, folder=True)
-    (staging / CURVE_NAME).write_text(json.dumps(history))
+    """Store the curve atomically: a half-written entry is never visible. A cache that cannot be written (full
+    disk, no permission) costs later runs a test, not this run its result: a warning, not an error."""
+    staging = None
+    try:
+        entry.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(dir=entry.parent, prefix=f".{entry.name}-"))
+        files.shared_as_umask_says(staging, folder=True)
+        (staging / CURVE_NAME).write_text(json.dumps(history))
+    except OSError as err:
+        log.warning("LR range test: cannot cache the curve in %s (%s); later runs test again", entry.parent, err)
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
+        return
     shutil.rmtree(entry, ignore_errors=True)  # we only get here when the entry is absent or damaged
     try:
         os.replace(staging, entry)

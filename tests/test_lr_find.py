@@ -1,4 +1,5 @@
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -8,6 +9,7 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from resnet9 import augment, build, data, lr_find, plots
+from resnet9.errors import UsageError
 from resnet9.model import ResNet9
 
 CONF = str(Path(__file__).resolve().parents[1] / "conf")
@@ -99,8 +101,9 @@ def test_second_identical_test_comes_from_the_cache(small_setup, tmp_path, monke
             find(changed, cifar, tmp_path / "c")
 
 
-def test_damaged_cache_entry_is_recomputed(small_setup, tmp_path):
+def test_damaged_cache_entry_is_recomputed(small_setup, tmp_path, caplog):
     cfg, cifar = small_setup
+    caplog.set_level(logging.INFO, logger="resnet9")
     cfg.lr_finder.cache_dir = str(tmp_path / "cache")
     first = find(cfg, cifar, tmp_path / "a")
     entry = Path(cfg.lr_finder.cache_dir) / first.cache_key
@@ -115,9 +118,36 @@ def test_damaged_cache_entry_is_recomputed(small_setup, tmp_path):
     for name, text in damaged.items():
         (entry / "curve.json").write_text(text)
         (tmp_path / name).mkdir(exist_ok=True)
+        caplog.clear()
         again = find(cfg, cifar, tmp_path / name)
         assert not again.cached, name
         assert json.loads((entry / "curve.json").read_text()) == again.history
+        assert "is unreadable or damaged; this test replaces it" in caplog.text, name  # not "no cached result"
+
+
+def test_a_cache_folder_that_is_a_file_is_refused_before_the_test(small_setup, tmp_path, monkeypatch):
+    cfg, cifar = small_setup
+    (tmp_path / "cachefile").write_text("not a folder")
+    cfg.lr_finder.cache_dir = str(tmp_path / "cachefile" / "lr_find")  # RESNET9_CACHE=<a file>
+    monkeypatch.setattr(lr_find, "run_range_test", lambda *a, **k: pytest.fail("the test ran before the refusal"))
+    with pytest.raises(UsageError, match=r"cachefile is a file; point RESNET9_CACHE or lr_finder.cache_dir at a"):
+        find(cfg, cifar, tmp_path / "a")
+    assert (tmp_path / "cachefile").read_text() == "not a folder"
+
+
+def test_a_cache_that_cannot_be_written_costs_a_warning_not_the_run(small_setup, tmp_path, monkeypatch, caplog):
+    cfg, cifar = small_setup
+    caplog.set_level(logging.WARNING, logger="resnet9")
+    cfg.lr_finder.cache_dir = str(tmp_path / "cache")
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(lr_find.tempfile, "mkdtemp", disk_full)
+    found = find(cfg, cifar, tmp_path / "a")
+    assert 0 < found.lr_min < found.lr_max and (tmp_path / "a" / "lr_finder.json").is_file()
+    assert "cannot cache the curve" in caplog.text and "No space left" in caplog.text
+    assert not any((tmp_path / "cache").iterdir())  # nothing half-written left behind
 
 
 def test_cli_runs_the_test_once_then_answers_from_the_cache(run_cli, synthetic_root, tmp_path):
