@@ -189,17 +189,25 @@ class AlbumentationsLoader:
 
     Its random state is the DataLoader's generator (shuffling, and the seeds of worker processes) and the
     pipeline's own generators, which draw the augmentations when there are no workers (`num_workers=0`).
+    Under torchrun without workers (`rank_seeded`), each epoch reseeds this rank's pipeline from a generator
+    all ranks share, as worker processes are seeded: only rank 0's random state reaches last.pt, so each rank
+    must be able to resume its own draws from a state that is the same on every rank.
     """
 
-    def __init__(self, loader: DataLoader) -> None:
+    def __init__(self, loader: DataLoader, rank_seeded: bool = False) -> None:
         self.loader, self.position = loader, EpochPosition()
         self.transform: A.Compose = loader.dataset.transform
+        # the epochs' pipeline seeds; apart from the loader's generator, so the ranks' shuffles stay a single run's
+        self.epoch_seeds = torch.Generator().manual_seed(loader.generator.initial_seed()) if rank_seeded else None
 
     def __len__(self) -> int:
         return len(self.loader)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         skip = self.position.begin(self._random_state())
+        if self.epoch_seeds is not None:
+            epoch_seed = int(torch.randint(2**31, (), generator=self.epoch_seeds))
+            self.transform.set_random_seed(epoch_seed + RANK_SEED_STRIDE * self.loader.dataset.rank)
         for i, batch in enumerate(self.loader):
             if i >= skip:
                 self.position.handed_out = i + 1
@@ -211,6 +219,8 @@ class AlbumentationsLoader:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.loader.generator.set_state(state["rng"]["loader"])
+        if self.epoch_seeds is not None:
+            self.epoch_seeds.set_state(state["rng"]["epoch_seeds"])
         for step, (numpy_state, python_state) in zip(self._steps(), state["rng"]["pipeline"], strict=True):
             step.random_generator.bit_generator.state = numpy_state
             version, internal, gauss = python_state
@@ -225,7 +235,10 @@ class AlbumentationsLoader:
         for step in self._steps():
             version, internal, gauss = step.py_random.getstate()
             pipeline.append([step.random_generator.bit_generator.state, [version, list(internal), gauss]])
-        return {"loader": self.loader.generator.get_state(), "pipeline": pipeline}
+        state = {"loader": self.loader.generator.get_state(), "pipeline": pipeline}
+        if self.epoch_seeds is not None:
+            state["epoch_seeds"] = self.epoch_seeds.get_state()
+        return state
 
 
 class DeviceLoader:
@@ -416,7 +429,7 @@ class Augmentation:
                 rank=rank,
                 world_size=world_size,
             )
-            return AlbumentationsLoader(loader)
+            return AlbumentationsLoader(loader, rank_seeded=world_size > 1 and num_workers == 0)
         return DeviceLoader(
             images,
             labels,

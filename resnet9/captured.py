@@ -6,8 +6,9 @@ A replayed graph launches them all at once. What a graph needs, and how this ste
 - fixed shapes and addresses: each batch is copied into the same input tensors (the training loader drops
   the last partial batch, so every batch has one shape), and outputs land in the same output tensors;
 - no host values inside: the LR is a one-element device tensor that the step fills from the schedule before
-  each replay (the fused SGD kernel reads it there); the schedule, the checkpoints and the records keep
-  the plain numbers in `optimizer.param_groups`;
+  each replay (the fused SGD kernel reads it there, as float32: the one number that differs from the eager
+  step, which hands the kernel the schedule's float64, a relative 6e-8 at most); the schedule, the
+  checkpoints and the records keep the plain numbers in `optimizer.param_groups`;
 - state that exists before the capture: SGD's momentum buffers start as zeros, which is exactly SGD's
   first step (buffer = 0.9 * 0 + gradient) when dampening is 0; the captured update then never takes
   the "first step" branch;
@@ -15,8 +16,9 @@ A replayed graph launches them all at once. What a graph needs, and how this ste
   autograd engine's set-up), undone in place so that the tensors the graph reads stay the same objects.
 
 The eager step (`loop._train_step`) stays the reference: on a GPU the captured step is tested to give its
-loss and weights. Where capture is impossible (a CPU, an optimizer other than fused SGD, fp16 loss scaling,
-data parallelism, a failed capture) `capture_step` says why in one line and the run goes on eagerly.
+loss and weights within a tolerance. Where capture is impossible (a CPU, an optimizer other than fused SGD,
+fp16 loss scaling, data parallelism, a failed capture) `capture_step` says why in one line and the run goes
+on eagerly.
 """
 
 from __future__ import annotations

@@ -8,6 +8,7 @@ a file, and a failed write (disk full, permissions, a folder in the way) leaves 
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import copy as copy_module
 import json
 import os
@@ -43,7 +44,9 @@ def shared_as_umask_says(path: str | Path, folder: bool = False) -> None:
 def replace_atomically(path: Path, write: Callable[[str], Any]) -> None:
     """`write(temporary path)`, then rename it to `path`; one-line UsageError if any of it fails.
 
-    Rerunning the same folder then resumes from the last checkpoint that was written.
+    Rerunning the same folder then resumes from the last checkpoint that was written. The file reaches the disk
+    before the rename, and the rename before this returns: after a power cut or a hard stop of the machine the
+    name holds the old file or the new one, never an empty one.
     """
     tmp = None
     try:
@@ -51,7 +54,9 @@ def replace_atomically(path: Path, write: Callable[[str], Any]) -> None:
         os.close(fd)
         write(tmp)
         shared_as_umask_says(tmp)
+        _to_disk(tmp)
         os.replace(tmp, path)
+        _to_disk(path.parent, folder=True)
     except (OSError, RuntimeError) as err:  # torch.save reports a failed write (a full disk) as RuntimeError
         reason = err.strerror if isinstance(err, OSError) and err.strerror else _short_reason(err)
         raise UsageError(
@@ -75,6 +80,16 @@ def write_json(path: Path, obj: Any) -> None:
             json.dump(obj, f, indent=1)
 
     replace_atomically(path, write)
+
+
+def _to_disk(path: str | Path, folder: bool = False) -> None:
+    """fsync a file, or a folder: that makes a rename in it durable (best effort: not every system can)."""
+    with contextlib.suppress(OSError) if folder else contextlib.nullcontext():
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def save_torch(path: Path, obj: Any) -> None:

@@ -172,7 +172,8 @@ class SignalStop(Listener):
 
 
 class CheckpointWriter(Listener):
-    """last.pt, atomically, after every epoch; after a stop, at the step it came (`mid_epoch`).
+    """last.pt, atomically, after every epoch; after a stop, at the step it came (`mid_epoch`), unless training
+    had diverged by then.
 
     The epoch's checkpoint is copied off the device and written by `writer`'s thread while the next epoch
     trains (with a GPU the write would otherwise stall it); the next epoch's end waits for it (and raises if it
@@ -183,6 +184,13 @@ class CheckpointWriter(Listener):
 
     def __init__(self, path: Path, config: dict[str, Any], writer: files.BackgroundWriter, mid_epoch: bool = True):
         self.path, self.config, self.writer, self.mid_epoch = path, config, writer, mid_epoch
+
+    def on_run_start(self, state: TrainState) -> None:
+        if "resumed_from_epoch" not in state.record.data and self.path.is_file():
+            # resume=false: the folder's last.pt is the earlier run's; left beside this run's metrics.json, a
+            # plain rerun would resume that run should this one end before its first checkpoint
+            self.path.unlink()
+            log.info("resume=false: removed the earlier run's %s; this run starts over", self.path.name)
 
     def on_epoch_end(self, state: TrainState, row: dict[str, Any], result: EpochResult) -> None:
         self.writer.wait()  # the previous epoch's, written during this one
@@ -196,8 +204,12 @@ class CheckpointWriter(Listener):
             self.writer.wait()
         except UsageError as err:  # an earlier epoch's write failed: say so, and still try the stop's own save
             state.record.update(error=str(err))
-        if self.mid_epoch and state.progress is not None:
+        if not (self.mid_epoch and state.progress is not None):
+            return
+        if state.is_finite():
             files.save_torch(self.path, state.checkpoint(self.config))
+        else:  # a resume would start from NaN weights: keep the last good epoch's checkpoint instead
+            log.warning("training had diverged (NaN or inf) before the stop: %s keeps epoch %d", self.path, state.epoch)
 
     def on_run_end(self, state: TrainState, status: str) -> None:
         self.writer.wait()

@@ -12,7 +12,8 @@ Everything in it is tensors and plain values: `torch.load(weights_only=True)` re
 
 `resume=auto` (default): a run whose output folder already holds such a checkpoint continues from it --
 rerun the same folder (`hydra.run.dir=...`) after a crash, a kill or a pre-emption. A checkpoint of another
-configuration there is refused with one line; `resume=false` starts over in place. With a fixed seed on the
+configuration there is refused with one line; `resume=false` starts over in place; `resume=true` is `auto` that
+refuses to start over (a folder without the checkpoint: one line, nothing trained). With a fixed seed on the
 CPU the resumed run ends exactly like an uninterrupted one, for both augmentation engines (tested).
 """
 
@@ -38,19 +39,20 @@ from resnet9.loop import EpochProgress
 
 CHECKPOINT_FORMAT = 2  # 1: before the TrainState (no "format" key)
 
-# Settings that may differ between a run and its resumption: they change no result.
+# Settings that may differ between a run and its resumption: they change no result. Two more are free only in
+# part (`_comparable`): `device` within its kind (cuda:0 for cuda:1; not cpu for cuda, whose random states and
+# kernels differ), and `data.num_workers` for the device engine, which has no workers (the albumentations
+# engine draws its augmentations in the workers, so their number changes the draws).
 FREE_TO_CHANGE = (
     "resume",
     "progress",
     "log_every",
-    "device",
     "logger",
-    "data.num_workers",
     "data.root",
     "warmup",
     "augment.whole_epoch",
-    "cuda_graph",  # the captured step does the eager step's arithmetic (on a CPU it is the eager step)
-)  # (neither changes a number the run computes: tested)
+    "cuda_graph",  # the eager step's arithmetic, but for its LR rounded to float32 (on a CPU: the eager step)
+)  # (on a CPU none changes a number the run computes: tested)
 
 
 class Stopwatch:
@@ -159,6 +161,14 @@ class TrainState:
             return self.ema.module
         return self.model
 
+    def is_finite(self) -> bool:
+        """No NaN or inf in the weights nor in the running epoch's losses (one read from the device): a stop
+        mid-epoch may come after a divergence that only the epoch's end would have read."""
+        checks = [torch.isfinite(p).all() for p in self.model.parameters()]
+        if self.progress is not None and self.progress.step_losses:
+            checks.append(torch.isfinite(torch.stack(self.progress.step_losses)).all())
+        return bool(torch.stack(checks).all())
+
     def state_dict(self) -> dict[str, Any]:
         return {
             "epoch": self.epoch,
@@ -254,7 +264,15 @@ def restore_rng(state: dict[str, Any]) -> None:
 
 
 def read_resumable(path: Path, cfg: DictConfig) -> dict[str, Any] | None:
-    """The checkpoint to continue from, or None to start fresh. Refuses one of another configuration."""
+    """The checkpoint to continue from, or None to start fresh. Refuses one of another configuration, a
+    `last.pt` that is not a file (the run would train, then fail to save), and `resume=true` without one."""
+    if path.exists() and not path.is_file():
+        raise UsageError(f"{path} is not a file, so no checkpoint can be written there; remove it or run elsewhere")
+    if cfg.resume is True and not path.is_file():
+        raise UsageError(
+            f"resume=true but {path.parent} holds no last.pt to resume; rerun the interrupted run's folder "
+            f"(hydra.run.dir=<its folder>), or use resume=auto to start over when there is none"
+        )
     if cfg.resume is False or not path.is_file():
         return None
     fix = f"rerun with the same overrides, use a new output folder, or resume=false to start over in {path.parent}"
@@ -304,6 +322,10 @@ def _load(path: Path, fix: str, device: torch.device | str = "cpu") -> Any:
 
 def _comparable(config: dict[str, Any]) -> dict[str, Any]:
     config = OmegaConf.to_container(OmegaConf.create(config), resolve=True)
+    if isinstance(config.get("device"), str):
+        config["device"] = config["device"].split(":")[0]
+    if isinstance(config.get("augment"), dict) and config["augment"].get("engine") != "albumentations":
+        config.get("data", {}).pop("num_workers", None)
     for dotted in FREE_TO_CHANGE:
         *parents, leaf = dotted.split(".")
         node = config

@@ -7,6 +7,7 @@ import shutil
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from conftest import REPO
@@ -75,25 +76,31 @@ def limit_file_size(max_bytes: int):
     return apply
 
 
-@pytest.mark.parametrize("cause", ["folder in the way", "disk full"])
-def test_a_checkpoint_write_failing_mid_run_ends_in_one_line_naming_it(cifar_root, tmp_path, cause):
+def run_in(out: Path, cifar_root: Path, **popen) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "resnet9.train", *small_run(cifar_root, *QUICK), f"hydra.run.dir={out}"]
+    return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300, **popen)
+
+
+def test_a_folder_where_the_checkpoint_goes_is_refused_before_training(cifar_root, tmp_path):
+    out = tmp_path / "run"
+    (out / "last.pt").mkdir(parents=True)
+    result = run_in(out, cifar_root)
+    assert result.returncode == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith(f"error: {out}/last.pt is not a file") and line.endswith("remove it or run elsewhere")
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["status"] == "failed" and metrics["ended_in"] == "setup" and metrics["epochs"] == []
+
+
+def test_a_checkpoint_write_failing_mid_run_ends_in_one_line_naming_it(cifar_root, tmp_path):
     out = tmp_path / "run"
     out.mkdir()
-    if cause == "folder in the way":
-        (out / "last.pt").mkdir()
-    command = [sys.executable, "-m", "resnet9.train", *small_run(cifar_root, *QUICK), f"hydra.run.dir={out}"]
-    result = subprocess.run(
-        command, cwd=REPO, capture_output=True, text=True, timeout=300,
-        preexec_fn=limit_file_size(150_000) if cause == "disk full" else None,  # last.pt needs ~900 kB
-    )  # fmt: skip
+    result = run_in(out, cifar_root, preexec_fn=limit_file_size(150_000))  # last.pt needs ~900 kB
     assert result.returncode == 2
-    reason = "Is a directory" if cause == "folder in the way" else "File too large"
-    if cause == "disk full":  # torch's serializer fails in its own words (RuntimeError): told as a write failure
-        reason = "the write failed: is the disk full?"
     (line,) = result.stderr.strip().splitlines()
-    assert line == (
-        f"error: cannot write {out}/last.pt ({reason}); free space or fix the folder's permissions, then "
-        f"rerun the same folder to resume"
+    assert line == (  # torch's serializer fails in its own words (RuntimeError): told as a write failure
+        f"error: cannot write {out}/last.pt (the write failed: is the disk full?); free space or fix the folder's "
+        f"permissions, then rerun the same folder to resume"
     )
     metrics = json.loads((out / "metrics.json").read_text())  # a small file still fits: it ends in a status
     assert metrics["status"] == "failed" and metrics["error"] == line.removeprefix("error: ")

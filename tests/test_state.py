@@ -2,6 +2,7 @@
 goes on exactly as if it had never stopped; and today's runs give the numbers recorded before the redesign."""
 
 import json
+import re
 import signal
 import subprocess
 from pathlib import Path
@@ -11,6 +12,7 @@ import pytest
 import torch
 from conftest import REPO
 from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 from recorded_runs import assert_as_recorded, recorded_command, same_machine_kind
 from test_resume import env, metrics, start_and_wait_for_first_epoch
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
@@ -18,7 +20,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from resnet9 import augment, build, data
 from resnet9.errors import UsageError
 from resnet9.loop import EpochProgress, StopFlag, StopRequested, train_one_epoch
-from resnet9.state import RunRecord, TrainState
+from resnet9.state import CHECKPOINT_FORMAT, RunRecord, TrainState, read_resumable
 
 CPU = torch.device("cpu")
 
@@ -50,6 +52,77 @@ def test_a_loader_saved_mid_epoch_gives_the_batches_it_would_have_given(engine, 
         assert len(got) == len(expected) == 6
         for (got_images, got_labels), (images_, labels_) in zip(got, expected, strict=True):
             assert torch.equal(got_images, images_) and torch.equal(got_labels, labels_)
+
+
+@pytest.mark.parametrize("engine", ["device", "albumentations"])
+def test_under_torchrun_every_rank_resumes_its_own_draws_from_rank_0s_saved_state(engine, tmp_path):
+    """Only rank 0 writes last.pt; every rank loads it. Each must still go on with the batches it would have had."""
+    rng = np.random.default_rng(0)
+    images, labels = rng.integers(0, 256, (120, 32, 32, 3), dtype=np.uint8), np.arange(120)
+
+    def loader(rank: int):
+        return augment.Augmentation(engine=engine).train_loader(
+            images, labels, 20, CPU, seed=3, num_workers=0, rank=rank, world_size=2
+        )
+
+    ranks = [loader(0), loader(1)]
+    for rank in ranks:
+        list(rank)  # epoch 1
+    torch.save(ranks[0].state_dict(), tmp_path / "rank0.pt")
+    resumed = loader(1)
+    resumed.load_state_dict(torch.load(tmp_path / "rank0.pt", weights_only=True))
+    expected, got = list(ranks[1]), list(resumed)  # epoch 2, uninterrupted and resumed
+    assert len(got) == len(expected) == 6
+    for (got_images, got_labels), (images_, labels_) in zip(got, expected, strict=True):
+        assert torch.equal(got_images, images_) and torch.equal(got_labels, labels_)
+
+
+def test_the_albumentations_engines_worker_count_changes_its_draws_so_a_resume_must_keep_it():
+    rng = np.random.default_rng(0)
+    images, labels = rng.integers(0, 256, (120, 32, 32, 3), dtype=np.uint8), np.arange(120)
+    first = [
+        next(iter(augment.Augmentation(engine="albumentations").train_loader(images, labels, 20, CPU, 3, workers)))
+        for workers in (0, 1)
+    ]
+    assert torch.equal(first[0][1], first[1][1]) and not torch.equal(first[0][0], first[1][0])
+
+
+@pytest.mark.parametrize(
+    "saved, now, refused",
+    [
+        (["device=cuda:0"], ["device=cuda:1"], None),
+        (["device=cpu"], ["device=cuda"], "device='cpu' there, 'cuda' now"),
+        (["data.num_workers=0"], ["data.num_workers=4"], None),
+        (["augment.engine=albumentations", "data.num_workers=0"], ["augment.engine=albumentations"],
+         "data.num_workers=0 there, 2 now"),
+        (["progress=false", "data.root=/a"], ["progress=true", "data.root=/b"], None),
+    ],
+)  # fmt: skip
+def test_a_resume_may_change_only_what_changes_no_number(saved, now, refused, tmp_path):
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        saved_cfg, now_cfg = (compose(config_name="config", overrides=o) for o in (saved, now))
+    checkpoint = {
+        "format": CHECKPOINT_FORMAT, "config": OmegaConf.to_container(saved_cfg), "lr_min": 0.01, "lr_max": 0.1,
+        "train_state": {"record": {"lr_source": "config"}},
+    }  # fmt: skip
+    torch.save(checkpoint, tmp_path / "last.pt")
+    if refused is None:
+        assert read_resumable(tmp_path / "last.pt", now_cfg)["lr_max"] == 0.1
+    else:
+        with pytest.raises(UsageError, match=re.escape(refused)):
+            read_resumable(tmp_path / "last.pt", now_cfg)
+
+
+def test_resume_true_demands_a_checkpoint_and_last_pt_must_be_a_file(tmp_path):
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        demand, auto = (compose(config_name="config", overrides=[f"resume={r}"]) for r in ("true", "auto"))
+    assert read_resumable(tmp_path / "last.pt", auto) is None  # auto: nothing to continue, start over
+    with pytest.raises(UsageError, match="resume=true but .* holds no last.pt to resume; rerun the interrupted"):
+        read_resumable(tmp_path / "last.pt", demand)
+    (tmp_path / "last.pt").mkdir()  # the run would train, then fail to save its first epoch
+    for cfg in (auto, demand):
+        with pytest.raises(UsageError, match="last.pt is not a file, so no checkpoint can be written there"):
+            read_resumable(tmp_path / "last.pt", cfg)
 
 
 # -- the whole training state, through a file, into freshly built objects --------------------------------
@@ -171,3 +244,47 @@ def test_the_background_writer_keeps_order_copies_what_it_writes_and_stops_after
     with pytest.raises(UsageError, match="cannot write .*blocked.pt"):
         writer.wait()
     assert json.loads((tmp_path / "metrics.json").read_text()) == {"epochs": [1]}  # never ahead of the checkpoint
+
+
+def test_a_stop_after_a_divergence_keeps_the_last_good_checkpoint(synthetic_root, tmp_path):
+    from resnet9 import files
+    from resnet9.listeners import CheckpointWriter
+
+    cfg = small_config(synthetic_root, "device")
+    state = new_state(cfg, build.dataset(cfg.data), init_seed=0)
+    train_epoch(state, 1)
+    last = tmp_path / "last.pt"
+    files.save_torch(last, state.checkpoint({}))
+    writer = CheckpointWriter(last, {}, files.BackgroundWriter())
+    with pytest.raises(StopRequested):
+        train_epoch(state, 2, stop_after=2)
+    writer.on_stop(state)  # a healthy stop: saved at its step
+    saved = torch.load(last, weights_only=True)["train_state"]
+    assert len(saved["progress"]["lrs"]) == 2
+
+    state.progress.step_losses[-1] = torch.tensor(float("nan"))  # the epoch's last step diverged
+    writer.on_stop(state)
+    kept = torch.load(last, weights_only=True)["train_state"]["progress"]["step_losses"]
+    assert torch.equal(kept, saved["progress"]["step_losses"]) and kept.isfinite().all()
+    state.progress.step_losses[-1] = torch.tensor(1.0)
+    with torch.no_grad():
+        next(state.model.parameters())[0] = float("inf")  # or the weights did
+    writer.on_stop(state)
+    for name, value in torch.load(last, weights_only=True)["train_state"]["model"].items():
+        assert torch.equal(value, saved["model"][name]), name
+
+
+def test_a_run_that_starts_over_removes_the_earlier_runs_checkpoint_and_a_resumed_one_keeps_it(tmp_path):
+    """resume=false: a plain rerun must not find the earlier run's last.pt should this run end before its own."""
+    from resnet9 import files
+    from resnet9.listeners import CheckpointWriter
+
+    last = tmp_path / "last.pt"
+    writer = CheckpointWriter(last, {}, files.BackgroundWriter())
+    for resumed, kept in ((True, True), (False, False)):
+        torch.save({"earlier": 1}, last)
+        record = RunRecord(lr_min=0.005, lr_max=0.05, lr_source="config")
+        if resumed:
+            record.update(resumed_from_epoch=2)
+        writer.on_run_start(TrainState(None, None, None, None, None, record))
+        assert last.exists() == kept
