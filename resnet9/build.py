@@ -196,14 +196,15 @@ def scheduler(
     )
 
 
-def trained_model(path: Path, device: torch.device) -> tuple[nn.Module, dict]:
+def trained_model(path: Path, device: torch.device, flag: str = "checkpoint=") -> tuple[nn.Module, dict]:
     """The model a training run saved (last.pt), rebuilt from the checkpoint's own config, and the checkpoint.
 
     The saved config is validated first: only the project's own network, from plain values, is ever built
-    from a file on disk. Anything else, or weights that do not fit, is a one-line UsageError.
+    from a file on disk. Anything else, or weights that do not fit, is a one-line UsageError naming the command's
+    option for a checkpoint (`flag`).
     """
-    checkpoint = state.read_trained(path, device)
-    fix = "pass checkpoint=<run folder>/last.pt as written by resnet9.train"
+    checkpoint = state.read_trained(path, device, flag)
+    fix = state.trained_fix(flag)
     config = checkpoint["config"]
     try:
         model_cfg = schema.validate_model(config.get("model") if isinstance(config, dict) else None)

@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
         if checkpoint is None:
             raise UsageError("no checkpoint given and none under outputs/; pass --checkpoint <run>/last.pt")
         device = build.device(args.device)
-        model, _ = build.trained_model(Path(checkpoint), device)
+        model, _ = build.trained_model(Path(checkpoint), device, flag="--checkpoint ")
         paths = image_paths(args.inputs)
         loaded = [load_image(path) for path in paths]
     probabilities = classify(model, np.stack([image for image, _ in loaded]), device)

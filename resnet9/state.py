@@ -23,6 +23,7 @@ import contextlib
 import copy
 import random
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -302,20 +303,33 @@ def saved_lrs(checkpoint: dict[str, Any]) -> tuple[float, float, str]:
     return checkpoint["lr_min"], checkpoint["lr_max"], checkpoint["train_state"]["record"]["lr_source"]
 
 
-def read_trained(path: Path, device: torch.device) -> dict[str, Any]:
-    """A checkpoint to evaluate or predict with: it must hold model weights and the run's config."""
-    fix = "pass checkpoint=<run folder>/last.pt as written by resnet9.train"
+def trained_fix(flag: str) -> str:
+    """How to name a checkpoint: `flag` is the command's option (evaluate: "checkpoint=", predict: "--checkpoint ")."""
+    return f"pass {flag}<run folder>/last.pt as written by resnet9.train"
+
+
+def read_trained(path: Path, device: torch.device, flag: str = "checkpoint=") -> dict[str, Any]:
+    """A checkpoint to evaluate or predict with: it must hold model weights and the run's config, in a format
+    this version reads (1: before the TrainState, or CHECKPOINT_FORMAT)."""
+    fix = trained_fix(flag)
     if not path.is_file():
         raise UsageError(f"checkpoint not found: {path}; {fix}")
     checkpoint = _load(path, fix, device)
     if not isinstance(checkpoint, dict) or not {"model", "config"} <= checkpoint.keys():
         raise UsageError(f"{path} holds no model weights and config; {fix}")
+    if checkpoint.get("format", 1) not in (1, CHECKPOINT_FORMAT):
+        raise UsageError(
+            f"{path} has checkpoint format {checkpoint['format']!r}, which this resnet9 does not know (it reads 1 "
+            f"and {CHECKPOINT_FORMAT}); read it with the resnet9 that wrote it, or {fix}"
+        )
     return checkpoint
 
 
 def _load(path: Path, fix: str, device: torch.device | str = "cpu") -> Any:
     try:
-        return torch.load(path, map_location=device, weights_only=True)
+        with warnings.catch_warnings():  # torch's own warnings about a foreign file: the error line says enough
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location=device, weights_only=True)
     except Exception as err:  # truncated, foreign, or holding objects we do not load
         raise UsageError(f"{path} is not a readable checkpoint ({type(err).__name__}); {fix}") from None
 
