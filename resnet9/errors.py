@@ -3,19 +3,27 @@
 Every command (train, lr_find, summary, evaluate, predict, report) and the output-folder check end through
 `exit_with`, so a user always sees `error: <what was wrong>; <how to fix it>` and never a traceback for a
 mistake they can fix. The errors derive from Hydra's `CompactHydraException`: inside a `--multirun` Hydra
-marks the job failed, runs the others, and prints the message without a traceback at the end.
+marks the job failed, runs the others, and the message ends the command as one line. Hydra's own errors (a
+misspelt key or option, an override it cannot parse) end the same way (`hydra_errors_in_one_line`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import difflib
 import logging
+import os
 import sys
 from collections.abc import Iterator
 from typing import NoReturn
 
 from hydra.core.hydra_config import HydraConfig
-from hydra.errors import CompactHydraException
+from hydra.errors import (
+    CompactHydraException,
+    ConfigCompositionException,
+    MissingConfigException,
+    OverrideParseException,
+)
 from hydra.types import RunMode
 
 USAGE_EXIT = 2  # the exit status of every one-line error, as argparse and Hydra use for bad usage
@@ -76,3 +84,44 @@ def exit_on_usage_error() -> Iterator[None]:
             to_log_files(f"error: {err}")
             raise
         exit_with(f"error: {err}")
+
+
+@contextlib.contextmanager
+def hydra_errors_in_one_line() -> Iterator[None]:
+    """Around a command's Hydra entry point: a composition error (a typo'd key or option, a bad override) ends
+    like every other mistake, in one line with the fix, instead of Hydra's several (`Key 'epoch' is not in
+    struct / full_key: epoch / object_type=dict`, or the config search path).
+
+    Hydra reports its errors itself unless HYDRA_FULL_ERROR=1, which makes it raise them: set here while the
+    command runs, so they reach this handler (a user's own HYDRA_FULL_ERROR=1 keeps Hydra's full report).
+    """
+    if os.environ.get("HYDRA_FULL_ERROR") == "1":
+        yield
+        return
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    try:
+        yield
+    except (ConfigCompositionException, OverrideParseException) as err:
+        exit_with(f"error: {_hydra_error_line(err)}")
+    except CompactHydraException as err:  # a --multirun's failed job: its log files have the line already
+        print(f"error: {_hydra_error_line(err)}", file=sys.stderr)
+        sys.exit(1)
+    finally:
+        os.environ.pop("HYDRA_FULL_ERROR", None)
+
+
+def _hydra_error_line(err: CompactHydraException) -> str:
+    cause = err.__cause__
+    if isinstance(err, MissingConfigException) and err.options and err.missing_cfg_file:
+        group, option = err.missing_cfg_file.rsplit("/", 1)
+        return f"{group}={option} is not an option of {group}; choose one of {', '.join(err.options)}"
+    full_key = getattr(cause, "full_key", None)
+    parent = getattr(cause, "parent_node", None)
+    if full_key and hasattr(parent, "keys") and "To append" in str(err):
+        key = str(getattr(cause, "key", full_key))
+        close = difflib.get_close_matches(key, [str(k) for k in parent.keys()], n=1)
+        prefix = full_key[: len(full_key) - len(key)]
+        hint = f" (did you mean {prefix}{close[0]}?)" if close else ""
+        return f"{full_key} is not a setting{hint}; --cfg job prints every setting with its value"
+    lines = "; ".join(line.strip() for line in str(err).splitlines() if line.strip())
+    return f"bad override: {lines}" if isinstance(err, OverrideParseException) else lines

@@ -24,7 +24,7 @@ from torch import nn
 
 from resnet9 import build, files, plots, schema
 from resnet9.data import Cifar10
-from resnet9.errors import ConfigError, UsageError, exit_on_usage_error
+from resnet9.errors import ConfigError, UsageError, exit_on_usage_error, hydra_errors_in_one_line
 from resnet9.loop import predict
 
 
@@ -118,7 +118,8 @@ def _draw(
 
 def main() -> None:
     """`python -m resnet9.evaluate checkpoint=<run>/last.pt [overrides]`."""
-    _hydra_main()
+    with hydra_errors_in_one_line():
+        _hydra_main()
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="evaluate")

@@ -37,7 +37,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from resnet9 import build, distributed, files, lr_rules, plots, schema
-from resnet9.errors import ConfigError, UsageError, exit_on_usage_error
+from resnet9.errors import ConfigError, UsageError, exit_on_usage_error, hydra_errors_in_one_line
 
 log = logging.getLogger("resnet9.lr_find")
 
@@ -252,7 +252,8 @@ def _write_cache(entry: Path, history: dict[str, list[float]]) -> None:
 def main() -> None:
     """`python -m resnet9.lr_find [overrides]`: run (or reuse) the range test alone and print LRMIN/LRMAX."""
     distributed.register_resolvers()
-    _hydra_main()
+    with hydra_errors_in_one_line():
+        _hydra_main()
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="lr_find")

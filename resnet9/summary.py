@@ -18,7 +18,7 @@ from torch import nn
 from torchinfo import summary
 
 from resnet9 import distributed, schema
-from resnet9.errors import exit_on_usage_error
+from resnet9.errors import exit_on_usage_error, hydra_errors_in_one_line
 
 
 def describe(model: nn.Module) -> str:
@@ -39,7 +39,8 @@ def describe(model: nn.Module) -> str:
 def main() -> None:
     """`python -m resnet9.summary [model.width=...]`: the torchinfo table of the configured model."""
     distributed.register_resolvers()
-    _hydra_main()
+    with hydra_errors_in_one_line():
+        _hydra_main()
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="summary")

@@ -29,7 +29,7 @@ from resnet9 import build, captured, files, lr_find, report, schema, tracking
 from resnet9 import distributed as ddp
 from resnet9.data import Cifar10
 from resnet9.ema import WeightEMA
-from resnet9.errors import UsageError, exit_on_usage_error, exit_with, in_multirun
+from resnet9.errors import UsageError, exit_on_usage_error, exit_with, hydra_errors_in_one_line, in_multirun
 from resnet9.listeners import (
     CheckpointWriter,
     ConsoleLog,
@@ -61,7 +61,8 @@ def main() -> None:
     ddp.register_resolvers()
     ddp.init()
     try:
-        hydra_main()
+        with hydra_errors_in_one_line():
+            hydra_main()
     finally:
         try:  # a sweep Hydra stopped early (a failed job, a signal) still gets its summary
             report.end_unfinished_sweep()

@@ -1,4 +1,6 @@
 import json
+import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -133,11 +135,38 @@ def test_cli_bad_value_prints_one_line_and_exits_2(run_cli, tmp_path):
     assert "error: optimizer.lr must be" in (tmp_path / "run" / "train.log").read_text()  # the log has it too
 
 
-def test_cli_typod_option_fails_before_training(run_cli, tmp_path):
-    result = run_cli("resnet9.train", "optimizer=sgdd", f"hydra.run.dir={tmp_path}/run")
-    assert result.returncode != 0
-    assert "Could not find 'optimizer/sgdd'" in result.stderr
-    assert "sgd" in result.stderr and "adam" in result.stderr  # Hydra lists the valid options
+@pytest.mark.parametrize(
+    "command, override, line",
+    [
+        (
+            "resnet9.train",
+            "optimizer=sgdd",
+            "error: optimizer=sgdd is not an option of optimizer; choose one of adam, sgd",
+        ),
+        ("resnet9.train", "epoch=3", "error: epoch is not a setting (did you mean epochs?); --cfg job prints every"),
+        ("resnet9.summary", "model.widht=2", "error: model.widht is not a setting (did you mean model.width?)"),
+        ("resnet9.evaluate", "epochs=3", "error: epochs is not a setting; --cfg job prints every setting"),
+    ],
+)
+def test_cli_typod_option_or_key_is_one_line_before_anything_runs(run_cli, tmp_path, command, override, line):
+    result = run_cli(command, override, f"hydra.run.dir={tmp_path}/run")
+    assert result.returncode == 2
+    (error,) = result.stderr.strip().splitlines()  # not Hydra's own report (its search path, its key's type)
+    assert error.startswith(line)
+    assert not (tmp_path / "run").exists()
+
+
+def test_hydras_answers_to_help_flags_are_one_line_on_a_typo(monkeypatch, capsys):
+    from resnet9 import cli
+
+    monkeypatch.setattr(sys, "argv", ["resnet9-train", "hydra/sweeper=nope", "--cfg", "job"])
+    with pytest.raises(SystemExit) as exit_status:
+        cli.train()
+    assert exit_status.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "error: hydra/sweeper=nope is not an option of hydra/sweeper; choose one of basic, compose_once, optuna"
+    ]
+    assert "HYDRA_FULL_ERROR" not in os.environ  # set only while the command runs
 
 
 def test_cli_missing_data_is_one_line(run_cli, tmp_path):
