@@ -219,8 +219,10 @@ class AlbumentationsLoader:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.loader.generator.set_state(state["rng"]["loader"])
-        if self.epoch_seeds is not None:
+        if self.epoch_seeds is not None and "epoch_seeds" in state["rng"]:
             self.epoch_seeds.set_state(state["rng"]["epoch_seeds"])
+        # (a torchrun checkpoint from before the epoch seeds holds none: the resumed epochs draw from the first
+        # epoch's seeds, other draws than an unbroken run's, as such a resume always did)
         for step, (numpy_state, python_state) in zip(self._steps(), state["rng"]["pipeline"], strict=True):
             step.random_generator.bit_generator.state = numpy_state
             version, internal, gauss = python_state

@@ -8,8 +8,8 @@ a file, and a failed write (disk full, permissions, a folder in the way) leaves 
 from __future__ import annotations
 
 import concurrent.futures
-import contextlib
 import copy as copy_module
+import errno
 import json
 import os
 import tempfile
@@ -82,14 +82,22 @@ def write_json(path: Path, obj: Any) -> None:
     replace_atomically(path, write)
 
 
+# what fsync answers where a file system cannot sync at all (some FUSE, 9p and SMB mounts): no failure of ours
+CANNOT_SYNC = {errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP}
+
+
 def _to_disk(path: str | Path, folder: bool = False) -> None:
-    """fsync a file, or a folder: that makes a rename in it durable (best effort: not every system can)."""
-    with contextlib.suppress(OSError) if folder else contextlib.nullcontext():
+    """fsync a file, or a folder: that makes a rename in it durable. Best effort for a folder (not every system
+    can) and on a system that cannot sync; a file that fails to reach the disk (EIO, ENOSPC) is an error."""
+    try:
         fd = os.open(path, os.O_RDONLY)
         try:
             os.fsync(fd)
         finally:
             os.close(fd)
+    except OSError as err:
+        if not folder and err.errno not in CANNOT_SYNC:
+            raise
 
 
 def save_torch(path: Path, obj: Any) -> None:

@@ -209,7 +209,8 @@ class CheckpointWriter(Listener):
         if state.is_finite():
             files.save_torch(self.path, state.checkpoint(self.config))
         else:  # a resume would start from NaN weights: keep the last good epoch's checkpoint instead
-            log.warning("training had diverged (NaN or inf) before the stop: %s keeps epoch %d", self.path, state.epoch)
+            kept = f"{self.path} keeps epoch {state.epoch}" if self.path.is_file() else "no checkpoint is written"
+            log.warning("training had diverged (NaN or inf) before the stop: %s", kept)
 
     def on_run_end(self, state: TrainState, status: str) -> None:
         self.writer.wait()

@@ -195,7 +195,11 @@ def lrs_for_run(
 def _check_cache_folder(folder: Path) -> None:
     """Refuse, before the test runs, a cache folder that cannot be one: a file somewhere on its path."""
     for path in (folder, *folder.parents):
-        if path.exists():
+        try:
+            exists = path.exists()
+        except OSError:  # a folder on the way we may not search: reading and writing the cache say so
+            return
+        if exists:
             if not path.is_dir():
                 raise UsageError(
                     f"lr_finder.cache_dir={folder} cannot be a folder: {path} is a file; point RESNET9_CACHE or "
@@ -207,8 +211,9 @@ def _check_cache_folder(folder: Path) -> None:
 def _why_no_cached_curve(cache: bool, entry: Path) -> str:
     if not cache:
         return "lr_finder.cache=false"
-    if (entry / CURVE_NAME).exists():
-        return f"the cached curve {entry / CURVE_NAME} is unreadable or damaged; this test replaces it"
+    with contextlib.suppress(OSError):  # (a folder on the way we may not search: as if there were none)
+        if (entry / CURVE_NAME).exists():
+            return f"the cached curve {entry / CURVE_NAME} is unreadable or damaged; this test replaces it"
     return "no cached result for this setup; later runs reuse it"
 
 

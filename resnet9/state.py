@@ -35,17 +35,19 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.optim.swa_utils import AveragedModel
 
-from resnet9.errors import UsageError
+from resnet9.errors import UsageError, in_multirun
 from resnet9.loop import EpochProgress
 
 CHECKPOINT_FORMAT = 2  # 1: before the TrainState (no "format" key)
 
-# Settings that may differ between a run and its resumption: they change no result. Two more are free only in
-# part (`_comparable`): `device` within its kind (cuda:0 for cuda:1; not cpu for cuda, whose random states and
-# kernels differ), and `data.num_workers` for the device engine, which has no workers (the albumentations
-# engine draws its augmentations in the workers, so their number changes the draws).
+# Settings that may differ between a run and its resumption: they change no result. `device` may name another
+# device of the kind the run trained on (auto for cuda, cuda:1 for cuda:0), not another kind (cpu for cuda,
+# whose random states and kernels differ): `read_resumable` compares the kind actually used. And
+# `data.num_workers` is free for the device engine only, which has no workers (`_comparable`: the
+# albumentations engine draws its augmentations in the workers, so their number changes the draws).
 FREE_TO_CHANGE = (
     "resume",
+    "device",
     "progress",
     "log_every",
     "logger",
@@ -232,6 +234,7 @@ class TrainState:
         """last.pt: the state, plus what evaluate and predict read (the weights evaluated, the config)."""
         return {
             "format": CHECKPOINT_FORMAT,
+            "device_type": next(self.model.parameters()).device.type,  # cpu or cuda: what a resume must match
             "model": self.evaluated_model().state_dict(),
             "epoch": self.epoch,
             "config": config,
@@ -264,15 +267,16 @@ def restore_rng(state: dict[str, Any]) -> None:
     random.setstate((version, tuple(internal), gauss))
 
 
-def read_resumable(path: Path, cfg: DictConfig) -> dict[str, Any] | None:
+def read_resumable(path: Path, cfg: DictConfig, device: torch.device) -> dict[str, Any] | None:
     """The checkpoint to continue from, or None to start fresh. Refuses one of another configuration, a
     `last.pt` that is not a file (the run would train, then fail to save), and `resume=true` without one."""
     if path.exists() and not path.is_file():
         raise UsageError(f"{path} is not a file, so no checkpoint can be written there; remove it or run elsewhere")
     if cfg.resume is True and not path.is_file():
+        where = "hydra.sweep.dir=<its folder>" if in_multirun() else "hydra.run.dir=<its folder>"
         raise UsageError(
-            f"resume=true but {path.parent} holds no last.pt to resume; rerun the interrupted run's folder "
-            f"(hydra.run.dir=<its folder>), or use resume=auto to start over when there is none"
+            f"resume=true but {path.parent} holds no last.pt to resume; rerun where the interrupted run was "
+            f"({where}), or use resume=auto to start over when there is none"
         )
     if cfg.resume is False or not path.is_file():
         return None
@@ -280,9 +284,12 @@ def read_resumable(path: Path, cfg: DictConfig) -> dict[str, Any] | None:
     checkpoint = _load(path, fix)
     if isinstance(checkpoint, dict) and "train_state" not in checkpoint and "optimizer" in checkpoint:
         raise UsageError(f"cannot resume from {path}: it was written by an older resnet9; {fix}")
-    if not _resumable_shape(checkpoint) or checkpoint.get("format") != CHECKPOINT_FORMAT:
+    if not _resumable_shape(checkpoint) or not _is_format(checkpoint.get("format"), CHECKPOINT_FORMAT):
         raise UsageError(f"cannot resume from {path}: it is not a resnet9 training checkpoint; {fix}")
     differences = _differences(_comparable(checkpoint["config"]), _comparable(OmegaConf.to_container(cfg)))
+    kind = checkpoint.get("device_type", device.type)  # (unknown in checkpoints from before it)
+    if not (isinstance(kind, str) and kind == device.type):
+        differences.insert(0, f"a device of kind {_shown(kind)} there, {device.type!r} now")
     if differences:
         raise UsageError(f"cannot resume from {path}: its run had {'; '.join(differences[:3])}; {fix}")
     return checkpoint
@@ -317,12 +324,22 @@ def read_trained(path: Path, device: torch.device, flag: str = "checkpoint=") ->
     checkpoint = _load(path, fix, device)
     if not isinstance(checkpoint, dict) or not {"model", "config"} <= checkpoint.keys():
         raise UsageError(f"{path} holds no model weights and config; {fix}")
-    if checkpoint.get("format", 1) not in (1, CHECKPOINT_FORMAT):
+    if not _is_format(checkpoint.get("format", 1), 1, CHECKPOINT_FORMAT):
         raise UsageError(
-            f"{path} has checkpoint format {checkpoint['format']!r}, which this resnet9 does not know (it reads 1 "
-            f"and {CHECKPOINT_FORMAT}); read it with the resnet9 that wrote it, or {fix}"
+            f"{path} has checkpoint format {_shown(checkpoint['format'])}, which this resnet9 does not know (it "
+            f"reads 1 and {CHECKPOINT_FORMAT}); read it with the resnet9 that wrote it, or {fix}"
         )
     return checkpoint
+
+
+def _is_format(value: Any, *known: int) -> bool:
+    """A file's format number is one of `known` (a crafted file may hold a tensor or a string there)."""
+    return type(value) is int and value in known
+
+
+def _shown(value: Any) -> str:
+    """A value read from a file, for an error line: plain values as they are, anything else by its type."""
+    return repr(value) if type(value) in (int, float, str, bool) and len(repr(value)) < 80 else type(value).__name__
 
 
 def _load(path: Path, fix: str, device: torch.device | str = "cpu") -> Any:
@@ -336,8 +353,6 @@ def _load(path: Path, fix: str, device: torch.device | str = "cpu") -> Any:
 
 def _comparable(config: dict[str, Any]) -> dict[str, Any]:
     config = OmegaConf.to_container(OmegaConf.create(config), resolve=True)
-    if isinstance(config.get("device"), str):
-        config["device"] = config["device"].split(":")[0]
     if isinstance(config.get("augment"), dict) and config["augment"].get("engine") != "albumentations":
         config.get("data", {}).pop("num_workers", None)
     for dotted in FREE_TO_CHANGE:

@@ -135,6 +135,27 @@ def test_a_cache_folder_that_is_a_file_is_refused_before_the_test(small_setup, t
     assert (tmp_path / "cachefile").read_text() == "not a folder"
 
 
+def test_a_cache_behind_a_folder_we_may_not_search_costs_a_warning_not_the_run(
+    small_setup, tmp_path, monkeypatch, caplog
+):
+    cfg, cifar = small_setup
+    caplog.set_level(logging.WARNING, logger="resnet9")
+    cfg.lr_finder.cache_dir = str(tmp_path / "locked" / "lr_find")
+    real_exists = Path.exists
+
+    def exists(
+        path: Path, *args, **kwargs
+    ) -> bool:  # as Path.exists answers a folder inside a 0700 one of another user
+        if "locked" in path.parts:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_exists(path, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "exists", exists)
+    monkeypatch.setattr(lr_find.tempfile, "mkdtemp", lambda **kw: (_ for _ in ()).throw(PermissionError(13, "no")))
+    found = find(cfg, cifar, tmp_path / "a")
+    assert 0 < found.lr_min < found.lr_max and "cannot cache the curve" in caplog.text
+
+
 def test_a_cache_that_cannot_be_written_costs_a_warning_not_the_run(small_setup, tmp_path, monkeypatch, caplog):
     cfg, cifar = small_setup
     caplog.set_level(logging.WARNING, logger="resnet9")

@@ -1,7 +1,9 @@
 """The training state round-trips: saved mid-epoch and loaded into fresh objects (or a fresh process), training
 goes on exactly as if it had never stopped; and today's runs give the numbers recorded before the redesign."""
 
+import errno
 import json
+import os
 import re
 import signal
 import subprocess
@@ -77,6 +79,21 @@ def test_under_torchrun_every_rank_resumes_its_own_draws_from_rank_0s_saved_stat
         assert torch.equal(got_images, images_) and torch.equal(got_labels, labels_)
 
 
+def test_a_torchrun_checkpoint_from_before_the_epoch_seeds_still_resumes():
+    images, labels = np.zeros((120, 32, 32, 3), np.uint8), np.arange(120)
+    ranks = [
+        augment.Augmentation(engine="albumentations").train_loader(
+            images, labels, 20, CPU, seed=3, num_workers=0, rank=1, world_size=2
+        )
+        for _ in range(2)
+    ]
+    list(ranks[0])
+    older = ranks[0].state_dict()
+    del older["rng"]["epoch_seeds"]  # as written before the ranks' epoch seeds were saved
+    ranks[1].load_state_dict(older)
+    assert len(list(ranks[1])) == 6
+
+
 def test_the_albumentations_engines_worker_count_changes_its_draws_so_a_resume_must_keep_it():
     rng = np.random.default_rng(0)
     images, labels = rng.integers(0, 256, (120, 32, 32, 3), dtype=np.uint8), np.arange(120)
@@ -88,41 +105,47 @@ def test_the_albumentations_engines_worker_count_changes_its_draws_so_a_resume_m
 
 
 @pytest.mark.parametrize(
-    "saved, now, refused",
+    "saved, kind, now, device, refused",
     [
-        (["device=cuda:0"], ["device=cuda:1"], None),
-        (["device=cpu"], ["device=cuda"], "device='cpu' there, 'cuda' now"),
-        (["data.num_workers=0"], ["data.num_workers=4"], None),
-        (["augment.engine=albumentations", "data.num_workers=0"], ["augment.engine=albumentations"],
+        (["device=cuda:0"], "cuda", ["device=cuda:1"], "cuda:1", None),
+        (["device=auto"], "cuda", ["device=cuda"], "cuda", None),  # the kind used, not the words for it
+        (["device=auto"], "cuda", ["device=auto"], "cpu", "a device of kind 'cuda' there, 'cpu' now"),
+        (["device=cpu"], "cpu", ["device=cuda"], "cuda", "a device of kind 'cpu' there, 'cuda' now"),
+        (["device=cpu"], None, ["device=cuda"], "cuda", None),  # a checkpoint from before the kind was saved
+        (["device=cpu"], torch.zeros(3), ["device=cpu"], "cpu", "a device of kind Tensor there"),  # crafted
+        (["data.num_workers=0"], "cpu", ["data.num_workers=4"], "cpu", None),
+        (["augment.engine=albumentations", "data.num_workers=0"], "cpu", ["augment.engine=albumentations"], "cpu",
          "data.num_workers=0 there, 2 now"),
-        (["progress=false", "data.root=/a"], ["progress=true", "data.root=/b"], None),
+        (["progress=false", "data.root=/a"], "cpu", ["progress=true", "data.root=/b"], "cpu", None),
     ],
 )  # fmt: skip
-def test_a_resume_may_change_only_what_changes_no_number(saved, now, refused, tmp_path):
+def test_a_resume_may_change_only_what_changes_no_number(saved, kind, now, device, refused, tmp_path):
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         saved_cfg, now_cfg = (compose(config_name="config", overrides=o) for o in (saved, now))
     checkpoint = {
         "format": CHECKPOINT_FORMAT, "config": OmegaConf.to_container(saved_cfg), "lr_min": 0.01, "lr_max": 0.1,
         "train_state": {"record": {"lr_source": "config"}},
     }  # fmt: skip
+    if kind is not None:
+        checkpoint["device_type"] = kind
     torch.save(checkpoint, tmp_path / "last.pt")
     if refused is None:
-        assert read_resumable(tmp_path / "last.pt", now_cfg)["lr_max"] == 0.1
+        assert read_resumable(tmp_path / "last.pt", now_cfg, torch.device(device))["lr_max"] == 0.1
     else:
         with pytest.raises(UsageError, match=re.escape(refused)):
-            read_resumable(tmp_path / "last.pt", now_cfg)
+            read_resumable(tmp_path / "last.pt", now_cfg, torch.device(device))
 
 
 def test_resume_true_demands_a_checkpoint_and_last_pt_must_be_a_file(tmp_path):
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         demand, auto = (compose(config_name="config", overrides=[f"resume={r}"]) for r in ("true", "auto"))
-    assert read_resumable(tmp_path / "last.pt", auto) is None  # auto: nothing to continue, start over
-    with pytest.raises(UsageError, match="resume=true but .* holds no last.pt to resume; rerun the interrupted"):
-        read_resumable(tmp_path / "last.pt", demand)
+    assert read_resumable(tmp_path / "last.pt", auto, CPU) is None  # auto: nothing to continue, start over
+    with pytest.raises(UsageError, match=r"resume=true but .* holds no last.pt to resume; rerun .*\(hydra.run.dir="):
+        read_resumable(tmp_path / "last.pt", demand, CPU)
     (tmp_path / "last.pt").mkdir()  # the run would train, then fail to save its first epoch
     for cfg in (auto, demand):
         with pytest.raises(UsageError, match="last.pt is not a file, so no checkpoint can be written there"):
-            read_resumable(tmp_path / "last.pt", cfg)
+            read_resumable(tmp_path / "last.pt", cfg, CPU)
 
 
 # -- the whole training state, through a file, into freshly built objects --------------------------------
@@ -246,6 +269,25 @@ def test_the_background_writer_keeps_order_copies_what_it_writes_and_stops_after
     assert json.loads((tmp_path / "metrics.json").read_text()) == {"epochs": [1]}  # never ahead of the checkpoint
 
 
+@pytest.mark.parametrize("answer, written", [(errno.EINVAL, True), (errno.EIO, False)])
+def test_a_file_system_that_cannot_fsync_still_gets_its_files_but_a_failing_disk_stops_the_run(
+    tmp_path, monkeypatch, answer, written
+):
+    from resnet9 import files
+
+    def fsync(fd: int) -> None:
+        raise OSError(answer, os.strerror(answer))
+
+    monkeypatch.setattr(files.os, "fsync", fsync)
+    if written:  # (some FUSE, 9p and SMB mounts answer EINVAL: nothing we can do, nor need to)
+        files.write_json(tmp_path / "metrics.json", {"epochs": [1]})
+        assert json.loads((tmp_path / "metrics.json").read_text()) == {"epochs": [1]}
+    else:
+        with pytest.raises(UsageError, match="cannot write .*metrics.json"):
+            files.write_json(tmp_path / "metrics.json", {"epochs": [1]})
+        assert list(tmp_path.iterdir()) == []  # neither the file nor its temporary
+
+
 def test_a_stop_after_a_divergence_keeps_the_last_good_checkpoint(synthetic_root, tmp_path):
     from resnet9 import files
     from resnet9.listeners import CheckpointWriter
@@ -259,8 +301,9 @@ def test_a_stop_after_a_divergence_keeps_the_last_good_checkpoint(synthetic_root
     with pytest.raises(StopRequested):
         train_epoch(state, 2, stop_after=2)
     writer.on_stop(state)  # a healthy stop: saved at its step
-    saved = torch.load(last, weights_only=True)["train_state"]
-    assert len(saved["progress"]["lrs"]) == 2
+    checkpoint = torch.load(last, weights_only=True)
+    saved = checkpoint["train_state"]
+    assert len(saved["progress"]["lrs"]) == 2 and checkpoint["device_type"] == "cpu"  # what a resume must match
 
     state.progress.step_losses[-1] = torch.tensor(float("nan"))  # the epoch's last step diverged
     writer.on_stop(state)

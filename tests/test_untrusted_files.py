@@ -91,10 +91,12 @@ def test_checkpoints(trained_run, tmp_path, quiet_folder, capsys):
     original = (trained_run / "last.pt").read_bytes()
     before = files_in(tmp_path)
     path = tmp_path / "last.pt"
-    newer = io.BytesIO()  # a format from a later resnet9: its layout may mean something else
-    torch.save({**torch.load(trained_run / "last.pt", weights_only=True), "format": 99}, newer)
+    formats = []  # a format from a later resnet9 (its layout may mean something else), and crafted ones
+    for fmt in (99, torch.tensor([1, 2]), "2"):
+        formats.append(io.BytesIO())
+        torch.save({**torch.load(trained_run / "last.pt", weights_only=True), "format": fmt}, formats[-1])
     raw_pickle = pickle.dumps({"model": {}}, protocol=4)  # torch warns about the protocol before it refuses
-    cases = [*fuzzed(original, seed=2)[:-1], *wrong_types_torch(), newer.getvalue(), raw_pickle]
+    cases = [*fuzzed(original, seed=2)[:-1], *wrong_types_torch(), *(f.getvalue() for f in formats), raw_pickle]
     for content in cases:  # (flips in weights: other weights)
         path.write_bytes(content)
         call = lambda: predict.main(["--checkpoint", str(path), str(image)])  # noqa: E731
