@@ -13,17 +13,13 @@ import contextlib
 import difflib
 import logging
 import os
+import re
 import sys
 from collections.abc import Iterator
 from typing import NoReturn
 
 from hydra.core.hydra_config import HydraConfig
-from hydra.errors import (
-    CompactHydraException,
-    ConfigCompositionException,
-    MissingConfigException,
-    OverrideParseException,
-)
+from hydra.errors import CompactHydraException, MissingConfigException, OverrideParseException
 from hydra.types import RunMode
 
 USAGE_EXIT = 2  # the exit status of every one-line error, as argparse and Hydra use for bad usage
@@ -77,6 +73,7 @@ def exit_on_usage_error() -> Iterator[None]:
     In a multirun the error propagates instead: Hydra marks that job failed, runs the others, and reports
     the failure once the sweep is done.
     """
+    _task_started()
     try:
         yield
     except UsageError as err:
@@ -92,28 +89,40 @@ def hydra_errors_in_one_line() -> Iterator[None]:
     like every other mistake, in one line with the fix, instead of Hydra's several (`Key 'epoch' is not in
     struct / full_key: epoch / object_type=dict`, or the config search path).
 
-    Hydra reports its errors itself unless HYDRA_FULL_ERROR=1, which makes it raise them: set here while the
-    command runs, so they reach this handler (a user's own HYDRA_FULL_ERROR=1 keeps Hydra's full report).
+    Hydra reports its errors itself unless HYDRA_FULL_ERROR=1, which makes it raise them: set here until the
+    task starts (`exit_on_usage_error` hands it back), so composition errors reach this handler while the task's
+    own failures are reported as Hydra does (a traceback trimmed to the task's frames). A user's own
+    HYDRA_FULL_ERROR=1 keeps Hydra's full report of everything.
     """
+    global _full_error_set_here
     if os.environ.get("HYDRA_FULL_ERROR") == "1":
         yield
         return
-    os.environ["HYDRA_FULL_ERROR"] = "1"
+    os.environ["HYDRA_FULL_ERROR"], _full_error_set_here = "1", True
     try:
         yield
-    except (ConfigCompositionException, OverrideParseException) as err:
+    except CompactHydraException as err:  # composition, the override grammar, a callback's check before the task
         exit_with(f"error: {_hydra_error_line(err)}")
-    except CompactHydraException as err:  # a --multirun's failed job: its log files have the line already
-        print(f"error: {_hydra_error_line(err)}", file=sys.stderr)
-        sys.exit(1)
     finally:
+        _task_started()
+
+
+_full_error_set_here = False  # HYDRA_FULL_ERROR=1 is hydra_errors_in_one_line's, not the user's
+
+
+def _task_started() -> None:
+    global _full_error_set_here
+    if _full_error_set_here:
         os.environ.pop("HYDRA_FULL_ERROR", None)
+        _full_error_set_here = False
 
 
 def _hydra_error_line(err: CompactHydraException) -> str:
     cause = err.__cause__
     if isinstance(err, MissingConfigException) and err.options and err.missing_cfg_file:
-        group, option = err.missing_cfg_file.rsplit("/", 1)
+        group = re.search(r"Available options in '([^']+)'", str(err))  # (an option may hold a slash)
+        group = group.group(1) if group else err.missing_cfg_file.rsplit("/", 1)[0]
+        option = err.missing_cfg_file.removeprefix(f"{group}/")
         return f"{group}={option} is not an option of {group}; choose one of {', '.join(err.options)}"
     full_key = getattr(cause, "full_key", None)
     parent = getattr(cause, "parent_node", None)

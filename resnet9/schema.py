@@ -21,6 +21,7 @@ import re
 from typing import Annotated, Any, Literal, get_args, get_origin
 
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import InterpolationResolutionError
 from pydantic import BaseModel, ConfigDict, Field, PlainValidator, ValidationError, ValidationInfo, model_validator
 from pydantic_core import PydanticCustomError, PydanticUndefined
 
@@ -280,10 +281,16 @@ def validate_logger(values: Any) -> WandbConfig | NoLoggerConfig:
 
 def _validated(schema: type[Section], cfg: DictConfig | dict, context: dict, prefix: str = "") -> Any:
     if isinstance(cfg, DictConfig):
-        missing = sorted(OmegaConf.missing_keys(cfg))
-        if missing:
-            raise ConfigError(f"{missing[0]} is missing; e.g. {missing[0]}={_example(schema, (missing[0],))}")
-        cfg = OmegaConf.to_container(cfg, resolve=True)
+        try:
+            missing = sorted(OmegaConf.missing_keys(cfg))
+            if missing:
+                raise ConfigError(f"{missing[0]} is missing; e.g. {missing[0]}={_example(schema, (missing[0],))}")
+            cfg = OmegaConf.to_container(cfg, resolve=True)
+        except InterpolationResolutionError as err:  # e.g. optimizer.lr=${oops}
+            raise ConfigError(
+                f"{prefix}{err.full_key} cannot be resolved ({str(err).splitlines()[0]}); give a value, or a ${{...}} "
+                f"that names a key, e.g. eval_batch_size=${{batch_size}}"
+            ) from None
     try:
         return schema.model_validate(cfg, context=context)
     except ValidationError as err:

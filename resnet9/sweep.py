@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 FILE = "sweep.json"
 SEED = "seed"  # averaged over: never part of a setting
@@ -26,9 +26,15 @@ def sweep_id(sweep_dir: Path) -> str:
     return f"sweep-{sweep_dir.parent.name}_{sweep_dir.name}"
 
 
+def task_overrides(hydra_cfg: DictConfig) -> list[str]:
+    """The command line's overrides as written: unresolved, so `optimizer.lr=${oops}` stays a string here and
+    fails where the config is validated, in one line."""
+    return OmegaConf.to_container(hydra_cfg.overrides.task, resolve=False)
+
+
 def varied_keys(config: DictConfig) -> list[str]:
     """The keys a multirun's config varies: sweep overrides on the command line, and a sweeper's params."""
-    overrides = OverridesParser.create().parse_overrides(list(config.hydra.overrides.task))
+    overrides = OverridesParser.create().parse_overrides(task_overrides(config.hydra))
     keys = [override.key_or_group for override in overrides if override.is_sweep_override()]
     keys += list(config.hydra.sweeper.get("params") or {})
     return sorted(set(keys))

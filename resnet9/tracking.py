@@ -53,7 +53,7 @@ def run_identity(group: str | None = None) -> RunIdentity:
     if not HydraConfig.initialized():
         return RunIdentity("run", group)
     hydra_cfg = HydraConfig.get()
-    overrides = list(hydra_cfg.overrides.task)
+    overrides = sweep.task_overrides(hydra_cfg)
     if hydra_cfg.mode != RunMode.MULTIRUN:
         return RunIdentity(hydra_cfg.job.override_dirname or "defaults", group)
     sweep_dir = Path(hydra_cfg.sweep.dir)

@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 # `ddp`, not `distributed`: submitit's launcher pickles this module's functions by value, and cloudpickle
 # would take a module-level name `distributed` for the unpicklable torch.distributed.
-from resnet9 import build, captured, files, lr_find, report, schema, tracking
+from resnet9 import build, captured, files, lr_find, report, schema, sweep, tracking
 from resnet9 import distributed as ddp
 from resnet9.data import Cifar10
 from resnet9.ema import WeightEMA
@@ -74,7 +74,7 @@ def main() -> None:
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def hydra_main(cfg: DictConfig) -> float:
     out_dir = Path(HydraConfig.get().runtime.output_dir)
-    overrides = list(HydraConfig.get().overrides.task)
+    overrides = sweep.task_overrides(HydraConfig.get())
     # rank 0 leaves the job's metrics.json however the job ends, even before training (listeners.job_record)
     record = job_record(out_dir, lambda: _plain(cfg), overrides) if ddp.world().is_main else contextlib.nullcontext()
     try:
@@ -117,7 +117,7 @@ def train(cfg: DictConfig, out_dir: Path) -> float:
             cifar = build.dataset(cfg.data)
         model = build.model(cfg.model, settings, reuse=cfg.compile and not world.is_parallel)
 
-        resumed = read_resumable(out_dir / "last.pt", cfg)
+        resumed = read_resumable(out_dir / "last.pt", cfg, device)
         if resumed is not None:  # the LRs the interrupted run derived: no new range test
             lrs = saved_lrs(resumed)
         else:  # rank 0 runs the range test (if one is needed); every rank trains with its LRs
@@ -166,7 +166,7 @@ def _training_state(
     record = RunRecord(
         clock,
         config=OmegaConf.to_container(cfg, resolve=True),
-        overrides=list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else [],
+        overrides=sweep.task_overrides(HydraConfig.get()) if HydraConfig.initialized() else [],
         device=str(device),
         precision=build.precision_name(autocast),
         torch=torch.__version__,

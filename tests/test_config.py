@@ -74,6 +74,7 @@ BAD = [
     (("scheduler.lr_min=0.5", "optimizer.lr=0.1"), "must be below the peak optimizer.lr"),
     (("scheduler.lr_min=0",), "scheduler.lr_min must be a number > 0 or 'auto'"),
     (("model.width=0",), "model.width must be greater than 0, got 0; e.g. model.width=1.0"),
+    (("optimizer.lr=${oops}",), "optimizer.lr cannot be resolved (Interpolation key 'oops' not found); give a"),
     (("model.width=1e6",), "model.width must be less than or equal to 8, got 1000000.0; e.g. model.width=1.0"),
     (("data.limit_train=5",), "data.limit_train must be greater than or equal to 10, got 5; e.g. data.limit_train=1"),
     (("data.limit_test=20000",), "data.limit_test must be less than or equal to 10000, got 20000"),
@@ -143,6 +144,7 @@ def test_cli_bad_value_prints_one_line_and_exits_2(run_cli, tmp_path):
             "optimizer=sgdd",
             "error: optimizer=sgdd is not an option of optimizer; choose one of adam, sgd",
         ),
+        ("resnet9.train", "optimizer=sub/adamw", "error: optimizer=sub/adamw is not an option of optimizer; choose"),
         ("resnet9.train", "epoch=3", "error: epoch is not a setting (did you mean epochs?); --cfg job prints every"),
         ("resnet9.summary", "model.widht=2", "error: model.widht is not a setting (did you mean model.width?)"),
         ("resnet9.evaluate", "epochs=3", "error: epochs is not a setting; --cfg job prints every setting"),
@@ -154,6 +156,15 @@ def test_cli_typod_option_or_key_is_one_line_before_anything_runs(run_cli, tmp_p
     (error,) = result.stderr.strip().splitlines()  # not Hydra's own report (its search path, its key's type)
     assert error.startswith(line)
     assert not (tmp_path / "run").exists()
+
+
+def test_cli_unresolvable_override_is_one_line_and_the_jobs_record_keeps_it_as_written(run_cli, tmp_path):
+    result = run_cli("resnet9.train", "optimizer.lr=${oops}", f"hydra.run.dir={tmp_path}/run")
+    assert result.returncode == 2
+    (line,) = result.stderr.strip().splitlines()  # (the job's overrides were read resolved: a traceback)
+    assert line.startswith("error: optimizer.lr cannot be resolved (Interpolation key 'oops' not found)")
+    record = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert record["overrides"] == ["optimizer.lr=${oops}"] and record["status"] == "failed"
 
 
 def test_hydras_answers_to_help_flags_are_one_line_on_a_typo(monkeypatch, capsys):
