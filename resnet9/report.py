@@ -12,6 +12,9 @@ When the sweep ends, the table and figure also go to W&B as a run of its own (jo
 sweep folder, later, with options:
 
     python -m resnet9.report multirun/2026-11-26/14-00-00 [--by KEY ...] [--metric best_test_acc] [--csv]
+
+`--by optimizer.lr` writes summary_by_optimizer.lr.md / .json and test_accuracy_by_optimizer.lr.png beside
+the sweep's own summary, which it leaves as it was.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from tabulate import tabulate
 
 from resnet9 import build, files, plots, schema, sweep
-from resnet9.errors import ConfigError, UsageError, exit_on_usage_error
+from resnet9.errors import ConfigError, UsageError, exit_on_usage_error, exit_with
 
 NUMBERS = ("final_test_acc", "best_test_acc", "lr_min", "lr_max", "train_time_s")
 LABELS = {
@@ -192,18 +195,19 @@ def write_report(
     jobs: list[dict[str, Any]] | None = None,
 ) -> tuple[list[dict[str, Any]], str]:
     """summary.json, summary.md and test_accuracy.png (`figure`: "now", "background" or "none"), from `jobs`
-    (default: read from the folder)."""
+    (default: read from the folder); regrouped `by` keys, under names of their own (`output_names`)."""
     jobs = load_jobs(sweep_dir) if jobs is None else jobs
     groups = group_jobs(sweep_dir, jobs, by)
     rows = summarize(groups, metric)
     table = format_table(rows, metric)
-    files.write_json(sweep_dir / "summary.json", rows)
+    summary, figure_name = output_names(by)
+    files.write_json(sweep_dir / f"{summary}.json", rows)
     intro = f"# Sweep {sweep_dir}\n\nper setting: mean ± std and the 95 % interval of the mean over its seeds"
     files.replace_atomically(
-        sweep_dir / "summary.md",
-        lambda tmp: Path(tmp).write_text(f"{intro}\n\n{table}\n\n![test accuracy](test_accuracy.png)\n"),
+        sweep_dir / f"{summary}.md",
+        lambda tmp: Path(tmp).write_text(f"{intro}\n\n{table}\n\n![test accuracy]({figure_name})\n"),
     )
-    draw = (plots.sweep_accuracy, groups, sweep_dir / "test_accuracy.png", f"Test accuracy, {sweep_dir.name}")
+    draw = (plots.sweep_accuracy, groups, sweep_dir / figure_name, f"Test accuracy, {sweep_dir.name}")
     if figure == "now":
         draw[0](*draw[1:])
     elif figure == "background":
@@ -211,7 +215,18 @@ def write_report(
     return rows, table
 
 
-def log_to_tracker(sweep_dir: Path, rows: list[dict[str, Any]], logger_cfg: DictConfig | dict) -> None:
+def output_names(by: list[str] | None = None) -> tuple[str, str]:
+    """The summary's file stem and the figure's name: the sweep's own, or apart for a regrouping (`--by`), which
+    must not overwrite the sweep's own summary."""
+    if not by:
+        return "summary", "test_accuracy.png"
+    suffix = "_by_" + "_".join(key.replace("/", "-") for key in by)
+    return f"summary{suffix}", f"test_accuracy{suffix}.png"
+
+
+def log_to_tracker(
+    sweep_dir: Path, rows: list[dict[str, Any]], logger_cfg: DictConfig | dict, by: list[str] | None = None
+) -> None:
     """The report as a W&B run of its own (job type `report`, in the sweep's folder `report/`)."""
     sweep_name = sweep.sweep_id(sweep_dir)
     (sweep_dir / "report").mkdir(exist_ok=True)
@@ -221,7 +236,7 @@ def log_to_tracker(sweep_dir: Path, rows: list[dict[str, Any]], logger_cfg: Dict
     )  # fmt: skip
     try:
         tracker.log_table("sweep/summary", [_flat(row) for row in rows], step=0)
-        tracker.log_images({"sweep/test_accuracy": sweep_dir / "test_accuracy.png"}, step=0)
+        tracker.log_images({"sweep/test_accuracy": sweep_dir / output_names(by)[1]}, step=0)
         tracker.summary({f"{row['setting']}/final_test_acc_mean": row.get("final_test_acc") for row in rows})
     finally:
         tracker.finish()
@@ -252,7 +267,10 @@ class SweepSummary(Callback):
         self.failure_seen, self.config = False, None
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        sweep.write(Path(config.hydra.sweep.dir), config)
+        try:
+            sweep.write(Path(config.hydra.sweep.dir), config)
+        except UsageError as err:  # (Hydra turns a callback's exceptions into warnings and goes on: exit here)
+            exit_with(f"error: {err}")
         self.config, SweepSummary.unfinished = config, self
 
     def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
@@ -305,6 +323,22 @@ def check_sweep_folder(folder: Path) -> None:
         raise UsageError(
             f"{folder} is {what} (no <job>/metrics.json inside); pass a sweep folder, e.g. multirun/<date>/<time>"
         )
+    if not (folder / "multirun.yaml").is_file() and not (folder / sweep.FILE).is_file():  # e.g. outputs/<date>/
+        raise UsageError(
+            f"{folder} holds runs but is no sweep's folder (no multirun.yaml or {sweep.FILE}): their settings were "
+            f"never compared as one sweep; pass a sweep folder, e.g. multirun/<date>/<time>"
+        )
+
+
+def check_keys(by: list[str], jobs: list[dict[str, Any]]) -> None:
+    """`--by` names keys that some job of the sweep sets, never the seed (a setting's seeds are averaged)."""
+    given = {sweep.key_and_value(override)[0] for job in jobs for override in job.get("overrides", [])}
+    for key in by:
+        if key == sweep.SEED:
+            raise UsageError("--by seed: a setting's seeds are what the report averages over; --by takes another key")
+        if key not in given:
+            keys = ", ".join(sorted(given - {sweep.SEED})) or "none"
+            raise UsageError(f"--by {key}: no job of this sweep sets it; its jobs set {keys}")
 
 
 def _logger_of(sweep_dir: Path, choice: str) -> dict | None:
@@ -333,13 +367,14 @@ def main(argv: list[str] | None = None) -> None:
     with exit_on_usage_error():
         check_sweep_folder(args.folder)
         jobs = load_jobs(args.folder)
+        check_keys(args.by or [], jobs)
         rows, table = write_report(args.folder, args.by, args.metric, jobs=jobs)
     print(format_table(rows, args.metric, as_csv=True) if args.csv else table, end="" if args.csv else "\n")
     for line in [] if args.csv else failure_lines(args.folder, jobs):
         print(line)
     logger = _logger_of(args.folder, args.tracker)
     if logger is not None and logger["_target_"].endswith("WandbTracker"):
-        log_to_tracker(args.folder, rows, logger)
+        log_to_tracker(args.folder, rows, logger, args.by)
 
 
 if __name__ == "__main__":

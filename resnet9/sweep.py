@@ -17,6 +17,8 @@ from typing import Any
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
+from resnet9.errors import UsageError
+
 FILE = "sweep.json"
 SEED = "seed"  # averaged over: never part of a setting
 
@@ -41,9 +43,28 @@ def varied_keys(config: DictConfig) -> list[str]:
 
 
 def write(sweep_dir: Path, config: DictConfig) -> None:
+    """sweep.json, as a --multirun starts. A folder that already holds another sweep's jobs is refused: Hydra
+    numbers jobs by position, so job 2 of another command is another setting, and a report would pool both."""
     sweep_dir.mkdir(parents=True, exist_ok=True)
-    description = {"id": sweep_id(sweep_dir), "varies": varied_keys(config)}
+    description = {"id": sweep_id(sweep_dir), "varies": varied_keys(config), "command": task_overrides(config.hydra)}
+    earlier = read(sweep_dir)
+    has_jobs = any(sweep_dir.glob("*/metrics.json"))
+    if earlier is not None and has_jobs and _changed(earlier, description):
+        command = earlier.get("command")
+        shown = " ".join(map(str, command)) if isinstance(command, list) else "not recorded"
+        raise UsageError(
+            f"{sweep_dir} holds the jobs of a sweep with other overrides ({shown or 'none'}); rerun those to resume "
+            f"it, or choose a new hydra.sweep.dir (job folders of two sweeps would mix, and so would their results)"
+        )
     (sweep_dir / FILE).write_text(json.dumps(description, indent=1) + "\n")
+
+
+def _changed(earlier: dict[str, Any], now: dict[str, Any]) -> bool:
+    """Another sweep than the one in the folder: its job numbers would name other settings. (A folder from before
+    sweep.json recorded the command is compared by the keys it varies.)"""
+    if "command" in earlier:
+        return earlier["command"] != now["command"] or earlier["varies"] != now["varies"]
+    return earlier["varies"] != now["varies"]
 
 
 def read(sweep_dir: Path) -> dict[str, Any] | None:
@@ -63,10 +84,16 @@ def setting(overrides: list[str], keys: set[str] | list[str], with_seed: bool = 
     never for grouping, where two close values are two settings."""
     chosen = []
     for override in overrides:
-        key, _, value = override.partition("=")
+        key, value = key_and_value(override)
         if key in keys and (with_seed or key != SEED):
             chosen.append(f"{key}={_short(value) if short else value}")
     return " ".join(sorted(chosen))
+
+
+def key_and_value(override: str) -> tuple[str, str]:
+    """`++label_smoothing=0.2` -> ("label_smoothing", "0.2"): the key as the sweep's keys name it."""
+    key, _, value = override.partition("=")
+    return key.lstrip("+~"), value
 
 
 def _short(value: str) -> str:
@@ -81,6 +108,6 @@ def keys_that_differ(jobs_overrides: list[list[str]]) -> set[str]:
     values: dict[str, list[str]] = {}
     for overrides in jobs_overrides:
         for override in overrides:
-            key, _, value = override.partition("=")
+            key, value = key_and_value(override)
             values.setdefault(key, []).append(value)
     return {key for key, seen in values.items() if len(set(seen)) > 1 or len(seen) < len(jobs_overrides)}

@@ -12,6 +12,7 @@ from resnet9.report import format_table, group_jobs, load_jobs, main, summarize,
 
 def fake_job(folder: Path, overrides: list[str], status: str = "completed", acc: float = 0.0) -> None:
     folder.mkdir(parents=True)
+    (folder.parent / "multirun.yaml").touch()  # what Hydra leaves in every sweep's folder
     metrics = {"overrides": overrides, "status": status}
     if status == "completed":
         metrics |= {
@@ -76,10 +77,22 @@ def test_report_options_by_metric_and_csv(tmp_path, capsys):
     for job, (lr, width, seed, acc) in enumerate([(0.1, 0.25, 0, 0.5), (0.1, 0.5, 0, 0.7), (0.2, 0.25, 0, 0.6),
                                                   (0.2, 0.5, 0, 0.8), (0.1, 0.25, 1, 0.52)]):  # fmt: skip
         fake_job(tmp_path / str(job), [f"optimizer.lr={lr}", f"model.width={width}", f"seed={seed}"], acc=acc)
+    write_report(tmp_path)
+    own = (tmp_path / "summary.md").read_text()
     main([str(tmp_path), "--by", "model.width", "--tracker", "none"])  # averaged over the LRs and seeds
     table = table_rows(capsys.readouterr().out)
     assert set(table) == {"model.width=0.25", "model.width=0.5"}
     assert table["model.width=0.25"][:4] == ["3", "0", "3", "54.00 ± 5.29"]
+    assert (tmp_path / "summary.md").read_text() == own  # the sweep's own summary stays; the regrouping beside it
+    assert "| model.width=0.25 " in (tmp_path / "summary_by_model.width.md").read_text()
+    assert (tmp_path / "test_accuracy_by_model.width.png").is_file()
+    for key, fragment in (("seed", "--by seed: a setting's seeds are what the report averages over"),
+                          ("model.widht", "--by model.widht: no job of this sweep sets it; its jobs set model.width, "
+                                          "optimizer.lr")):  # fmt: skip
+        with pytest.raises(SystemExit) as exit_status:
+            main([str(tmp_path), "--by", key, "--tracker", "none"])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert exit_status.value.code == 2 and len(err) == 1 and err[0].startswith(f"error: {fragment}")
     main([str(tmp_path), "--metric", "best_test_acc", "--csv", "--tracker", "none"])
     lines = list(csv.reader(io.StringIO(capsys.readouterr().out)))
     assert lines[0][:5] == ["setting", "jobs", "failed", "n", "best test acc over epochs (%; chosen on the test set)"]
@@ -87,13 +100,17 @@ def test_report_options_by_metric_and_csv(tmp_path, capsys):
     assert by_setting["model.width=0.25 optimizer.lr=0.1"][1:5] == ["2", "0", "2", "52.00 ± 1.41"]  # best = final + 1
 
 
-@pytest.mark.parametrize("kind", ["single run", "empty", "missing"])
+@pytest.mark.parametrize("kind", ["single run", "empty", "missing", "single runs"])
 def test_report_refuses_a_folder_that_is_not_a_sweep_in_one_line(tmp_path, capsys, kind):
     folder = tmp_path / "folder"
     if kind != "missing":
         folder.mkdir()
     if kind == "single run":
         (folder / "metrics.json").write_text("{}")
+    if kind == "single runs":  # outputs/<date>/: runs, each of its own command, never one sweep
+        fake_job(folder / "14-00-00", ["optimizer.lr=0.2"], acc=0.5)
+        fake_job(folder / "15-00-00", ["optimizer.lr=0.1"], acc=0.4)
+        (folder / "multirun.yaml").unlink()
     with pytest.raises(SystemExit) as exit_status:
         main([str(folder)])
     assert exit_status.value.code == 2
@@ -130,3 +147,27 @@ def test_a_sweep_counts_every_job_and_ends_with_its_summary_and_a_line_per_faile
     assert failed[2] == f"job 4 (optimizer.lr=-1 seed=0): failed: {jobs[4]['error']}" and len(failed) == 4
     assert "| optimizer.lr=-1 " in result.stdout
     assert Image.open(sweep / "test_accuracy.png").size[0] > 500
+
+
+def test_a_sweep_over_a_key_added_with_plus_plus_groups_by_its_values(tmp_path):
+    (tmp_path / "sweep.json").write_text(json.dumps({"id": "s", "varies": ["label_smoothing", "seed"]}))
+    for job, (smoothing, seed) in enumerate([(0.0, 0), (0.0, 1), (0.2, 0), (0.2, 1)]):
+        fake_job(tmp_path / str(job), [f"++label_smoothing={smoothing}", f"seed={seed}"], acc=0.5 + smoothing)
+    rows = {row["setting"]: row for row in summarize(group_jobs(tmp_path, load_jobs(tmp_path)))}
+    assert set(rows) == {"label_smoothing=0.0", "label_smoothing=0.2"}  # not one pool of all four
+    assert rows["label_smoothing=0.2"]["final_test_acc"] == pytest.approx(0.7)
+
+
+def test_a_multirun_into_a_folder_of_another_sweeps_jobs_is_refused_before_any_job(run_cli, cifar_root, tmp_path):
+    sweep = tmp_path / "sweep"
+    (sweep / "sweep.json").parent.mkdir()
+    (sweep / "sweep.json").write_text(json.dumps({"id": "s", "varies": ["seed"], "command": ["seed=0,1"]}))
+    fake_job(sweep / "0", ["seed=0"], acc=0.5)
+    before = (sweep / "0" / "metrics.json").read_text()
+    args = [*small_run(cifar_root, "epochs=1", "logger=none"), f"hydra.sweep.dir={sweep}"]
+    result = run_cli("resnet9.train", "--multirun", "seed=0,1,2", *args)
+    assert result.returncode == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith(f"error: {sweep} holds the jobs of a sweep with other overrides (seed=0,1); rerun those")
+    assert (sweep / "0" / "metrics.json").read_text() == before and not (sweep / "1").exists()
+    assert json.loads((sweep / "sweep.json").read_text())["command"] == ["seed=0,1"]

@@ -124,6 +124,7 @@ def test_a_sweeps_metrics_files(tmp_path, quiet_folder, capsys):
     odd = [b"[]", b'{"status": 3}', b'{"overrides": "seed=1"}', b'{"epochs": [{"epoch": "one"}]}', b"[" * 100_000]
     cases = [*fuzzed(original, seed=4)[:-1], *odd]
     (sweep / "0").mkdir(parents=True)
+    (sweep / "multirun.yaml").touch()
     (sweep / "0" / "metrics.json").write_bytes(original)
     for n, content in enumerate(cases, start=1):
         (sweep / str(n)).mkdir()
