@@ -20,10 +20,12 @@ the sweep's own summary, which it leaves as it was.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import io
 import json
 import math
+import signal
 import statistics
 from pathlib import Path
 from typing import Any
@@ -264,7 +266,7 @@ class SweepSummary(Callback):
     unfinished: SweepSummary | None = None  # the sweep under way in this process, until its end is written
 
     def __init__(self) -> None:
-        self.failure_seen, self.config = False, None
+        self.failure_seen, self.config, self.handlers = False, None, {}
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         try:
@@ -272,6 +274,16 @@ class SweepSummary(Callback):
         except UsageError as err:  # (Hydra turns a callback's exceptions into warnings and goes on: exit here)
             exit_with(f"error: {err}")
         self.config, SweepSummary.unfinished = config, self
+        # between jobs (a job's own stop is `SignalStop`'s, and it hands these back when it ends): the summary,
+        # how to resume, 128 + the signal -- not a silent exit
+        with contextlib.suppress(ValueError):  # not the main thread
+            self.handlers = {sig: signal.signal(sig, self.stop_between_jobs) for sig in (signal.SIGTERM, signal.SIGINT)}
+
+    def stop_between_jobs(self, signum: int, _frame: Any) -> None:
+        end_unfinished_sweep()
+        sweep_dir = self.config.hydra.sweep.dir
+        message = f"stopped by signal {signum} between jobs; resume the sweep by rerunning the same command with "
+        exit_with(message + f"hydra.sweep.dir={sweep_dir}", 128 + signum)
 
     def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
         if config.hydra.mode != RunMode.MULTIRUN:
@@ -284,6 +296,10 @@ class SweepSummary(Callback):
 
     def end(self) -> None:
         SweepSummary.unfinished = None
+        with contextlib.suppress(ValueError):  # the process's own handlers, as before the sweep
+            for sig, handler in self.handlers.items():
+                signal.signal(sig, handler)
+        self.handlers = {}
         sweep_dir = Path(self.config.hydra.sweep.dir)
         jobs = load_jobs(sweep_dir) if sweep_dir.is_dir() else []
         if not jobs:

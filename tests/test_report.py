@@ -171,3 +171,32 @@ def test_a_multirun_into_a_folder_of_another_sweeps_jobs_is_refused_before_any_j
     assert line.startswith(f"error: {sweep} holds the jobs of a sweep with other overrides (seed=0,1); rerun those")
     assert (sweep / "0" / "metrics.json").read_text() == before and not (sweep / "1").exists()
     assert json.loads((sweep / "sweep.json").read_text())["command"] == ["seed=0,1"]
+
+
+def test_a_signal_between_a_sweeps_jobs_ends_it_with_its_summary_and_how_to_resume(tmp_path, capsys):
+    import signal
+
+    from omegaconf import OmegaConf
+
+    from resnet9.report import SweepSummary
+
+    fake_job(tmp_path / "0", ["seed=0"], acc=0.5)
+    config = OmegaConf.create({
+        "hydra": {"sweep": {"dir": str(tmp_path)}, "overrides": {"task": ["seed=0,1"]}, "sweeper": {}},
+        "logger": {"_target_": "resnet9.tracking.NullTracker", "_partial_": True},
+    })  # fmt: skip
+    before = signal.getsignal(signal.SIGTERM)
+    summary = SweepSummary()
+    summary.on_multirun_start(config)
+    handler = signal.getsignal(signal.SIGTERM)
+    assert handler == summary.stop_between_jobs  # (a job's own handlers hand back to it when the job ends)
+    with pytest.raises(SystemExit) as exit_status:
+        handler(signal.SIGTERM, None)  # as if job 0 had ended and job 1 not begun
+    assert exit_status.value.code == 128 + signal.SIGTERM
+    out, err = capsys.readouterr()
+    assert "Sweep summary" in out and (tmp_path / "summary.md").is_file()
+    assert (
+        err.strip() == f"stopped by signal 15 between jobs; resume the sweep by rerunning the same command with "
+        f"hydra.sweep.dir={tmp_path}"
+    )
+    assert signal.getsignal(signal.SIGTERM) == before

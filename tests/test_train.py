@@ -119,8 +119,9 @@ def test_a_sweep_gives_one_wandb_group_per_setting_short_names_and_one_range_tes
     cached = [json.loads((job / "lr_finder.json").read_text())["cached"] for job in jobs]
     assert cached == [False, True, True, True]  # the range test ran once; the other jobs reused it
     assert all((job / "lr_finder.png").is_file() for job in jobs)
-    assert json.loads((sweep / "sweep.json").read_text()) == {"id": f"sweep-{tmp_path.name}_sweep",
-                                                             "varies": ["lr_finder.scale", "seed"]}  # fmt: skip
+    described = json.loads((sweep / "sweep.json").read_text())
+    assert described["id"] == f"sweep-{tmp_path.name}_sweep" and described["varies"] == ["lr_finder.scale", "seed"]
+    assert described["command"][-2:] == ["lr_finder.scale=0.5,1.0", "seed=0,1"]  # what a rerun must repeat
 
     records = [read_run(wandb_run_files(job)[0]) for job in jobs]
     assert all("exit" in record["types"] for record in records)  # closed beside the next job, then joined
