@@ -174,19 +174,30 @@ def _cell(row: dict[str, Any], key: str, interval: bool = False) -> str:
 
 
 def format_table(rows: list[dict[str, Any]], metric: str = "final_test_acc", as_csv: bool = False) -> str:
-    """Markdown (or CSV): setting, jobs, failed, n, the metric (mean ± std, 95 % interval), then the others."""
+    """Markdown: setting, jobs, failed, n, the metric (mean ± std, 95 % interval), then the others. CSV: the
+    same rows as plain numbers for a spreadsheet or pandas (`_csv`)."""
     others = [key for key in NUMBERS if key != metric]
+    if as_csv:
+        return _csv(rows, [metric, *others])
     headers = ["setting", "jobs", "failed", "n", LABELS.get(metric, metric), "95% interval", *map(LABELS.get, others)]
     table = [
         [row["setting"], row["jobs"], row["failed"], row["n"], _cell(row, metric), _cell(row, metric, interval=True)]
         + [_cell(row, key) for key in others]
         for row in rows
     ]
-    if as_csv:
-        text = io.StringIO()
-        csv.writer(text).writerows([headers, *table])
-        return text.getvalue()
     return tabulate(table, headers=headers, tablefmt="github", disable_numparse=True)
+
+
+def _csv(rows: list[dict[str, Any]], numbers: list[str]) -> str:
+    """One column per number: the mean, its std and 95 % interval apart (accuracies as fractions, as in
+    summary.json); empty where there is none."""
+    columns = ["setting", "jobs", "failed", "n"]
+    columns += [f"{key}{part}" for key in numbers for part in ("", "_std", "_ci95_low", "_ci95_high")]
+    text = io.StringIO()
+    writer = csv.DictWriter(text, columns, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(_flat(row) for row in rows)
+    return text.getvalue()
 
 
 def write_report(

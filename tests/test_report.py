@@ -95,9 +95,15 @@ def test_report_options_by_metric_and_csv(tmp_path, capsys):
         assert exit_status.value.code == 2 and len(err) == 1 and err[0].startswith(f"error: {fragment}")
     main([str(tmp_path), "--metric", "best_test_acc", "--csv", "--tracker", "none"])
     lines = list(csv.reader(io.StringIO(capsys.readouterr().out)))
-    assert lines[0][:5] == ["setting", "jobs", "failed", "n", "best test acc over epochs (%; chosen on the test set)"]
-    by_setting = {line[0]: line for line in lines[1:]}
-    assert by_setting["model.width=0.25 optimizer.lr=0.1"][1:5] == ["2", "0", "2", "52.00 ± 1.41"]  # best = final + 1
+    assert lines[0][:8] == ["setting", "jobs", "failed", "n", "best_test_acc", "best_test_acc_std",
+                            "best_test_acc_ci95_low", "best_test_acc_ci95_high"]  # fmt: skip
+    by_setting = {line[0]: dict(zip(lines[0], line, strict=True)) for line in lines[1:]}
+    two = by_setting["model.width=0.25 optimizer.lr=0.1"]  # plain numbers for a spreadsheet: best = final + 0.01
+    assert (two["jobs"], two["n"]) == ("2", "2") and float(two["best_test_acc"]) == pytest.approx(0.52)
+    assert float(two["best_test_acc_std"]) == pytest.approx(0.01 * 2**0.5)
+    assert float(two["best_test_acc_ci95_low"]) < 0.52 < float(two["best_test_acc_ci95_high"])
+    one = by_setting["model.width=0.5 optimizer.lr=0.1"]
+    assert float(one["final_test_acc"]) == pytest.approx(0.7) and one["final_test_acc_std"] == ""  # one job: no spread
 
 
 @pytest.mark.parametrize("kind", ["single run", "empty", "missing", "single runs"])
