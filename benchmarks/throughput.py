@@ -60,7 +60,7 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def training_images(root: str, count: int) -> tuple[data.Cifar10, str]:
+def training_images(root: str, count: int) -> tuple[data.ImageData, str]:
     try:
         cifar = data.load(root, download=False, limit_train=count)
         source = f"CIFAR-10 from {root}"
@@ -68,7 +68,7 @@ def training_images(root: str, count: int) -> tuple[data.Cifar10, str]:
         rng = np.random.default_rng(0)
         images = rng.integers(0, 256, size=(count, 32, 32, 3), dtype=np.uint8)
         labels = rng.integers(0, 10, size=count)
-        cifar = data.Cifar10(images, labels, images[:0], labels[:0])
+        cifar = data.ImageData(images, labels, images[:0], labels[:0])
         source = "random images (no CIFAR-10 found)"
     return cifar, source
 

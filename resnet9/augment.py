@@ -20,7 +20,7 @@ Choices, following David Page's recipe for this network:
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,14 +33,19 @@ from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, S
 # Per-channel mean and std of the official CIFAR-10 training images, on the 0..1 scale.
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
+# (mean, std) per channel on the 0..1 scale: each data option's `data.mean`/`data.std` (conf/data/*.yaml).
+Stats = tuple[tuple[float, ...], tuple[float, ...]]
+CIFAR10_STATS: Stats = (CIFAR10_MEAN, CIFAR10_STD)
 IMAGE_SIZE = 32
 
 
-def _normalize() -> A.Normalize:
-    return A.Normalize(mean=CIFAR10_MEAN, std=CIFAR10_STD, max_pixel_value=255.0)
+def _normalize(stats: Stats = CIFAR10_STATS) -> A.Normalize:
+    return A.Normalize(mean=stats[0], std=stats[1], max_pixel_value=255.0)
 
 
-def train_transform(pad: int = 4, flip: bool = True, cutout: int = 8, seed: int | None = None) -> A.Compose:
+def train_transform(
+    pad: int = 4, flip: bool = True, cutout: int = 8, seed: int | None = None, stats: Stats = CIFAR10_STATS
+) -> A.Compose:
     """The training pipeline; `pad=0`, `flip=False`, `cutout=0` switch each part off."""
     steps: list[A.BasicTransform] = []
     if pad > 0:
@@ -51,7 +56,7 @@ def train_transform(pad: int = 4, flip: bool = True, cutout: int = 8, seed: int 
         ]
     if flip:
         steps.append(A.HorizontalFlip(p=0.5))
-    steps.append(_normalize())
+    steps.append(_normalize(stats))
     if cutout > 0:
         steps.append(
             A.CoarseDropout(
@@ -65,14 +70,14 @@ def train_transform(pad: int = 4, flip: bool = True, cutout: int = 8, seed: int 
     return A.Compose(steps, seed=seed)
 
 
-def test_transform() -> A.Compose:
+def test_transform(stats: Stats = CIFAR10_STATS) -> A.Compose:
     """Deterministic: normalization only."""
-    return A.Compose([_normalize()])
+    return A.Compose([_normalize(stats)])
 
 
-def normalize_images(images: np.ndarray) -> torch.Tensor:
+def normalize_images(images: np.ndarray, stats: Stats = CIFAR10_STATS) -> torch.Tensor:
     """uint8 (N, 32, 32, 3) -> float (N, 3, 32, 32), normalized exactly like the test images."""
-    normalize = test_transform()
+    normalize = test_transform(stats)
     return torch.from_numpy(np.stack([normalize(image=image)["image"] for image in images]).transpose(0, 3, 1, 2))
 
 
@@ -273,6 +278,7 @@ class DeviceLoader:
         world_size: int = 1,
         copies: dict | None = None,
         whole_epoch: bool = False,
+        stats: Stats = CIFAR10_STATS,
     ) -> None:
         if batch_size % world_size:
             raise ValueError(f"batch_size={batch_size} does not split evenly over {world_size} processes")
@@ -284,15 +290,15 @@ class DeviceLoader:
         self.my_part = slice(rank * per_rank, (rank + 1) * per_rank) if train else slice(None)
         self.generator = torch.Generator(device=device).manual_seed(seed)
         self.position = EpochPosition()
-        self.mean = torch.tensor(CIFAR10_MEAN, device=device).view(1, 3, 1, 1) * 255
-        self.std = torch.tensor(CIFAR10_STD, device=device).view(1, 3, 1, 1) * 255
+        self.mean = torch.tensor(stats[0], device=device).view(1, 3, 1, 1) * 255
+        self.std = torch.tensor(stats[1], device=device).view(1, 3, 1, 1) * 255
         self.pixel = torch.arange(IMAGE_SIZE, device=device)
 
     def _on_device(
         self, images: np.ndarray, labels: np.ndarray, device: torch.device, train: bool, copies: dict | None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The images as NCHW uint8 on the device (150 MB for CIFAR-10's training set, 240 MB padded), and the
-        labels. `copies` (a Cifar10's `device_copies`) keeps them for the next loader of the same data."""
+        labels. `copies` (a ImageData's `device_copies`) keeps them for the next loader of the same data."""
         key = (train, self.pad, str(device))
         if copies is not None and key in copies:
             return copies[key]
@@ -392,7 +398,11 @@ class DeviceLoader:
 
 @dataclass(frozen=True)
 class Augmentation:
-    """What `conf/augment/*.yaml` builds: the pipeline's settings, and which engine runs them."""
+    """What `conf/augment/{cutout,crop_flip,none}.yaml` build: the mission's pipeline, and which engine runs it.
+
+    An augment option is any object with these two methods (`Pipeline` below is the other one resnet9 ships);
+    `stats` is the data set's normalisation, (mean, std) per channel.
+    """
 
     pad: int = 4
     flip: bool = True
@@ -412,6 +422,7 @@ class Augmentation:
         rank: int = 0,
         world_size: int = 1,
         copies: dict | None = None,
+        stats: Stats = CIFAR10_STATS,
     ) -> DeviceLoader | AlbumentationsLoader:
         """Training batches; with world_size > 1, this rank's slice of each global batch of `batch_size`.
 
@@ -419,19 +430,8 @@ class Augmentation:
         `copies`: where the device engine keeps (and finds) the images it put on the device.
         """
         if self.engine == "albumentations":
-            transform = train_transform(self.pad, self.flip, self.cutout, seed=seed + RANK_SEED_STRIDE * rank)
-            loader = make_loader(
-                images,
-                labels,
-                transform,
-                batch_size,
-                train=True,
-                seed=seed,
-                num_workers=num_workers,
-                rank=rank,
-                world_size=world_size,
-            )
-            return AlbumentationsLoader(loader, rank_seeded=world_size > 1 and num_workers == 0)
+            transform = train_transform(self.pad, self.flip, self.cutout, seed + RANK_SEED_STRIDE * rank, stats)
+            return albumentations_loader(images, labels, transform, batch_size, seed, num_workers, rank, world_size)
         return DeviceLoader(
             images,
             labels,
@@ -447,6 +447,7 @@ class Augmentation:
             world_size=world_size,
             copies=copies,
             whole_epoch=self.whole_epoch is True or (self.whole_epoch == "auto" and device.type == "cuda"),
+            stats=stats,
         )
 
     def test_loader(
@@ -458,9 +459,71 @@ class Augmentation:
         num_workers: int = 0,
         memory_format: torch.memory_format = torch.contiguous_format,
         copies: dict | None = None,
+        stats: Stats = CIFAR10_STATS,
     ) -> DeviceLoader | DataLoader:
         if self.engine == "albumentations":
-            return make_loader(
-                images, labels, test_transform(), batch_size, train=False, seed=0, num_workers=num_workers
-            )
-        return DeviceLoader(images, labels, batch_size, device, train=False, memory_format=memory_format, copies=copies)
+            transform = test_transform(stats)
+            return make_loader(images, labels, transform, batch_size, train=False, seed=0, num_workers=num_workers)
+        return DeviceLoader(
+            images, labels, batch_size, device, train=False, memory_format=memory_format, copies=copies, stats=stats
+        )
+
+
+def albumentations_loader(
+    images: np.ndarray,
+    labels: np.ndarray,
+    transform: A.Compose,
+    batch_size: int,
+    seed: int,
+    num_workers: int,
+    rank: int,
+    world_size: int,
+) -> AlbumentationsLoader:
+    """Shuffled training batches through a per-image albumentations pipeline, resumable mid-epoch."""
+    loader = make_loader(
+        images, labels, transform, batch_size, train=True, seed=seed, num_workers=num_workers, rank=rank,
+        world_size=world_size,
+    )  # fmt: skip
+    return AlbumentationsLoader(loader, rank_seeded=world_size > 1 and num_workers == 0)
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    """Any albumentations pipeline, written in YAML (conf/augment/albumentations.yaml), on the albumentations engine.
+
+    `train` runs on the uint8 HWC image; then the data set's normalisation; then `after_normalize` (where
+    Cutout belongs: a CoarseDropout with fill 0 holds the data set's mean). Test images are normalised only.
+    """
+
+    train: Sequence[A.BasicTransform] = ()
+    after_normalize: Sequence[A.BasicTransform] = ()
+
+    def train_loader(
+        self,
+        images: np.ndarray,
+        labels: np.ndarray,
+        batch_size: int,
+        device: torch.device,
+        seed: int,
+        num_workers: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        stats: Stats = CIFAR10_STATS,
+        **_: Any,  # the device engine's settings (memory format, device copies): nothing to do here
+    ) -> AlbumentationsLoader:
+        steps = [*self.train, _normalize(stats), *self.after_normalize]
+        transform = A.Compose(steps, seed=seed + RANK_SEED_STRIDE * rank)
+        return albumentations_loader(images, labels, transform, batch_size, seed, num_workers, rank, world_size)
+
+    def test_loader(
+        self,
+        images: np.ndarray,
+        labels: np.ndarray,
+        batch_size: int,
+        device: torch.device,
+        num_workers: int = 0,
+        stats: Stats = CIFAR10_STATS,
+        **_: Any,
+    ) -> DataLoader:
+        transform = test_transform(stats)
+        return make_loader(images, labels, transform, batch_size, train=False, seed=0, num_workers=num_workers)

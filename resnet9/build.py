@@ -1,8 +1,9 @@
 """Config -> the pieces of a run: device and precision, data, model, loaders, optimizer, schedule, range-test probe.
 
 Setup is written once, here; training, the range test, evaluation and the benchmark all build through it.
-The config is validated first (schema.py), so the `_target_`s that Hydra instantiates here can only name
-the project's own classes and torch's optimizers.
+The config is validated first (schema.py, targets.py): each `_target_` that Hydra instantiates here was
+imported and its keys checked, and one read from a file is one that the package or the user's config names.
+What each group's callable receives from the trainer is `targets.SUPPLIED`.
 """
 
 from __future__ import annotations
@@ -16,14 +17,27 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate, to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from resnet9 import data, jobcache, schema, state, tracking
+from resnet9 import data, jobcache, schema, state, targets, tracking
+from resnet9.augment import Stats
 from resnet9.distributed import World
 from resnet9.errors import ConfigError, UsageError
 from resnet9.loop import Batches, StepSettings
+
+
+def built(node: DictConfig | dict, **kwargs: object) -> object:
+    """Hydra's `instantiate`, except that our own one-line errors raised while building (a data set not found,
+    a setting out of range) come through as they are, not wrapped in Hydra's InstantiationException."""
+    try:
+        return instantiate(node, **kwargs)
+    except InstantiationException as err:
+        if isinstance(err.__cause__, UsageError):
+            raise err.__cause__ from None
+        raise
 
 
 def device(name: str, world: World | None = None) -> torch.device:
@@ -98,24 +112,40 @@ def step_settings(cfg: DictConfig, on: torch.device) -> StepSettings:
     )
 
 
-def dataset(data_cfg: DictConfig) -> data.Cifar10:
-    """CIFAR-10 as the config's `data` section says (root relative to where the command was started).
+def dataset(data_cfg: DictConfig) -> data.ImageData:
+    """The data set of the `data` group's option (root relative to where the command was started), checked
+    against the option's `num_classes`.
 
     Read once per process and shared by every job that asks for the same files and subsets (jobcache.py).
     """
     root = Path(to_absolute_path(data_cfg.root)).expanduser()
-    limits = (data_cfg.get("limit_train"), data_cfg.get("limit_test"))
-    key = [str(root), data_cfg.download, *limits, _file_stamps(root / data.BATCHES_DIR)]
-    return jobcache.shared.get("data", key, lambda: data.load(root, data_cfg.download, *limits))
+    options = OmegaConf.to_container(data_cfg, resolve=True)
+    for key in targets.CONSUMED["data"]:
+        options.pop(key, None)
+    options["root"] = str(root)
+    key = [options, _file_stamps(root)]
+    loaded = jobcache.shared.get("data", key, lambda: built(options))
+    if len(loaded.classes) != data_cfg.num_classes:
+        raise ConfigError(
+            f"data.num_classes={data_cfg.num_classes} but {data_cfg._target_} gave {len(loaded.classes)} classes; "
+            f"set data.num_classes={len(loaded.classes)}"
+        )
+    return loaded
 
 
-def _file_stamps(folder: Path) -> list[tuple[str, int, int]]:
-    """Name, size and modification time of the batch files: changed files are never served from the cache."""
+def normalization(data_cfg: DictConfig | dict) -> Stats:
+    """The data set's per-channel (mean, std), as its option states them."""
+    return tuple(data_cfg["mean"]), tuple(data_cfg["std"])
+
+
+def _file_stamps(root: Path) -> list[tuple[str, int, int]]:
+    """Name, size and modification time of the files under root's data folders: changed files are never served
+    from the cache."""
     stamps = []
-    for name in (*data.TRAIN_FILES, data.TEST_FILE):
-        with contextlib.suppress(OSError):
-            stat = (folder / name).stat()
-            stamps.append((name, stat.st_size, stat.st_mtime_ns))
+    with contextlib.suppress(OSError):
+        for path in sorted(p for p in root.glob("*/*") if p.is_file()):
+            stat = path.stat()
+            stamps.append((str(path.relative_to(root)), stat.st_size, stat.st_mtime_ns))
     return stamps
 
 
@@ -126,9 +156,11 @@ def model(model_cfg: DictConfig | dict, settings: StepSettings, reuse: bool = Fa
     process, its weights and BatchNorm statistics drawn again in place, exactly as a new one's would be, so
     that its compiled form (`compiled`) serves this job too.
     """
+    if isinstance(model_cfg, DictConfig):  # resolved where it sits: model.num_classes is ${data.num_classes}
+        model_cfg = OmegaConf.to_container(model_cfg, resolve=True)
 
     def make() -> nn.Module:
-        return instantiate(OmegaConf.create(model_cfg)).to(settings.device, memory_format=settings.memory_format)
+        return built(OmegaConf.create(model_cfg)).to(settings.device, memory_format=settings.memory_format)
 
     if not reuse:
         return make()
@@ -146,11 +178,11 @@ def compiled(module: nn.Module) -> nn.Module:
 
 
 def train_loader(
-    cfg: DictConfig, cifar: data.Cifar10, settings: StepSettings, seed: int, world: World | None = None
+    cfg: DictConfig, cifar: data.ImageData, settings: StepSettings, seed: int, world: World | None = None
 ) -> Batches:
     """Augmented training batches of `batch_size` (this rank's slice under torchrun), drawn with `seed`."""
     world = world or World()
-    return instantiate(cfg.augment).train_loader(
+    return built(cfg.augment).train_loader(
         cifar.train_images,
         cifar.train_labels,
         cfg.batch_size,
@@ -161,12 +193,13 @@ def train_loader(
         rank=world.rank,
         world_size=world.size,
         copies=cifar.device_copies,
+        stats=normalization(cfg.data),
     )
 
 
-def test_loader(cfg: DictConfig, cifar: data.Cifar10, settings: StepSettings) -> Batches:
+def test_loader(cfg: DictConfig, cifar: data.ImageData, settings: StepSettings) -> Batches:
     """The test images in order, normalised only, in batches of `eval_batch_size`."""
-    return instantiate(cfg.augment).test_loader(
+    return built(cfg.augment).test_loader(
         cifar.test_images,
         cifar.test_labels,
         cfg.eval_batch_size,
@@ -174,6 +207,7 @@ def test_loader(cfg: DictConfig, cifar: data.Cifar10, settings: StepSettings) ->
         num_workers=cfg.data.num_workers,
         memory_format=settings.memory_format,
         copies=cifar.device_copies,
+        stats=normalization(cfg.data),
     )
 
 
@@ -190,27 +224,32 @@ def optimizer(optimizer_cfg: DictConfig, params: nn.Module, lr: float, **options
 def scheduler(
     cfg: DictConfig, opt: torch.optim.Optimizer, lr_min: float, lr_max: float, steps_per_epoch: int
 ) -> torch.optim.lr_scheduler.LRScheduler:
-    """One Cycle over the run's epochs, stepped once per batch."""
+    """The `scheduler` group's schedule over the run's epochs, stepped once per batch (schedule.py: its interface)."""
     return instantiate(cfg.scheduler)(
         opt, lr_min=lr_min, lr_max=lr_max, epochs=cfg.epochs, steps_per_epoch=steps_per_epoch
     )
 
 
-def trained_model(path: Path, device: torch.device, flag: str = "checkpoint=") -> tuple[nn.Module, dict]:
+def trained_model(
+    path: Path, device: torch.device, flag: str = "checkpoint=", config_dirs: list[str] | None = None
+) -> tuple[nn.Module, dict]:
     """The model a training run saved (last.pt), rebuilt from the checkpoint's own config, and the checkpoint.
 
-    The saved config is validated first: only the project's own network, from plain values, is ever built
-    from a file on disk. Anything else, or weights that do not fit, is a one-line UsageError naming the command's
-    option for a checkpoint (`flag`).
+    The checkpoint is a file from disk: its model's `_target_` must be one that the package or the user's own
+    config folders (`config_dirs`, the `--config-dir` the run trained with) name, and nothing else in it is
+    imported or built. Anything else, or weights that do not fit, is a one-line UsageError naming the
+    command's option for a checkpoint (`flag`).
     """
     checkpoint = state.read_trained(path, device, flag)
     fix = state.trained_fix(flag)
     config = checkpoint["config"]
+    permission = "pass the --config-dir that names its model (the one it trained with)"
     try:
-        model_cfg = schema.validate_model(config.get("model") if isinstance(config, dict) else None)
+        model_cfg = schema.validate_model(config.get("model") if isinstance(config, dict) else None,
+                                          config_dirs or [], permission)  # fmt: skip
     except ConfigError as err:
-        raise UsageError(f"{path}: its saved config is not a resnet9 model ({err}); {fix}") from None
-    network = model(model_cfg.model_dump(by_alias=True), StepSettings(device=torch.device("cpu")))
+        raise UsageError(f"{path}: its saved model cannot be rebuilt here ({err}); or {fix}") from None
+    network = model(model_cfg.model_dump(by_alias=True, exclude_unset=True), StepSettings(device=torch.device("cpu")))
     try:
         network.load_state_dict(checkpoint["model"])
     except (RuntimeError, TypeError, AttributeError):
@@ -223,6 +262,11 @@ def trained_model(path: Path, device: torch.device, flag: str = "checkpoint=") -
             bad,
         )
     return network.to(device), checkpoint
+
+
+def callbacks(cfg: DictConfig) -> list:
+    """The `callbacks` group's objects, in the order the config names them (resnet9/callbacks.py)."""
+    return [built(node) for node in (cfg.get("callbacks") or {}).values()]
 
 
 def tracker(logger_cfg: DictConfig, **run: object) -> tracking.Tracker:
@@ -238,7 +282,7 @@ class Probe:
     build: Callable[[], tuple[nn.Module, torch.optim.Optimizer, Batches]]
 
 
-def range_test_probe(cfg: DictConfig, cifar: data.Cifar10, settings: StepSettings) -> Probe:
+def range_test_probe(cfg: DictConfig, cifar: data.ImageData, settings: StepSettings) -> Probe:
     """What the LR range test trains: a fresh model, optimizer and training loader, all seeded with
     `lr_finder.seed` (not the run's seed, and without touching the run's random state), and the description
     of exactly that setup which keys the range-test cache."""
@@ -256,21 +300,24 @@ def range_test_probe(cfg: DictConfig, cifar: data.Cifar10, settings: StepSetting
 
 
 def _range_test_key(cfg: DictConfig, settings: StepSettings) -> dict:
-    """Everything that shapes the range test's curve; not the LRs it is meant to derive, nor how the curve is
-    read (rule, divisor, trims, scales: another reading of the same curve reuses the test), nor the cache's own
-    settings."""
+    """Everything that shapes the range test's curve: the model, optimizer, augmentation and data options whole
+    (a new option's keys take part by themselves); not the LRs it is meant to derive, nor how the curve is read
+    or cached (the schema marks those: another reading of the same curve reuses the test)."""
     optimizer_cfg = OmegaConf.to_container(cfg.optimizer, resolve=True)
     optimizer_cfg.pop("lr", None)
     finder = OmegaConf.to_container(cfg.lr_finder, resolve=True)
-    for key in ("rule", "max_divisor", "min_drop", "skip_start", "skip_end", "scale", "max_scale", "min_scale",
-                "cache", "cache_dir"):  # fmt: skip
+    for key in schema.marked(schema.LRFinderConfig, "reads_curve"):
         finder.pop(key, None)
+    data_cfg = OmegaConf.to_container(cfg.data, resolve=True)
+    data_cfg["root"] = str(Path(to_absolute_path(cfg.data.root)).expanduser())
+    for key in ("download", "limit_test", "num_workers"):  # what the curve never sees
+        data_cfg.pop(key, None)
     return {
         "model": OmegaConf.to_container(cfg.model, resolve=True),
         "optimizer": optimizer_cfg,
         "augment": OmegaConf.to_container(cfg.augment, resolve=True),
         "batch_size": cfg.batch_size,
-        "data": [str(Path(to_absolute_path(cfg.data.root)).expanduser()), cfg.data.limit_train],
+        "data": data_cfg,
         "lr_finder": finder,
         "device": settings.device.type,
     }

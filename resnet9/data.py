@@ -1,9 +1,13 @@
-"""CIFAR-10 as uint8 arrays: download it (official archive, checksum verified) or read a pre-staged copy.
+"""CIFAR-10 and CIFAR-100 as uint8 arrays: download them (official archive, checksum verified) or read a staged copy.
 
-The on-disk form is the official python layout, `<root>/cifar-10-batches-py/{data_batch_1..5,test_batch}`.
-A staged copy is validated by its structure (keys, dtype, shape, label range, counts), not by the official
-per-file MD5s: a re-packed copy is valid data with other bytes, and torchvision's `CIFAR10` class refuses it.
-Every problem surfaces as an `errors.DataError` whose message is one line saying where we looked and how to fix it.
+The on-disk form is the official python layout: `<root>/cifar-10-batches-py/{data_batch_1..5,test_batch}`, or
+`<root>/cifar-100-python/{train,test,meta}` (the 100 fine labels). A staged copy is validated by its structure
+(keys, dtype, shape, label range, counts), not by the official per-file MD5s: a re-packed copy is valid data with
+other bytes, and torchvision's classes refuse it. Every problem surfaces as an `errors.DataError` whose message is
+one line saying where we looked and how to fix it.
+
+A data option of the `data` config group names one of `cifar10`/`cifar100` here (or a user's own function with
+the same arguments) and returns an `ImageData`: the arrays and the class names.
 """
 
 from __future__ import annotations
@@ -18,24 +22,50 @@ import numpy as np
 
 from resnet9.errors import DataError
 
-BATCHES_DIR = "cifar-10-batches-py"
-TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
-TEST_FILE = "test_batch"
-ARCHIVE_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
-ARCHIVE_MD5 = "c58f30108f718f92721af3b95e74349a"
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
-NUM_CLASSES = len(CLASSES)
-ROWS_PER_BATCH = 10_000
-TRAIN_PER_CLASS, TEST_PER_CLASS = 5_000, 1_000
-TRAIN_SIZE, TEST_SIZE = NUM_CLASSES * TRAIN_PER_CLASS, NUM_CLASSES * TEST_PER_CLASS
+TRAIN_SIZE, TEST_SIZE = 50_000, 10_000  # both CIFAR sets
 # Subsets (data.limit_*) are drawn with this fixed seed, not the run's seed, so that every run and every
 # job of a sweep sees the same images.
 SUBSET_SEED = 0
 
 
 @dataclass(frozen=True)
-class Cifar10:
-    """Images are (N, 32, 32, 3) uint8 in HWC order; labels are (N,) int64 in 0..9.
+class Layout:
+    """Where a CIFAR set lives on disk and what its files must hold."""
+
+    name: str
+    folder: str  # under data.root
+    train_files: tuple[str, ...]
+    test_file: str
+    label_key: bytes
+    num_classes: int
+    url: str
+    md5: str
+    archive: str
+
+    @property
+    def files(self) -> tuple[str, ...]:
+        return (*self.train_files, self.test_file)
+
+
+CIFAR10 = Layout(
+    "CIFAR-10", "cifar-10-batches-py", tuple(f"data_batch_{i}" for i in range(1, 6)), "test_batch", b"labels", 10,
+    "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz", "c58f30108f718f92721af3b95e74349a",
+    "cifar-10-python.tar.gz",
+)  # fmt: skip
+CIFAR100 = Layout(
+    "CIFAR-100", "cifar-100-python", ("train",), "test", b"fine_labels", 100,
+    "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz", "eb9058c3a382ffc7106e4002c42a8d85",
+    "cifar-100-python.tar.gz",
+)  # fmt: skip
+BATCHES_DIR = CIFAR10.folder
+TRAIN_FILES, TEST_FILE = CIFAR10.train_files, CIFAR10.test_file
+NUM_CLASSES = CIFAR10.num_classes
+
+
+@dataclass(frozen=True)
+class ImageData:
+    """Images are (N, 32, 32, 3) uint8 in HWC order; labels are (N,) int64 in 0..len(classes)-1.
 
     `device_copies` keeps the copies of these images that training devices hold (augment.DeviceLoader fills
     it), so that jobs sharing this data in one process also share those copies.
@@ -49,49 +79,63 @@ class Cifar10:
     device_copies: dict = field(default_factory=dict, compare=False, repr=False)
 
 
-def load(
-    root: str | Path,
-    download: bool = True,
-    limit_train: int | None = None,
-    limit_test: int | None = None,
-) -> Cifar10:
-    """Read CIFAR-10 under `root` (downloading it first if absent and allowed); optionally subset it."""
+def cifar10(
+    root: str | Path, download: bool = True, limit_train: int | None = None, limit_test: int | None = None
+) -> ImageData:
+    """CIFAR-10 under `root` (downloading it first if absent and allowed); optionally a class-balanced subset."""
+    return _load(CIFAR10, root, download, limit_train, limit_test)
+
+
+def cifar100(
+    root: str | Path, download: bool = True, limit_train: int | None = None, limit_test: int | None = None
+) -> ImageData:
+    """CIFAR-100 with its 100 fine labels, as `cifar10` reads CIFAR-10."""
+    return _load(CIFAR100, root, download, limit_train, limit_test)
+
+
+load = cifar10  # the mission's data set, by its older name
+
+
+def _load(
+    layout: Layout, root: str | Path, download: bool, limit_train: int | None, limit_test: int | None
+) -> ImageData:
     root = Path(root).expanduser()
-    folder = root / BATCHES_DIR
+    folder = root / layout.folder
     if not _is_folder(folder):
         if not download:
             raise DataError(
-                f"CIFAR-10 not found: no folder {folder}; stage the official python batches there "
+                f"{layout.name} not found: no folder {folder}; stage the official python batches there "
                 f"or allow the download with data.download=true"
             )
-        _download(root)
-    train = [_read_batch(folder / name) for name in TRAIN_FILES]
+        _download(layout, root)
+    train = [_read_batch(layout, folder / name) for name in layout.train_files]
     train_images = np.concatenate([images for images, _ in train])
     train_labels = np.concatenate([labels for _, labels in train])
-    test_images, test_labels = _read_batch(folder / TEST_FILE)
-    _check_class_counts(folder, "training", train_labels, TRAIN_PER_CLASS)
-    _check_class_counts(folder, "test", test_labels, TEST_PER_CLASS)
+    test_images, test_labels = _read_batch(layout, folder / layout.test_file)
+    _check_class_counts(layout, folder, "training", train_labels, TRAIN_SIZE // layout.num_classes)
+    _check_class_counts(layout, folder, "test", test_labels, TEST_SIZE // layout.num_classes)
     if limit_train is not None:
-        keep = balanced_subset(train_labels, limit_train)
+        keep = balanced_subset(train_labels, limit_train, layout.num_classes)
         train_images, train_labels = train_images[keep], train_labels[keep]
     if limit_test is not None:
-        keep = balanced_subset(test_labels, limit_test)
+        keep = balanced_subset(test_labels, limit_test, layout.num_classes)
         test_images, test_labels = test_images[keep], test_labels[keep]
-    return Cifar10(train_images, train_labels, test_images, test_labels)
+    classes = CLASSES if layout is CIFAR10 else _class_names(folder / "meta", layout.num_classes)
+    return ImageData(train_images, train_labels, test_images, test_labels, classes)
 
 
-def balanced_subset(labels: np.ndarray, n: int, seed: int = SUBSET_SEED) -> np.ndarray:
+def balanced_subset(labels: np.ndarray, n: int, num_classes: int = NUM_CLASSES, seed: int = SUBSET_SEED) -> np.ndarray:
     """Indices of a fixed, class-balanced subset of `n` items, in their original order.
 
-    Each class gets n // 10 items (the first n % 10 classes one more), drawn at random with `seed` — not
-    the first n, since a staged test set may be sorted by class.
+    Each class gets n // num_classes items (the first n % num_classes classes one more), drawn at random with
+    `seed` — not the first n, since a staged test set may be sorted by class.
     """
-    if not NUM_CLASSES <= n <= len(labels):
-        raise DataError(f"subset size {n} is out of range: use {NUM_CLASSES}..{len(labels)} images")
+    if not num_classes <= n <= len(labels):
+        raise DataError(f"subset size {n} is out of range: use {num_classes}..{len(labels)} images")
     rng = np.random.default_rng(seed)
     picks = []
-    for cls in range(NUM_CLASSES):
-        wanted = n // NUM_CLASSES + (1 if cls < n % NUM_CLASSES else 0)
+    for cls in range(num_classes):
+        wanted = n // num_classes + (1 if cls < n % num_classes else 0)
         members = np.flatnonzero(labels == cls)
         if len(members) < wanted:
             raise DataError(f"subset of {n} needs {wanted} images of class {cls}, only {len(members)} exist")
@@ -109,57 +153,74 @@ def _is_folder(folder: Path) -> bool:
         ) from None
 
 
-def _download(root: Path) -> None:
+def _download(layout: Layout, root: Path) -> None:
     """The official archive into `root`; on failure, the folders this created are removed again."""
     # Imported here: torchvision is only needed on the download path.
     from torchvision.datasets.utils import download_and_extract_archive
 
     created = next((p for p in reversed([root, *root.parents]) if not p.exists()), None)
     try:
-        download_and_extract_archive(ARCHIVE_URL, download_root=str(root), md5=ARCHIVE_MD5)
+        download_and_extract_archive(layout.url, download_root=str(root), md5=layout.md5)
     except Exception as err:  # network errors, checksum mismatch, disk full: all mean "stage it by hand"
-        if created is not None and not (root / BATCHES_DIR).is_dir():  # no empty data folder left behind
+        if created is not None and not (root / layout.folder).is_dir():  # no empty data folder left behind
             shutil.rmtree(created, ignore_errors=True)
         reason = (str(err).splitlines() or [type(err).__name__])[0]
         raise DataError(
-            f"CIFAR-10 not found in {root / BATCHES_DIR} and the download failed ({reason}); offline, unpack "
-            f"cifar-10-python.tar.gz so that {root / BATCHES_DIR} exists, or pass the folder that holds "
-            f'cifar-10-batches-py/: data.root=<folder> (make train ARGS="data.root=<folder>")'
+            f"{layout.name} not found in {root / layout.folder} and the download failed ({reason}); offline, unpack "
+            f"{layout.archive} so that {root / layout.folder} exists, or pass the folder that holds "
+            f'{layout.folder}/: data.root=<folder> (make train ARGS="data.root=<folder>")'
         ) from None
 
 
-def _read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """One official batch file -> (10000, 32, 32, 3) uint8 images, (10000,) int64 labels."""
-    fix = "re-stage it from the official cifar-10-python.tar.gz"
+def _unpickled(layout: Layout, path: Path, fix: str) -> Any:
+    """A file of the official layout, through the restricted unpickler."""
     if not path.is_file():
-        raise DataError(f"CIFAR-10 batch missing: {path}; {fix}")
+        raise DataError(f"{layout.name} batch missing: {path}; {fix}")
     try:
         with open(path, "rb") as f:
-            batch = _BatchUnpickler(f, encoding="bytes").load()
+            return _BatchUnpickler(f, encoding="bytes").load()
     except _ForeignObject as err:
-        what = f"asks to load {err}, which no CIFAR-10 batch holds"
-        raise DataError(f"CIFAR-10 batch refused: {path} {what}; {fix}") from None
+        what = f"asks to load {err}, which no {layout.name} batch holds"
+        raise DataError(f"{layout.name} batch refused: {path} {what}; {fix}") from None
     except Exception as err:  # truncated or foreign files raise anything from EOFError to UnpicklingError
         reason = err.strerror if isinstance(err, OSError) and err.strerror else type(err).__name__
-        raise DataError(f"CIFAR-10 batch unreadable: {path} ({reason}); {fix}") from None
-    if not isinstance(batch, dict) or b"data" not in batch or b"labels" not in batch:
-        raise DataError(f"CIFAR-10 batch malformed: {path} has no b'data'/b'labels' entries; {fix}")
-    data, labels = batch[b"data"], np.asarray(batch[b"labels"])
-    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.shape != (ROWS_PER_BATCH, 3072):
+        raise DataError(f"{layout.name} batch unreadable: {path} ({reason}); {fix}") from None
+
+
+def _read_batch(layout: Layout, path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """One official batch file -> (rows, 32, 32, 3) uint8 images, (rows,) int64 labels."""
+    fix = f"re-stage it from the official {layout.archive}"
+    batch = _unpickled(layout, path, fix)
+    rows = (TRAIN_SIZE // len(layout.train_files)) if path.name in layout.train_files else TEST_SIZE
+    key = layout.label_key
+    if not isinstance(batch, dict) or b"data" not in batch or key not in batch:
+        raise DataError(f"{layout.name} batch malformed: {path} has no b'data'/{key!r} entries; {fix}")
+    data, labels = batch[b"data"], np.asarray(batch[key])
+    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.shape != (rows, 3072):
         shape = getattr(data, "shape", None)
         dtype = getattr(data, "dtype", type(data).__name__)
         raise DataError(
-            f"CIFAR-10 batch malformed: {path} data is {dtype} {shape}, expected uint8 ({ROWS_PER_BATCH}, 3072); {fix}"
+            f"{layout.name} batch malformed: {path} data is {dtype} {shape}, expected uint8 ({rows}, 3072); {fix}"
         )
-    if labels.shape != (ROWS_PER_BATCH,) or not np.issubdtype(labels.dtype, np.integer):
-        raise DataError(f"CIFAR-10 batch malformed: {path} has labels of shape {labels.shape}; {fix}")
-    if labels.min() < 0 or labels.max() >= NUM_CLASSES:
+    if labels.shape != (rows,) or not np.issubdtype(labels.dtype, np.integer):
+        raise DataError(f"{layout.name} batch malformed: {path} has labels of shape {labels.shape}; {fix}")
+    if labels.min() < 0 or labels.max() >= layout.num_classes:
         raise DataError(
-            f"CIFAR-10 batch malformed: {path} has labels in {labels.min()}..{labels.max()}, expected 0..9; {fix}"
+            f"{layout.name} batch malformed: {path} has labels in {labels.min()}..{labels.max()}, expected "
+            f"0..{layout.num_classes - 1}; {fix}"
         )
     # Rows hold 1024 red, then 1024 green, then 1024 blue values; albumentations wants HWC.
     images = np.ascontiguousarray(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
     return images, labels.astype(np.int64)
+
+
+def _class_names(path: Path, count: int) -> tuple[str, ...]:
+    """CIFAR-100's fine label names from its `meta` file (a file from disk: only a list of `count` names)."""
+    meta = _unpickled(CIFAR100, path, "re-stage it from the official cifar-100-python.tar.gz")
+    names = meta.get(b"fine_label_names") if isinstance(meta, dict) else None
+    if not (isinstance(names, list) and len(names) == count and all(isinstance(n, bytes) for n in names)):
+        raise DataError(f"CIFAR-100 meta malformed: {path} holds no list of {count} fine label names")
+    return tuple(n.decode("utf-8", "replace")[:40] for n in names)
 
 
 class _ForeignObject(pickle.UnpicklingError):
@@ -192,10 +253,11 @@ class _BatchUnpickler(pickle.Unpickler):
         return super().find_class(module, name)
 
 
-def _check_class_counts(folder: Path, split: str, labels: np.ndarray, per_class: int) -> None:
-    counts = np.bincount(labels, minlength=NUM_CLASSES)
+def _check_class_counts(layout: Layout, folder: Path, split: str, labels: np.ndarray, per_class: int) -> None:
+    counts = np.bincount(labels, minlength=layout.num_classes)
     if (counts != per_class).any():
+        shown = counts.tolist() if layout.num_classes <= 10 else f"{counts.min()}..{counts.max()}"
         raise DataError(
-            f"CIFAR-10 {split} set in {folder} has {counts.tolist()} images per class, expected {per_class} "
-            f"each; re-stage it from the official cifar-10-python.tar.gz"
+            f"{layout.name} {split} set in {folder} has {shown} images per class, expected {per_class} "
+            f"each; re-stage it from the official {layout.archive}"
         )

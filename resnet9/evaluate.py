@@ -4,12 +4,15 @@ matrix, a gallery of the most confident mistakes, and their GradCAM maps (see ex
     python -m resnet9.evaluate checkpoint=outputs/2026-11-26/14-00-00/last.pt
 
 The model, data root, test subset and precision come from the configuration saved in the checkpoint;
-overrides (`data.root=...`, `device=cpu`, ...) change them. Writes evaluation.json, confusion_matrix.png,
-misclassified.png and gradcam.png into its output folder (outputs/evaluate/<date>/<time>/).
+overrides (`data.root=...`, `device=cpu`, ...) change them. A checkpoint is a file from disk: what it names is
+built only if the package or your own config folder names it, so a run of your own model evaluates with the
+`--config-dir` it trained with (and its module importable, e.g. PYTHONPATH=.). Writes evaluation.json,
+confusion_matrix.png, misclassified.png and gradcam.png into its output folder (outputs/evaluate/<date>/<time>/).
 """
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +25,9 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from torch import nn
 
-from resnet9 import build, files, plots, schema
-from resnet9.data import Cifar10
+from resnet9 import build, files, plots, schema, targets
+from resnet9.augment import Stats
+from resnet9.data import ImageData
 from resnet9.errors import ConfigError, UsageError, exit_on_usage_error, hydra_errors_in_one_line
 from resnet9.loop import predict
 
@@ -32,8 +36,9 @@ def evaluate_checkpoint(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     """Evaluate the checkpoint on the run's test images; write evaluation.json and the three figures."""
     device = build.device(cfg.device)
     path = Path(to_absolute_path(str(cfg.checkpoint)))
-    model, checkpoint = build.trained_model(path, device)
-    run = _run_config(checkpoint, cfg, path)
+    config_dirs = user_config_dirs()
+    model, checkpoint = build.trained_model(path, device, config_dirs=config_dirs)
+    run = _run_config(checkpoint, cfg, path, config_dirs)
     cifar = build.dataset(run.data)
     settings = build.step_settings(run, device)
     model = model.to(memory_format=settings.memory_format)
@@ -42,26 +47,45 @@ def evaluate_checkpoint(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     logits_tta, _ = predict(model, loader, settings, tta=True)
     results = _scores(logits, logits_tta, labels, cifar.classes)
     results |= {"checkpoint": str(Path(to_absolute_path(str(cfg.checkpoint)))), "epoch": checkpoint.get("epoch")}
-    _draw(model, cifar, results, logits, cfg, out_dir)
+    _draw(model, cifar, results, logits, cfg, out_dir, build.normalization(run.data))
     files.write_json(out_dir / "evaluation.json", results)
     return results
 
 
-def _run_config(checkpoint: dict, cfg: DictConfig, path: Path) -> DictConfig:
-    """The run's saved config with this command's overrides, validated like any config before anything is built
-    from it: a checkpoint is a file from disk, and its config must not name what gets instantiated."""
+def user_config_dirs() -> list[str]:
+    """The config folders this command was given besides the package's (`--config-dir`, hydra.searchpath)."""
+    if not HydraConfig.initialized():  # called as a function (tests, notebooks): the package's configs only
+        return []
+    sources = HydraConfig.get().runtime.config_sources
+    return [source.path for source in sources if source.schema == "file"]
+
+
+def _run_config(checkpoint: dict, cfg: DictConfig, path: Path, config_dirs: list[str]) -> DictConfig:
+    """The run's saved config with this command's overrides, validated before anything is built from it: a
+    checkpoint is a file from disk, so every `_target_` in it must be one the package or the user's config
+    folders name (nothing else is imported)."""
+    how = "pass the --config-dir the run trained with"
     try:
-        run = OmegaConf.create(checkpoint["config"])
-        schema.validate(run)  # before reading anything from it
+        run = OmegaConf.create(_upgraded(checkpoint["config"]))
+        schema.validate_saved(OmegaConf.to_container(run), config_dirs, how)  # before reading anything from it
         run.data.root = cfg.data.root or run.data.root  # the same test images as the run, unless told otherwise
         run.data.limit_test = cfg.data.limit_test if cfg.data.limit_test is not None else run.data.limit_test
         run.data.download, run.data.limit_train = cfg.data.download, None
         run.eval_batch_size = cfg.batch_size or run.eval_batch_size  # the run's own batches: the same numbers
-        run.augment.engine = "device"
+        if run.augment.get("engine") is not None:  # the mission's augmentation: evaluate on the device engine
+            run.augment.engine = "device"
         schema.validate(run)
     except (ConfigError, OmegaConfBaseException) as err:
         raise UsageError(f"{path}: its saved config is not one resnet9.train writes ({err})") from None
     return run
+
+
+def _upgraded(config: Any) -> Any:
+    """A config saved before the `data` group: CIFAR-10, as then, with that option's keys."""
+    if not isinstance(config, dict) or not isinstance(config.get("data"), dict) or "_target_" in config["data"]:
+        return config
+    cifar10 = OmegaConf.to_container(OmegaConf.load(targets.PACKAGE_CONF / "data" / "cifar10.yaml"))
+    return {**config, "data": {**cifar10, **config["data"]}}
 
 
 def _scores(logits: torch.Tensor, logits_tta: torch.Tensor, labels: torch.Tensor, classes: tuple[str, ...]) -> dict:
@@ -80,7 +104,13 @@ def _scores(logits: torch.Tensor, logits_tta: torch.Tensor, labels: torch.Tensor
 
 
 def _draw(
-    model: nn.Module, cifar: Cifar10, results: dict, logits: torch.Tensor, cfg: DictConfig, out_dir: Path
+    model: nn.Module,
+    cifar: ImageData,
+    results: dict,
+    logits: torch.Tensor,
+    cfg: DictConfig,
+    out_dir: Path,
+    stats: Stats,
 ) -> None:
     """confusion_matrix.png, misclassified.png (the most confident mistakes) and their GradCAM maps."""
     classes, truth = cifar.classes, cifar.test_labels
@@ -107,12 +137,16 @@ def _draw(
     )
     from resnet9 import explain  # grad-cam brings torchvision's models: 3.5 s of imports, paid only here
 
-    maps = explain.class_activation_maps(model.float(), cifar.test_images[wrong], predicted[wrong].tolist())
+    layer = explain.target_layer(model)
+    if layer is None:
+        logging.getLogger("resnet9").warning("GradCAM is not available for this model: it has no convolution")
+        return
+    maps = explain.class_activation_maps(model.float(), cifar.test_images[wrong], predicted[wrong].tolist(), stats)
     plots.image_gallery(  # an empty grid when there is no mistake to explain
         explain.overlays(cifar.test_images[wrong], maps),
         captions,
         out_dir / "gradcam.png",
-        title=f"{name}: GradCAM on the last residual block, for the predicted class",
+        title=f"{name}: GradCAM on {layer}, for the predicted class",
     )
 
 

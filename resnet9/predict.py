@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from resnet9 import augment, build
+from resnet9 import augment, build, schema
 from resnet9.data import CLASSES
 from resnet9.errors import UsageError, exit_on_usage_error
 
@@ -96,10 +96,29 @@ def _as_rgb(image: Image.Image, path: Path) -> tuple[Image.Image, list[str]]:
 
 
 @torch.no_grad()
-def classify(model: torch.nn.Module, images: np.ndarray, device: torch.device) -> np.ndarray:
-    """(N, 32, 32, 3) uint8 -> (N, 10) class probabilities, normalized exactly like the test images."""
+def classify(
+    model: torch.nn.Module, images: np.ndarray, device: torch.device, stats: augment.Stats = augment.CIFAR10_STATS
+) -> np.ndarray:
+    """(N, 32, 32, 3) uint8 -> (N, classes) probabilities (the SoftMax), normalized exactly like the test images."""
     model.eval()
-    return model.predict_proba(augment.normalize_images(images).to(device)).cpu().numpy()
+    with torch.no_grad():
+        logits = model(augment.normalize_images(images, stats).to(device))
+    return torch.softmax(logits.float(), dim=1).cpu().numpy()
+
+
+def class_names(checkpoint: dict, count: int) -> tuple[str, ...]:
+    """The names of a run's classes (a file from disk: checked; a checkpoint from before they were saved is
+    CIFAR-10's, or numbered)."""
+    names = checkpoint.get("classes")
+    if not (isinstance(names, list) and len(names) == count and all(isinstance(n, str) for n in names)):
+        names = CLASSES if count == len(CLASSES) else [f"class {i}" for i in range(count)]
+    return tuple(n[:40] for n in names)
+
+
+def normalization(checkpoint: dict) -> augment.Stats:
+    """The run's per-channel mean and std, checked (CIFAR-10's for a checkpoint from before they were saved)."""
+    data_cfg = checkpoint["config"].get("data") if isinstance(checkpoint["config"], dict) else None
+    return schema.saved_normalization(data_cfg) or augment.CIFAR10_STATS
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -109,6 +128,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--top-k", type=int, default=3, choices=range(1, 11), metavar="{1..10}")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--json", action="store_true", help="print JSON: every class's probability per image")
+    parser.add_argument(
+        "--config-dir", action="append", default=[], metavar="DIR",
+        help="the config folder a run of your own model trained with: its model may then be built from the "
+        "checkpoint (the package's own models need none)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     logging.basicConfig(format="%(levelname)s: %(message)s")  # e.g. a checkpoint with non-finite weights
     with exit_on_usage_error():
@@ -116,13 +140,14 @@ def main(argv: list[str] | None = None) -> int:
         if checkpoint is None:
             raise UsageError("no checkpoint given and none under outputs/; pass --checkpoint <run>/last.pt")
         device = build.device(args.device)
-        model, _ = build.trained_model(Path(checkpoint), device, flag="--checkpoint ")
+        model, saved = build.trained_model(Path(checkpoint), device, "--checkpoint ", args.config_dir)
         paths = image_paths(args.inputs)
         loaded = [load_image(path) for path in paths]
-    probabilities = classify(model, np.stack([image for image, _ in loaded]), device)
+    probabilities = classify(model, np.stack([image for image, _ in loaded]), device, normalization(saved))
+    classes = class_names(saved, probabilities.shape[1])
     if args.json:
         rows = [
-            {"path": str(path), "note": note, "probabilities": dict(zip(CLASSES, map(float, probs), strict=True))}
+            {"path": str(path), "note": note, "probabilities": dict(zip(classes, map(float, probs), strict=True))}
             for path, (_, note), probs in zip(paths, loaded, probabilities, strict=True)
         ]
         print(json.dumps(rows, indent=1))
@@ -130,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"checkpoint: {checkpoint}")
     for path, (_, note), probs in zip(paths, loaded, probabilities, strict=True):
         top = np.argsort(-probs)[: args.top_k]
-        ranked = ", ".join(f"{CLASSES[c]} {100 * probs[c]:.1f}%" for c in top)
+        ranked = ", ".join(f"{classes[c]} {100 * probs[c]:.1f}%" for c in top)
         print(f"{path}: {ranked}" + (f"  ({note})" if note else ""))
     return 0
 

@@ -1,4 +1,11 @@
-"""The One Cycle schedule of the mission: LRMIN -> LRMAX -> LRMIN, linear, stepped once per batch.
+"""The LR schedules of the `scheduler` group, each stepped once per batch.
+
+The interface (a user's own schedule follows it): a function or class called as
+`schedule(optimizer, lr_min=..., lr_max=..., epochs=..., steps_per_epoch=..., **its own YAML keys)` that returns
+a torch LR scheduler. LRMIN and LRMAX are the range test's (or the numbers given), and the optimizer starts at
+LRMAX; the schedule sets step 0's LR itself.
+
+`one_cycle` is the mission's: LRMIN -> LRMAX -> LRMIN, linear.
 
 Built on torch's OneCycleLR (two-phase, linear): `div_factor = LRMAX / LRMIN` makes step 0 start at LRMIN
 and `final_div_factor = 1` makes the last step end at LRMIN again — no annihilation below LRMIN.
@@ -8,8 +15,11 @@ LR reaches LRMAX at step 484 of 0..2327 and falls linearly back to LRMIN at step
 
 from __future__ import annotations
 
+import math
+
+import numpy as np
 from torch.optim import Optimizer
-from torch.optim.lr_scheduler import OneCycleLR
+from torch.optim.lr_scheduler import LambdaLR, OneCycleLR
 
 from resnet9.errors import ConfigError
 
@@ -56,3 +66,58 @@ def one_cycle(
         final_div_factor=1.0,
         cycle_momentum=cycle_momentum,
     )
+
+
+def _peak(peak_epoch: float | str, epochs: int) -> float:
+    return epochs * PEAK_SHARE if peak_epoch == "auto" else float(peak_epoch)
+
+
+def _relative(optimizer: Optimizer, lr_max: float, lr_at_step: object) -> LambdaLR:
+    """A LambdaLR whose factor turns the optimizer's LR (LRMAX) into `lr_at_step(step)`."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr_max  # LambdaLR multiplies the LR each group starts with
+    return LambdaLR(optimizer, lambda step: lr_at_step(step) / lr_max)
+
+
+def piecewise_linear(
+    optimizer: Optimizer,
+    lr_min: float,
+    lr_max: float,
+    epochs: int,
+    steps_per_epoch: int,
+    peak_epoch: float | str = "auto",
+    final_lr: float | None = 0.0,
+) -> LambdaLR:
+    """Page's schedule: linear from LRMIN at step 0 to LRMAX at the end of `peak_epoch`, then linear to
+    `final_lr` (0: Page's annihilation; None: LRMIN) at the end of the run, read at each batch's start (in epochs)."""
+    peak = _peak(peak_epoch, epochs)
+    if not 0 < peak < epochs:
+        raise ConfigError(f"scheduler.peak_epoch={peak_epoch} must lie inside the run (0 < peak < epochs={epochs})")
+    end = lr_min if final_lr is None else final_lr
+    knots, values = [0.0, peak, float(epochs)], [lr_min, lr_max, end]
+    return _relative(optimizer, lr_max, lambda step: float(np.interp(step / steps_per_epoch, knots, values)))
+
+
+def warmup_cosine(
+    optimizer: Optimizer,
+    lr_min: float,
+    lr_max: float,
+    epochs: int,
+    steps_per_epoch: int,
+    warmup_epochs: float = 2.0,
+) -> LambdaLR:
+    """Linear warm-up from LRMIN to LRMAX over `warmup_epochs`, then a half cosine back to LRMIN at the end."""
+    if not 0 <= warmup_epochs < epochs:
+        raise ConfigError(
+            f"scheduler.warmup_epochs={warmup_epochs} must lie in 0..epochs={epochs} (exclusive); e.g. "
+            f"scheduler.warmup_epochs={max(epochs // 12, 1)}"
+        )
+    warm, total = warmup_epochs * steps_per_epoch, epochs * steps_per_epoch
+
+    def lr_at(step: int) -> float:
+        if step < warm:
+            return lr_min + (lr_max - lr_min) * step / warm
+        done = (step - warm) / max(total - 1 - warm, 1)  # 0 at the end of warm-up, 1 at the last step
+        return lr_min + (lr_max - lr_min) * 0.5 * (1 + math.cos(math.pi * min(done, 1.0)))
+
+    return _relative(optimizer, lr_max, lr_at)

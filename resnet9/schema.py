@@ -25,7 +25,8 @@ from omegaconf.errors import InterpolationResolutionError
 from pydantic import BaseModel, ConfigDict, Field, PlainValidator, ValidationError, ValidationInfo, model_validator
 from pydantic_core import PydanticCustomError, PydanticUndefined
 
-from resnet9.data import TEST_SIZE, TRAIN_SIZE
+from resnet9 import targets
+from resnet9.data import TEST_SIZE
 from resnet9.errors import ConfigError
 
 AUTO = "auto"
@@ -52,6 +53,9 @@ Device = Annotated[
     str, _rule("auto, cpu or cuda[:N]", lambda v: isinstance(v, str) and re.fullmatch(r"auto|cpu|cuda(:\d+)?", v))
 ]
 Fraction = Annotated[float, Field(ge=0, lt=1)]
+# Per-channel normalisation of RGB images (0..1 scale).
+Channels = Annotated[list[Annotated[float, Field(ge=0, le=1)]], Field(min_length=3, max_length=3)]
+PositiveChannels = Annotated[list[Annotated[float, Field(gt=0, le=1)]], Field(min_length=3, max_length=3)]
 # A seed every random source takes as it is (NumPy's and albumentations' refuse negatives and >= 2**32).
 Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]
 
@@ -61,62 +65,76 @@ class Section(BaseModel):
     model_config = ConfigDict(strict=True, extra="forbid", populate_by_name=True, frozen=True, allow_inf_nan=False)
 
 
-class ModelConfig(Section):
-    target: Literal["resnet9.model.ResNet9"] = Field(alias="_target_")
-    num_classes: Literal[10] = 10
-    # scales every channel count; 1.0 = the mission's network. Parameters grow as width²: 8 is 420M of them (1.7 GB
-    # in fp32); a larger width, often a typo, would fail later in allocation with the tensor's size in bytes
-    width: float = Field(1.0, gt=0, le=8)
-    logit_scale: float = Field(0.125, gt=0)
+class Option(Section):
+    """One option of a config group: any importable `_target_` (targets.py imports it and checks every other
+    key against its signature before any work). Only keys that several options share are typed here, with
+    their ranges, as optional fields; a default lives in the option's YAML alone."""
+
+    model_config = ConfigDict(extra="allow")
+    target: str = Field(alias="_target_")
 
 
-class AugmentConfig(Section):
-    target: Literal["resnet9.augment.Augmentation"] = Field(alias="_target_")
-    pad: int = Field(4, ge=0, le=16)
-    flip: bool = True
-    cutout: int = Field(8, ge=0, le=32)
-    engine: Literal["auto", "device", "albumentations"] = AUTO
-    whole_epoch: Literal["auto", True, False] = AUTO
+FREE = {"free_on_resume": True}  # may differ between a run and its resumption: changes no number it computes
+READS_CURVE = {"reads_curve": True}  # how the range test's curve is read, not what shapes it (cache key)
 
 
-class OptimizerConfig(Section):
-    """What every optimizer option has; `_partial_`: the trainer adds the parameters and the LR."""
+class ModelConfig(Option):
+    num_classes: int | None = Field(None, ge=2, examples=[10])  # ${data.num_classes} in the package's models
+    # ResNet9's channel scale. Parameters grow as width²: 8 is 420M of them (1.7 GB in fp32); a larger width,
+    # often a typo, would fail later in allocation with the tensor's size in bytes
+    width: float | None = Field(None, gt=0, le=8, examples=[1.0])
+    logit_scale: float | None = Field(None, gt=0, examples=[0.125])
+
+
+class AugmentConfig(Option):
+    pad: int | None = Field(None, ge=0, le=16, examples=[4])
+    flip: bool | None = None
+    cutout: int | None = Field(None, ge=0, le=32, examples=[8])
+    engine: Literal["auto", "device", "albumentations"] | None = None
+    whole_epoch: Literal["auto", True, False] | None = Field(None, json_schema_extra=FREE)
+
+
+class OptimizerConfig(Option):
+    """`_partial_`: the trainer adds the parameters and the LR (targets.SUPPLIED)."""
 
     partial: Literal[True] = Field(alias="_partial_")
-    lr: PositiveOrAuto = Field(AUTO, examples=[0.4])  # the peak, LRMAX
-    weight_decay: float = Field(0.0, ge=0)
+    lr: PositiveOrAuto = Field(examples=[0.4])  # the peak, LRMAX
+    weight_decay: float | None = Field(None, ge=0, examples=[5e-4])
+    momentum: float | None = Field(None, ge=0, lt=1, examples=[0.9])
+    nesterov: bool | None = None
+    betas: Annotated[list[Fraction], Field(min_length=2, max_length=2)] | None = Field(None, examples=["[0.9,0.999]"])
     fused: bool | None = None
 
 
-class SGDConfig(OptimizerConfig):
-    target: Literal["torch.optim.SGD"] = Field(alias="_target_")
-    momentum: float = Field(0.9, ge=0, lt=1)
-    nesterov: bool = True
+class SchedulerConfig(Option):
+    """`_partial_`: the trainer adds optimizer, lr_min, lr_max, epochs, steps_per_epoch (targets.SUPPLIED)."""
 
-
-class AdamConfig(OptimizerConfig):
-    target: Literal["torch.optim.Adam"] = Field(alias="_target_")
-    betas: Annotated[list[Fraction], Field(min_length=2, max_length=2)] = Field([0.9, 0.999], examples=["[0.9,0.999]"])
-
-
-class OneCycleConfig(Section):
-    target: Literal["resnet9.schedule.one_cycle"] = Field(alias="_target_")
     partial: Literal[True] = Field(alias="_partial_")
-    lr_min: PositiveOrAuto = Field(AUTO, examples=[0.04])
-    peak_epoch: Annotated[float, Field(gt=0)] | Literal["auto"] = Field(AUTO, examples=[5])
-    cycle_momentum: bool = False
+    lr_min: PositiveOrAuto = Field(examples=[0.04])
+    peak_epoch: Annotated[float, Field(gt=0)] | Literal["auto"] | None = Field(None, examples=[5])
+    cycle_momentum: bool | None = None
+
+
+class LoggerConfig(Option):
+    partial: Literal[True] = Field(alias="_partial_")
+    group: str | None = None
+    tags: list[str] | None = None
+    mode: Literal["offline", "online", "disabled"] | None = None
+    system_metrics: Literal["auto", True, False] | None = None
 
 
 class WandbConfig(Section):
+    """A W&B logger section read back from a job's metrics.json (untrusted): only the project's own tracker."""
+
     target: Literal["resnet9.tracking.WandbTracker"] = Field(alias="_target_")
     partial: Literal[True] = Field(alias="_partial_")
-    project: str = "resnet9"
-    entity: str | None = None
-    mode: Literal["offline", "online", "disabled"] = "offline"
-    group: str | None = None
-    tags: list[str] = []
-    log_checkpoint: bool = False  # last.pt as a W&B artifact: a copy of the checkpoint per run (52.7 MB at width 1)
-    system_metrics: Literal["auto", True, False] = AUTO  # W&B's CPU/GPU use charts; auto: on for CUDA runs
+    project: str
+    entity: str | None
+    mode: Literal["offline", "online", "disabled"]
+    group: str | None
+    tags: list[str]
+    log_checkpoint: bool = False  # absent from metrics.json written before it existed
+    system_metrics: Literal["auto", True, False] = AUTO  # the same
 
 
 class NoLoggerConfig(Section):
@@ -124,82 +142,104 @@ class NoLoggerConfig(Section):
     partial: Literal[True] = Field(alias="_partial_")
 
 
-class DataConfig(Section):
-    root: str = "data"
-    download: bool = True
-    limit_train: int | None = Field(None, ge=10, le=TRAIN_SIZE, examples=[1000])
-    limit_test: int | None = Field(None, ge=10, le=TEST_SIZE, examples=[1000])
-    num_workers: int = Field(2, ge=0)
+class DataConfig(Option):
+    root: str = Field(json_schema_extra=FREE)
+    download: bool
+    limit_train: int | None = Field(ge=10, examples=[1000])
+    limit_test: int | None = Field(ge=10, examples=[1000])
+    # read by the trainer, not passed to the data set's function (targets.CONSUMED)
+    num_workers: int = Field(ge=0)  # free on resume for the device engine only (state._comparable)
+    num_classes: int = Field(ge=2, examples=[10])
+    mean: Channels = Field(examples=["[0.4914,0.4822,0.4465]"])
+    std: PositiveChannels = Field(examples=["[0.2470,0.2435,0.2616]"])
+
+
+class Normalization(Section):
+    """A data section's mean/std as read back from a checkpoint (untrusted): the same ranges, nothing else."""
+
+    model_config = ConfigDict(extra="ignore")
+    mean: Channels
+    std: PositiveChannels
+
+
+def saved_normalization(values: Any) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+    """(mean, std) of a saved data section, or None where it has none that passes the ranges."""
+    try:
+        checked = Normalization.model_validate(values)
+    except ValidationError:
+        return None
+    return tuple(checked.mean), tuple(checked.std)
 
 
 class LRFinderConfig(Section):
-    start_lr: float = Field(1e-5, gt=0)
-    end_lr: float = Field(10.0, gt=0)
-    num_iter: int = Field(100, ge=1)
-    smooth_f: float = Field(0.05, ge=0, lt=1)
-    diverge_th: float = Field(5, gt=1)
-    skip_start: int = Field(10, ge=0)
-    skip_end: int = Field(5, ge=0)
-    rule: Literal["steepest", "lowest", "fall_end", "tenth"] = "steepest"
-    max_divisor: float = Field(1.0, ge=1)
-    min_drop: float = Field(0.1, gt=0, lt=1)
-    seed: Seed = 0
-    scale: float = Field(1.0, gt=0)
-    max_scale: float = Field(1.0, gt=0)
-    min_scale: float = Field(1.0, gt=0)
-    cache: bool = True
-    cache_dir: str = "~/.cache/resnet9/lr_find"
+    start_lr: float = Field(gt=0)
+    end_lr: float = Field(gt=0, examples=[10])
+    num_iter: int = Field(ge=1, examples=[100])
+    smooth_f: float = Field(ge=0, lt=1)
+    diverge_th: float = Field(gt=1)
+    skip_start: int = Field(ge=0, json_schema_extra=READS_CURVE)
+    skip_end: int = Field(ge=0, json_schema_extra=READS_CURVE)
+    rule: Literal["steepest", "lowest", "fall_end", "tenth"] = Field(json_schema_extra=READS_CURVE)
+    max_divisor: float = Field(ge=1, json_schema_extra=READS_CURVE)
+    min_drop: float = Field(gt=0, lt=1, json_schema_extra=READS_CURVE)
+    seed: Seed
+    scale: float = Field(gt=0, json_schema_extra=READS_CURVE)
+    max_scale: float = Field(gt=0, json_schema_extra=READS_CURVE)
+    min_scale: float = Field(gt=0, json_schema_extra=READS_CURVE)
+    cache: bool = Field(json_schema_extra=READS_CURVE)
+    cache_dir: str = Field(json_schema_extra=READS_CURVE)
 
 
 class EMAConfig(Section):
-    decay: float = Field(0.0, ge=0, lt=1, examples=[0.99])
-    start_epoch: int = Field(20, ge=1)
+    decay: float = Field(ge=0, lt=1, examples=[0.99])
+    start_epoch: int = Field(ge=1, examples=[20])
 
 
-Optimizer = Annotated[SGDConfig | AdamConfig, Field(discriminator="target")]
-Logger = Annotated[WandbConfig | NoLoggerConfig, Field(discriminator="target")]
+GROUPS = ("model", "augment", "optimizer", "scheduler", "logger", "data", "callbacks")
 
 
 class TrainConfig(Section):
-    """conf/config.yaml: what `python -m resnet9.train` (and lr_find, summary) run with."""
+    """conf/config.yaml: what `python -m resnet9.train` (and lr_find, summary) run with. Defaults: the YAML."""
 
     model: ModelConfig
     augment: AugmentConfig
-    optimizer: Optimizer
-    scheduler: OneCycleConfig
-    logger: Logger
-    epochs: int = Field(24, ge=1)
-    batch_size: int = Field(512, ge=1)
-    eval_batch_size: int = Field(2000, ge=1)
-    seed: Seed = 0
-    device: Device = AUTO
-    deterministic: bool = False
-    channels_last: bool = True
-    progress: bool = True
-    log_every: int = Field(10, ge=1)
-    checkpoint: bool = True
-    resume: Literal["auto", True, False] = AUTO
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = AUTO
-    compile: bool = False
-    cuda_graph: bool = False
-    warmup: Literal["auto", True, False] = AUTO
-    label_smoothing: Fraction = Field(0.0, examples=[0.2])
-    eval_tta: bool = False
-    ema: EMAConfig = EMAConfig()
-    data: DataConfig = DataConfig()
-    lr_finder: LRFinderConfig = LRFinderConfig()
+    optimizer: OptimizerConfig
+    scheduler: SchedulerConfig
+    logger: LoggerConfig = Field(json_schema_extra=FREE)
+    data: DataConfig
+    callbacks: dict[str, Option] | None = None  # absent: none
+    epochs: int = Field(ge=1, examples=[24])
+    batch_size: int = Field(ge=1, examples=[512])
+    eval_batch_size: int = Field(ge=1, examples=[2000])
+    seed: Seed = Field(examples=[0])
+    device: Device = Field(examples=["auto"], json_schema_extra=FREE)
+    deterministic: bool
+    channels_last: bool
+    progress: bool = Field(json_schema_extra=FREE)
+    log_every: int = Field(ge=1, examples=[10], json_schema_extra=FREE)
+    checkpoint: bool
+    resume: Literal["auto", True, False] = Field(json_schema_extra=FREE)
+    precision: Literal["auto", "fp32", "bf16", "fp16"]
+    compile: bool
+    # the eager step's arithmetic, but for its LR rounded to float32 (on a CPU: the eager step)
+    cuda_graph: bool = Field(json_schema_extra=FREE)
+    warmup: Literal["auto", True, False] = Field(json_schema_extra=FREE)
+    label_smoothing: Fraction = Field(examples=[0.2])
+    eval_tta: bool
+    ema: EMAConfig
+    lr_finder: LRFinderConfig
 
     @model_validator(mode="after")
     def rules_across_fields(self, info: ValidationInfo) -> TrainConfig:
         """The rules that tie settings together. `processes`: torchrun's processes (validation context)."""
         processes = (info.context or {}).get("processes", 1)
         peak, finder = self.scheduler.peak_epoch, self.lr_finder
-        if peak != AUTO and not peak < self.epochs:
+        if peak not in (AUTO, None) and not peak < self.epochs:
             raise ConfigError(
                 f"scheduler.peak_epoch must lie inside the run (0 < peak_epoch < epochs={self.epochs}), "
                 f"got {peak!r}; e.g. scheduler.peak_epoch={self.epochs * 5 / 24:.3g} (the mission's 5 of 24 epochs)"
             )
-        if isinstance(self.optimizer, SGDConfig) and self.optimizer.nesterov and self.optimizer.momentum == 0:
+        if self.optimizer.nesterov and self.optimizer.momentum == 0:
             raise ConfigError(
                 "optimizer.nesterov=true needs momentum, got optimizer.momentum=0; "
                 "e.g. optimizer.momentum=0.9, or optimizer.nesterov=false for plain SGD"
@@ -215,8 +255,8 @@ class TrainConfig(Section):
                 f"batch_size={self.batch_size} (the global batch) does not split evenly over {processes} torchrun "
                 f"processes; use a multiple of {processes}, e.g. batch_size={fitting}"
             )
-        train_size = self.data.limit_train or TRAIN_SIZE
-        if self.batch_size > train_size:
+        train_size = self.data.limit_train  # (the whole set's size is known once it is read: train.py)
+        if train_size is not None and self.batch_size > train_size:
             raise ConfigError(
                 f"batch_size={self.batch_size} is larger than the {train_size} training images, so an epoch would "
                 f"have no full batch; lower batch_size or raise data.limit_train"
@@ -255,19 +295,35 @@ class EvaluateConfig(Section):
 
 
 def validate(cfg: DictConfig | dict, processes: int = 1) -> TrainConfig:
-    """The config as a TrainConfig; a ConfigError with one line naming the first bad key otherwise."""
-    return _validated(TrainConfig, cfg, {"processes": processes})
+    """The config as a TrainConfig, its `_target_`s imported and their keys checked against their signatures;
+    a ConfigError with one line naming the first bad key otherwise. For a config a person composed (trusted):
+    one read from a file goes through `validate_saved` first."""
+    checked = _validated(TrainConfig, cfg, {"processes": processes})
+    plain = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
+    targets.check_callables(plain, GROUPS)
+    return checked
+
+
+def validate_saved(config: Any, config_dirs: list[str], fix: str) -> None:
+    """A config from a file (a checkpoint's): every `_target_` in it is one the package or the user's config
+    folders name, before anything in it is imported; then validated as any config."""
+    targets.check_permitted(config, targets.permitted(config_dirs), fix)
+    validate(config)
 
 
 def validate_evaluate(cfg: DictConfig) -> EvaluateConfig:
     return _validated(EvaluateConfig, cfg, {})
 
 
-def validate_model(values: Any) -> ModelConfig:
-    """A model section from elsewhere (a checkpoint's saved config): only the project's own network, plain values."""
+def validate_model(values: Any, config_dirs: list[str], fix: str) -> ModelConfig:
+    """A model section from a checkpoint's saved config: a target the package or the user's config folders
+    name (nothing else is imported), with keys its signature takes."""
     if not isinstance(values, dict):
         raise ConfigError(f"model must be a mapping of settings, got {type(values).__name__}; e.g. model.width=1.0")
-    return _validated(ModelConfig, values, {}, prefix="model.")
+    targets.check_permitted({"model": values}, targets.permitted(config_dirs), fix)
+    checked = _validated(ModelConfig, values, {}, prefix="model.")
+    targets.check_callables({"model": values}, ["model"])
+    return checked
 
 
 def validate_logger(values: Any) -> WandbConfig | NoLoggerConfig:
@@ -277,6 +333,18 @@ def validate_logger(values: Any) -> WandbConfig | NoLoggerConfig:
     if target not in loggers:
         raise ConfigError(f"logger._target_ must be one of {', '.join(loggers)}, got {target!r}; e.g. logger=wandb")
     return _validated(loggers[target], values, {}, prefix="logger.")
+
+
+def marked(schema: type[Section], mark: str, prefix: str = "") -> list[str]:
+    """The dotted keys whose fields carry `mark` (FREE, READS_CURVE), so that no list of them is kept by hand."""
+    found = []
+    for name, field in schema.model_fields.items():
+        key = prefix + (field.alias or name)
+        if (field.json_schema_extra or {}).get(mark):
+            found.append(key)
+        found += [k for t in get_args(field.annotation) or (field.annotation,) if _is_section(t)
+                  for k in marked(t, mark, key + ".")]  # fmt: skip
+    return found
 
 
 def _validated(schema: type[Section], cfg: DictConfig | dict, context: dict, prefix: str = "") -> Any:

@@ -35,27 +35,20 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.optim.swa_utils import AveragedModel
 
+from resnet9 import schema
 from resnet9.errors import UsageError, in_multirun
 from resnet9.loop import EpochProgress
 
+DEVICE_ENGINE = "resnet9.augment.Augmentation"  # runs on the training device unless engine=albumentations
 CHECKPOINT_FORMAT = 2  # 1: before the TrainState (no "format" key)
 
-# Settings that may differ between a run and its resumption: they change no result. `device` may name another
-# device of the kind the run trained on (auto for cuda, cuda:1 for cuda:0), not another kind (cpu for cuda,
-# whose random states and kernels differ): `read_resumable` compares the kind actually used. And
-# `data.num_workers` is free for the device engine only, which has no workers (`_comparable`: the
-# albumentations engine draws its augmentations in the workers, so their number changes the draws).
-FREE_TO_CHANGE = (
-    "resume",
-    "device",
-    "progress",
-    "log_every",
-    "logger",
-    "data.root",
-    "warmup",
-    "augment.whole_epoch",
-    "cuda_graph",  # the eager step's arithmetic, but for its LR rounded to float32 (on a CPU: the eager step)
-)  # (on a CPU none changes a number the run computes: tested)
+# Settings that may differ between a run and its resumption: they change no result (the schema marks them, so
+# a new key says it in one place). `device` may name another device of the kind the run trained on (auto for
+# cuda, cuda:1 for cuda:0), not another kind (cpu for cuda, whose random states and kernels differ):
+# `read_resumable` compares the kind actually used. And `data.num_workers` is free for the device engine only,
+# which has no workers (`_comparable`: an albumentations pipeline draws its augmentations in the workers, so
+# their number changes the draws). On a CPU none changes a number the run computes: tested.
+FREE_TO_CHANGE = tuple(schema.marked(schema.TrainConfig, "free_on_resume"))
 
 
 class Stopwatch:
@@ -241,6 +234,7 @@ class TrainState:
             "lr_min": self.record["lr_min"],
             "lr_max": self.record["lr_max"],
             "test_acc": self.record.get("final_test_acc"),
+            "classes": self.record.get("classes"),  # the outputs' names, for predict
             "train_state": self.state_dict(),
         }
 
@@ -353,7 +347,8 @@ def _load(path: Path, fix: str, device: torch.device | str = "cpu") -> Any:
 
 def _comparable(config: dict[str, Any]) -> dict[str, Any]:
     config = OmegaConf.to_container(OmegaConf.create(config), resolve=True)
-    if isinstance(config.get("augment"), dict) and config["augment"].get("engine") != "albumentations":
+    augment = config.get("augment") if isinstance(config.get("augment"), dict) else {}
+    if augment.get("_target_") == DEVICE_ENGINE and augment.get("engine") != "albumentations":
         config.get("data", {}).pop("num_workers", None)
     for dotted in FREE_TO_CHANGE:
         *parents, leaf = dotted.split(".")

@@ -12,12 +12,11 @@ import copy
 
 import hydra
 import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torch import nn
 from torchinfo import summary
 
-from resnet9 import distributed, schema
+from resnet9 import build, distributed, schema
 from resnet9.errors import exit_on_usage_error, hydra_errors_in_one_line
 
 
@@ -47,7 +46,7 @@ def main() -> None:
 def _hydra_main(cfg: DictConfig) -> None:
     with exit_on_usage_error():
         schema.validate(cfg)
-        print(describe(instantiate(cfg.model)))
+        print(describe(build.built(cfg.model)))
 
 
 if __name__ == "__main__":

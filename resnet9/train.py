@@ -27,7 +27,7 @@ from tqdm import tqdm
 # would take a module-level name `distributed` for the unpicklable torch.distributed.
 from resnet9 import build, captured, files, lr_find, report, schema, sweep, tracking
 from resnet9 import distributed as ddp
-from resnet9.data import Cifar10
+from resnet9.data import ImageData
 from resnet9.ema import WeightEMA
 from resnet9.errors import UsageError, exit_on_usage_error, exit_with, hydra_errors_in_one_line, in_multirun
 from resnet9.listeners import (
@@ -115,6 +115,7 @@ def train(cfg: DictConfig, out_dir: Path) -> float:
         settings = build.step_settings(cfg, device)
         with ddp.main_first():  # one download, by rank 0
             cifar = build.dataset(cfg.data)
+        _check_fits(cfg, cifar)
         model = build.model(cfg.model, settings, reuse=cfg.compile and not world.is_parallel)
 
         resumed = read_resumable(out_dir / "last.pt", cfg, device)
@@ -129,13 +130,24 @@ def train(cfg: DictConfig, out_dir: Path) -> float:
         test_batches = build.test_loader(cfg, cifar, settings)
 
     stop = SignalStop()
-    listeners = [stop, *(_recorders(cfg, out_dir, device) if world.is_main else [])]
+    # the user's callbacks before the recorders, so that what they add to an epoch's row is recorded
+    listeners = [stop, *(build.callbacks(cfg) + _recorders(cfg, out_dir, device) if world.is_main else [])]
     with notifying(listeners, state, stop.flag):
         _fit(cfg, state, test_batches, settings, listeners, stop.flag)
     return ddp.broadcast(state.record.get("final_test_acc"))
 
 
-def _derive_lrs(cfg: DictConfig, cifar: Cifar10, settings: StepSettings, out_dir: Path) -> tuple[float, float, str]:
+def _check_fits(cfg: DictConfig, images: ImageData) -> None:
+    """A training batch the data set can fill (the schema checks this for data.limit_train; here, for a whole
+    data set of any size)."""
+    if cfg.batch_size > len(images.train_labels):
+        raise UsageError(
+            f"batch_size={cfg.batch_size} is larger than the {len(images.train_labels)} training images, so an "
+            f"epoch would have no full batch; lower batch_size or raise data.limit_train"
+        )
+
+
+def _derive_lrs(cfg: DictConfig, cifar: ImageData, settings: StepSettings, out_dir: Path) -> tuple[float, float, str]:
     """LRMIN/LRMAX: numbers from the config where given; where auto, the range test's, scaled by lr_finder."""
     probe = build.range_test_probe(cfg, cifar, settings)
     return lr_find.lrs_for_run(
@@ -150,7 +162,7 @@ def _training_state(
     cfg: DictConfig,
     model: torch.nn.Module,
     loader: Batches,
-    cifar: Cifar10,
+    cifar: ImageData,
     lrs: tuple[float, float, str],
     clock: Stopwatch,
 ) -> TrainState:
@@ -174,6 +186,7 @@ def _training_state(
         processes=ddp.world().size,  # torchrun's data-parallel processes; batch_size is the global batch
         n_train=len(cifar.train_labels),
         n_test=len(cifar.test_labels),
+        classes=list(cifar.classes),  # what predict names the outputs
         steps_per_epoch=len(loader),
         lr_min=lr_min,
         lr_max=lr_max,

@@ -161,7 +161,7 @@ def small_config(root: Path, engine: str):
         )  # fmt: skip
 
 
-def new_state(cfg, cifar: data.Cifar10, init_seed: int) -> TrainState:
+def new_state(cfg, cifar: data.ImageData, init_seed: int) -> TrainState:
     settings = build.step_settings(cfg, CPU)
     build.seed_everything(init_seed)
     model = build.model(cfg.model, settings)

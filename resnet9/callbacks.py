@@ -1,0 +1,35 @@
+"""Callbacks: a user's own hooks into a run, named in the `callbacks` config group (no change to the trainer).
+
+A callback is any object with some of the hooks below, built from a `_target_` in `conf/callbacks/<option>.yaml`
+(or a folder of your own: `--config-dir myconf callbacks=mine`). The trainer tells every callback, in the order
+given, before it records anything, so what a callback adds to an epoch's `row` lands in metrics.json, W&B and
+the console line:
+
+    on_run_start(state)                 state: resnet9.state.TrainState (model, optimizer, scheduler, record)
+    on_epoch_end(state, row, result)    row: the epoch's numbers (a dict: add your own keys)
+    on_stop(state)                      a SIGTERM/SIGINT stop, before last.pt is written
+    on_run_end(state, status)           status: completed, interrupted or failed
+
+Under torchrun only rank 0 runs callbacks (it alone evaluates and records).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from resnet9.listeners import Listener as Callback
+from resnet9.loop import EpochResult
+from resnet9.state import TrainState
+
+__all__ = ["Callback", "WeightNorm"]
+
+
+class WeightNorm(Callback):
+    """Adds `weight_norm`, the L2 norm of all the model's parameters, to each epoch's row."""
+
+    def on_epoch_end(self, state: TrainState, row: dict[str, Any], result: EpochResult) -> None:
+        with torch.no_grad():
+            norms = torch.stack([p.detach().float().norm() for p in state.model.parameters()])
+            row["weight_norm"] = float(torch.linalg.vector_norm(norms))
