@@ -1,4 +1,5 @@
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -189,3 +190,24 @@ def test_a_whole_epoch_at_once_gives_the_batch_by_batch_batches_bit_for_bit(rank
     reference.load_state_dict({**batch_by_batch.state_dict(), "batches_done": 2})
     for (images_a, _), (images_b, _) in zip(reference, resumed, strict=True):
         assert torch.equal(images_a, images_b)
+
+
+def test_the_yaml_pipeline_option_draws_exactly_what_the_reference_engine_draws():
+    """conf/augment/albumentations.yaml writes the mission's pipeline out as albumentations transforms: built by
+    Hydra from YAML, it must give the reference engine's batches bit for bit (same draws, same order)."""
+    conf = Path(__file__).resolve().parents[1] / "conf" / "augment"
+    pipeline = instantiate(OmegaConf.load(conf / "albumentations.yaml"))
+    reference = instantiate(OmegaConf.load(conf / "cutout.yaml"), engine="albumentations")
+    rng = np.random.default_rng(0)
+    images, labels = rng.integers(0, 256, (64, 32, 32, 3), dtype=np.uint8), np.arange(64) % 10
+    for stats in (augment.CIFAR10_STATS, ((0.5, 0.4, 0.3), (0.2, 0.3, 0.25))):  # any data set's normalisation
+        loaders = [p.train_loader(images, labels, 16, torch.device("cpu"), seed=3, stats=stats)
+                   for p in (pipeline, reference)]  # fmt: skip
+        for _ in range(2):  # two epochs
+            for (a, la), (b, lb) in zip(*loaders, strict=True):
+                assert torch.equal(a, b) and torch.equal(la, lb)
+        tests = [p.test_loader(images, labels, 32, torch.device("cpu"), stats=stats) for p in (pipeline, reference)]
+        for (a, _), (b, _) in zip(*tests, strict=True):
+            assert torch.equal(a, b)
+    (batch, _), *_ = loaders[0]
+    assert (batch == 0).all(dim=1).flatten(1).sum(1).eq(64).all()  # one 8x8 hole, filled with the mean, per image

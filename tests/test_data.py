@@ -1,3 +1,4 @@
+import json
 import os
 import pickle
 from pathlib import Path
@@ -18,6 +19,14 @@ def linked_copy(src_root: Path, dst_root: Path) -> Path:
     for path in (src_root / data.BATCHES_DIR).iterdir():
         (folder / path.name).symlink_to(path)
     return folder
+
+
+def linked_copy_of(src: Path, dst: Path) -> Path:
+    """dst with symlinks to every file of src; a test then replaces one of them."""
+    dst.mkdir(parents=True)
+    for path in src.iterdir():
+        (dst / path.name).symlink_to(path)
+    return dst
 
 
 def replace_batch(folder: Path, name: str, content: bytes) -> None:
@@ -160,3 +169,68 @@ def test_wrong_class_counts_are_refused(synthetic_root, tmp_path):
     with pytest.raises(DataError) as err:
         data.load(tmp_path, download=False)
     assert_one_line(err, "test set", "[10000, 0, 0", "expected 1000 each")
+
+
+def write_synthetic_cifar100(root: Path, seed: int = 0) -> Path:
+    """CIFAR-100's official layout (train, test, meta; 100 fine labels), each class a colour plus noise."""
+    rng = np.random.default_rng(seed)
+    folder = root / data.CIFAR100.folder
+    folder.mkdir(parents=True, exist_ok=True)
+    colours = rng.integers(0, 256, (100, 3)).astype(np.int16)
+    for name, per_class in (("train", 500), ("test", 100)):
+        labels = rng.permutation(np.repeat(np.arange(100), per_class))
+        noise = rng.integers(-30, 31, (len(labels), 3, 1024), dtype=np.int16)
+        rows = np.clip(colours[labels][:, :, None] + noise, 0, 255).astype(np.uint8).reshape(len(labels), 3072)
+        batch = {b"fine_labels": labels.tolist(), b"coarse_labels": (labels // 5).tolist(), b"data": rows}
+        with open(folder / name, "wb") as f:
+            pickle.dump(batch, f, protocol=2)
+    with open(folder / "meta", "wb") as f:
+        pickle.dump({b"fine_label_names": [f"kind{i}".encode() for i in range(100)]}, f, protocol=2)
+    return root
+
+
+@pytest.fixture(scope="module")
+def cifar100_root(tmp_path_factory) -> Path:
+    return write_synthetic_cifar100(tmp_path_factory.mktemp("cifar100"))
+
+
+def test_cifar100_loads_its_fine_labels_and_names_and_subsets_by_class(cifar100_root):
+    full = data.cifar100(cifar100_root, download=False)
+    assert full.train_images.shape == (50_000, 32, 32, 3) and full.test_images.shape == (10_000, 32, 32, 3)
+    assert np.bincount(full.train_labels).tolist() == [500] * 100 and full.classes[7] == "kind7"
+    subset = data.cifar100(cifar100_root, download=False, limit_train=1000, limit_test=250)
+    assert np.bincount(subset.train_labels).tolist() == [10] * 100
+    assert np.bincount(subset.test_labels, minlength=100).tolist() == [3] * 50 + [2] * 50
+
+
+def test_a_damaged_cifar100_is_one_line(cifar100_root, tmp_path):
+    folder = linked_copy_of(cifar100_root / data.CIFAR100.folder, tmp_path / data.CIFAR100.folder)
+    replace_batch(folder, "meta", pickle.dumps({b"fine_label_names": [b"x"] * 3}, protocol=2))
+    with pytest.raises(DataError) as err:
+        data.cifar100(tmp_path, download=False)
+    assert_one_line(err, "CIFAR-100 meta malformed", "holds no list of 100 fine label names")
+    replace_batch(folder, "test", pickle.dumps({b"labels": [0], b"data": np.zeros((1, 3072), np.uint8)}, protocol=2))
+    with pytest.raises(DataError) as err:
+        data.cifar100(tmp_path, download=False)
+    assert_one_line(err, "CIFAR-100 batch malformed", "no b'data'/b'fine_labels' entries", "cifar-100-python.tar.gz")
+    with pytest.raises(DataError) as err:
+        data.cifar100(tmp_path / "elsewhere", download=False)
+    assert_one_line(err, "CIFAR-100 not found: no folder", "cifar-100-python")
+
+
+def test_data_cifar100_trains_a_100_class_model(cifar100_root, tmp_path):
+    from hydra import compose, initialize_config_dir
+
+    from resnet9.train import train
+
+    with initialize_config_dir(config_dir=str(Path(__file__).resolve().parents[1] / "conf"), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=[
+            "data=cifar100", f"data.root={cifar100_root}", "data.limit_train=2000", "data.limit_test=500",
+            "model.width=0.125", "batch_size=100", "epochs=2", "optimizer.lr=0.2", "scheduler.lr_min=0.02",
+            "logger=none", "progress=false", "device=cpu", "data.num_workers=0"])  # fmt: skip
+    assert cfg.model.num_classes == 100  # it follows the data set
+    accuracy = train(cfg, tmp_path)
+    record = json.loads((tmp_path / "metrics.json").read_text())
+    assert record["classes"][:2] == ["kind0", "kind1"] and len(record["classes"]) == 100
+    assert accuracy > 0.05  # five times chance after 40 steps on colours
+    assert record["config"]["data"]["mean"] == [0.5071, 0.4865, 0.4409]

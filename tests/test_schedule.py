@@ -1,3 +1,5 @@
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -5,7 +7,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from resnet9.errors import ConfigError
-from resnet9.schedule import one_cycle
+from resnet9.schedule import one_cycle, piecewise_linear, warmup_cosine
 
 LR_MIN, LR_MAX, EPOCHS, STEPS = 0.04, 0.4, 24, 97  # 50,000 images at batch 512 with drop_last
 
@@ -81,3 +83,47 @@ def test_config_builds_the_same_schedule():
 def test_bad_arguments_are_refused(kwargs, error, message):
     with pytest.raises(error, match=message):
         lrs_per_step(**kwargs)
+
+
+def lrs_of(schedule, **kwargs) -> np.ndarray:
+    """The LR of every batch of a schedule built as the trainer builds it (the optimizer starts at LRMAX)."""
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=LR_MAX)
+    args = dict(lr_min=LR_MIN, lr_max=LR_MAX, epochs=EPOCHS, steps_per_epoch=STEPS) | kwargs
+    scheduler = schedule(optimizer, **args)
+    seen = []
+    for _ in range(args["epochs"] * args["steps_per_epoch"]):
+        seen.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    return np.array(seen)
+
+
+def test_pages_piecewise_schedule_rises_to_lrmax_at_epoch_5_and_falls_to_zero():
+    lrs = lrs_of(piecewise_linear, peak_epoch=5)
+    epochs = np.arange(len(lrs)) / STEPS  # each batch's start, in epochs
+    assert lrs[0] == pytest.approx(LR_MIN) and lrs.max() == pytest.approx(LR_MAX, rel=1e-3)
+    assert lrs[5 * STEPS] == pytest.approx(LR_MAX)  # the first batch of epoch 6 starts at the peak
+    assert np.allclose(lrs, np.interp(epochs, [0, 5, 24], [LR_MIN, LR_MAX, 0.0]))  # Page's knots, linear between
+    assert lrs[-1] == pytest.approx(LR_MAX / 19 / STEPS, rel=1e-6)  # one batch short of zero
+    ends_at_lrmin = lrs_of(piecewise_linear, final_lr=None)
+    assert ends_at_lrmin.min() == pytest.approx(LR_MIN) and ends_at_lrmin[-1] > LR_MIN
+
+
+def test_warmup_cosine_rises_linearly_then_falls_as_a_half_cosine_to_lrmin():
+    lrs = lrs_of(warmup_cosine, warmup_epochs=2)
+    warm = 2 * STEPS
+    assert lrs[0] == pytest.approx(LR_MIN) and lrs[warm] == pytest.approx(LR_MAX) and lrs[-1] == pytest.approx(LR_MIN)
+    assert np.allclose(np.diff(lrs[:warm]), (LR_MAX - LR_MIN) / warm)
+    middle = warm + (len(lrs) - 1 - warm) // 2
+    assert lrs[middle] == pytest.approx((LR_MIN + LR_MAX) / 2, rel=1e-2)
+    assert (np.diff(lrs[warm:]) <= 1e-12).all()
+
+
+@pytest.mark.parametrize(
+    "schedule, kwargs, fragment",
+    [(piecewise_linear, {"peak_epoch": 30}, "scheduler.peak_epoch=30 must lie inside the run"),
+     (warmup_cosine, {"warmup_epochs": 24}, "scheduler.warmup_epochs=24 must lie in 0..epochs=24")],
+)  # fmt: skip
+def test_a_schedule_outside_the_run_is_one_line(schedule, kwargs, fragment):
+    with pytest.raises(ConfigError, match=re.escape(fragment)):
+        lrs_of(schedule, **kwargs)

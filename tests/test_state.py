@@ -151,13 +151,18 @@ def test_resume_true_demands_a_checkpoint_and_last_pt_must_be_a_file(tmp_path):
 # -- the whole training state, through a file, into freshly built objects --------------------------------
 
 
+# Other options of each group: a user's option must resume exactly too (its optimizer, schedule and pipeline
+# states go through the same file).
+OTHER_OPTIONS = ["optimizer=adamw", "scheduler=cosine", "scheduler.warmup_epochs=1", "augment=albumentations"]
+
+
 def small_config(root: Path, engine: str):
+    options = OTHER_OPTIONS if engine == "other options" else [f"augment.engine={engine}", "scheduler.peak_epoch=1"]
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         return compose(
             config_name="config",
             overrides=[f"data.root={root}", "data.limit_train=200", "data.limit_test=100", "batch_size=40",
-                       "model.width=0.125", "epochs=3", "scheduler.peak_epoch=1", f"augment.engine={engine}",
-                       "data.num_workers=0", "device=cpu"],
+                       "model.width=0.125", "epochs=3", *options, "data.num_workers=0", "device=cpu"],
         )  # fmt: skip
 
 
@@ -193,7 +198,7 @@ def train_epoch(state: TrainState, epoch: int, stop_after: int | None = None) ->
     return [result.loss, result.accuracy, *result.step_losses]
 
 
-@pytest.mark.parametrize("engine", ["device", "albumentations"])
+@pytest.mark.parametrize("engine", ["device", "albumentations", "other options"])
 def test_the_state_saved_mid_epoch_and_loaded_into_new_objects_continues_exactly(synthetic_root, tmp_path, engine):
     cfg = small_config(synthetic_root, engine)
     cifar = build.dataset(cfg.data)
