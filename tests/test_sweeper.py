@@ -74,6 +74,18 @@ def test_a_job_that_cannot_be_composed_stops_the_sweep_before_any_job_runs(tmp_p
     assert jobs == []
 
 
+def test_a_bad_value_in_any_job_ends_the_sweep_in_one_line_before_the_first_job_trains(run_cli, tmp_path):
+    """The real command: job 2's value passes Hydra's composition but not the schema; job 0 and 1 never start."""
+    result = run_cli("resnet9.train", "--multirun", "optimizer.lr=0.1,0.2,abc", "data.root=nowhere",
+                     f"hydra.sweep.dir={tmp_path}/sweep")  # fmt: skip
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "error: job 2 (optimizer.lr=abc data.root=nowhere): optimizer.lr must be a number > 0 or 'auto', got 'abc'; "
+        "e.g. optimizer.lr=0.4"
+    ]
+    assert not list((tmp_path / "sweep").glob("*/metrics.json"))  # no job started
+
+
 def test_a_launcher_in_other_processes_composes_there(tmp_path):
     """The joblib launcher sends the loader to its workers: Hydra's own loader travels, and each job composes."""
     result, compositions, jobs = sweep(tmp_path, "seed=0,1", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2")
