@@ -7,8 +7,11 @@ which one it talks to. `WandbTracker` imports wandb only when it is chosen (`log
 
 from __future__ import annotations
 
+import functools
+import importlib.metadata
 import logging
 import os
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -20,6 +23,27 @@ from resnet9 import sweep
 from resnet9.errors import UsageError
 
 log = logging.getLogger(__name__)
+
+
+@functools.lru_cache(maxsize=1)
+def code_version() -> dict[str, Any]:
+    """The code a run trains with, for its records (metrics.json, the W&B config): the installed package's
+    version, and where it runs from a git checkout, the commit and whether the tree had uncommitted changes."""
+    try:
+        found: dict[str, Any] = {"package": importlib.metadata.version("resnet9")}
+    except importlib.metadata.PackageNotFoundError:
+        found = {"package": None}
+    checkout = Path(__file__).resolve().parents[1]
+    git = ["git", "-C", str(checkout)]
+    try:
+        commit = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
+        if commit.returncode == 0:
+            changes = subprocess.run([*git, "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                                     text=True, timeout=10)  # fmt: skip
+            found |= {"commit": commit.stdout.strip(), "dirty": bool(changes.stdout.strip())}
+    except (OSError, subprocess.SubprocessError):  # no git here, or a checkout too slow to ask: the version says it
+        pass
+    return found
 
 
 class Tracker(Protocol):

@@ -182,6 +182,7 @@ def _training_state(
         device=str(device),
         precision=build.precision_name(autocast),
         torch=torch.__version__,
+        code=tracking.code_version(),  # the package version; the git commit and whether the tree was dirty
         parameters=count_parameters(model),
         processes=ddp.world().size,  # torchrun's data-parallel processes; batch_size is the global batch
         n_train=len(cifar.train_labels),
@@ -214,7 +215,8 @@ def _recorders(cfg: DictConfig, out_dir: Path, on: torch.device) -> list[Listene
     system_metrics = on.type == "cuda" if wanted == "auto" else wanted  # auto: GPU runs only
 
     def start_tracker(run_id: str | None, derived: dict) -> tracking.Tracker:
-        tracked = {**config, **derived, **({"sweep": identity.sweep} if identity.sweep else {})}
+        tracked = {**config, **derived, "code": tracking.code_version(),
+                   **({"sweep": identity.sweep} if identity.sweep else {})}  # fmt: skip
         tags = [*cfg.logger.get("tags", []), *identity.tags]
         return build.tracker(
             cfg.logger, config=tracked, dir=out_dir, name=identity.name, group=identity.group, run_id=run_id,
@@ -254,6 +256,7 @@ def _fit(
     step = _captured_step(cfg, state, trained, settings) if cfg.cuda_graph and state.epoch < cfg.epochs else None
     for epoch in range(state.epoch + 1, cfg.epochs + 1):
         started = time.perf_counter()
+        steps_before = len(state.progress.lrs) if state.progress is not None else 0  # an epoch a stop cut short
         with clock.phase("train"):
             result = _train_epoch(cfg, state, trained, epoch, settings, stop, step)
         train_time = time.perf_counter() - started
@@ -271,6 +274,7 @@ def _fit(
             "ema": state.averaging(epoch) is not None,
             "train_time_s": train_time,
             "epoch_time_s": time.perf_counter() - started,
+            "images_per_s": (len(result.lrs) - steps_before) * cfg.batch_size / train_time,  # trained in this process
         }
         state.record.add_epoch(row, result.lrs)
         with clock.phase("write"):

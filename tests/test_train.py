@@ -55,6 +55,10 @@ def test_train_writes_every_result_and_a_readable_offline_wandb_run(run_cli, cif
     for row in metrics["epochs"]:
         assert {"train_loss", "train_acc", "test_loss", "test_acc", "lr", "epoch_time_s"} <= row.keys()
         assert 0 <= row["test_acc"] <= 1 and row["train_loss"] > 0
+        assert row["images_per_s"] == pytest.approx(400 / row["train_time_s"])  # 10 steps of 40 images
+    # the code the run trained with: this checkout's commit, and whether it had uncommitted changes
+    head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True).stdout
+    assert metrics["code"]["commit"] == head.strip() and isinstance(metrics["code"]["dirty"], bool)
     assert metrics["final_test_acc"] == metrics["epochs"][-1]["test_acc"]
     assert metrics["best_test_acc"] == max(r["test_acc"] for r in metrics["epochs"])
     assert 0 < metrics["lr_min"] < metrics["lr_max"] and metrics["lr_source"] == "range test"
@@ -88,6 +92,7 @@ def test_train_writes_every_result_and_a_readable_offline_wandb_run(run_cli, cif
         metrics["lr_min"], metrics["lr_max"], "range test"
     )  # fmt: skip
     assert "_target_" not in config["optimizer"] and config["optimizer"]["momentum"] == 0.9
+    assert config["code"] == metrics["code"]
     epoch_rows = [row for row in run["history"] if "epoch/test_acc" in row]
     assert [row["epoch/epoch"] for row in epoch_rows] == [1, 2]
     assert [row["epoch/test_acc"] for row in epoch_rows] == [r["test_acc"] for r in metrics["epochs"]]
