@@ -61,6 +61,7 @@ CIFAR100 = Layout(
 BATCHES_DIR = CIFAR10.folder
 TRAIN_FILES, TEST_FILE = CIFAR10.train_files, CIFAR10.test_file
 NUM_CLASSES = CIFAR10.num_classes
+ROWS_PER_BATCH = TRAIN_SIZE // len(CIFAR10.train_files)  # 10,000 images in each CIFAR-10 file
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from omegaconf import OmegaConf
 
 from resnet9 import lr_rules
 from resnet9.lr_rules import Curve
@@ -87,7 +88,8 @@ def test_schema_offers_exactly_the_rules():
     from resnet9.schema import LRFinderConfig
 
     assert set(get_args(LRFinderConfig.model_fields["rule"].annotation)) == set(lr_rules.RULES)
-    assert LRFinderConfig.model_fields["rule"].default == lr_rules.DEFAULT_RULE
+    conf = OmegaConf.load(Path(__file__).resolve().parents[1] / "conf" / "config.yaml")
+    assert conf.lr_finder.rule == lr_rules.DEFAULT_RULE  # the default, written in the YAML
 
 
 def test_no_doubt_about_a_pair_inside_the_fall():
