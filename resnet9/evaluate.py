@@ -13,6 +13,7 @@ confusion_matrix.png, misclassified.png and gradcam.png into its output folder (
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -151,9 +152,24 @@ def _draw(
 
 
 def main() -> None:
-    """`python -m resnet9.evaluate checkpoint=<run>/last.pt [overrides]`."""
+    """`python -m resnet9.evaluate checkpoint=<run>/last.pt [overrides]` (or `--checkpoint <run>/last.pt`, as
+    resnet9-predict takes it)."""
+    sys.argv[1:] = as_override(sys.argv[1:])
     with hydra_errors_in_one_line():
         _hydra_main()
+
+
+def as_override(args: list[str]) -> list[str]:
+    """`--checkpoint PATH` / `--checkpoint=PATH` -> Hydra's `checkpoint=PATH`: one way to name a checkpoint in
+    both commands a user types in a row (train, then evaluate or predict)."""
+    out, args = [], list(args)
+    while args:
+        arg = args.pop(0)
+        if arg == "--checkpoint" and args:
+            out.append(f"checkpoint={args.pop(0)}")
+        else:
+            out.append(f"checkpoint={arg.removeprefix('--checkpoint=')}" if arg.startswith("--checkpoint=") else arg)
+    return out
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="evaluate")

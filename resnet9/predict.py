@@ -121,10 +121,22 @@ def normalization(checkpoint: dict) -> augment.Stats:
     return schema.saved_normalization(data_cfg) or augment.CIFAR10_STATS
 
 
+def _as_option(argv: list[str]) -> list[str]:
+    """evaluate's `checkpoint=PATH` -> `--checkpoint PATH` (an image file is never named `checkpoint=...`)."""
+    out = []
+    for arg in argv:
+        out += ["--checkpoint", arg.removeprefix("checkpoint=")] if arg.startswith("checkpoint=") else [arg]
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("inputs", nargs="+", help="image files and/or folders of images")
-    parser.add_argument("--checkpoint", type=Path, help="a last.pt from resnet9.train (default: newest in outputs/)")
+    parser.add_argument(
+        "--checkpoint", type=Path,
+        help="a last.pt from resnet9.train (default: newest in outputs/); checkpoint=PATH works too, as in "
+        "resnet9-evaluate",
+    )  # fmt: skip
     parser.add_argument("--top-k", type=int, default=3, choices=range(1, 11), metavar="{1..10}")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--json", action="store_true", help="print JSON: every class's probability per image")
@@ -133,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
         help="the config folder a run of your own model trained with: its model may then be built from the "
         "checkpoint (the package's own models need none)",
     )  # fmt: skip
-    args = parser.parse_args(argv)
+    args = parser.parse_args(_as_option(sys.argv[1:] if argv is None else argv))
     logging.basicConfig(format="%(levelname)s: %(message)s")  # e.g. a checkpoint with non-finite weights
     with exit_on_usage_error():
         checkpoint = args.checkpoint or newest_checkpoint()

@@ -157,3 +157,17 @@ def test_non_finite_weights_are_warned_about(trained_run, tmp_path, caplog):
     torch.save(checkpoint, tmp_path / "diverged.pt")
     build.trained_model(tmp_path / "diverged.pt", torch.device("cpu"))
     assert f"{tmp_path / 'diverged.pt'} holds 1 non-finite weights (did its training diverge?)" in caplog.text
+
+
+def test_both_commands_name_a_checkpoint_either_way(capsys, trained_run, images):
+    """evaluate's `checkpoint=PATH` and predict's `--checkpoint PATH` work in both commands."""
+    from resnet9.evaluate import as_override
+
+    folder, _ = images
+    outputs = []
+    for naming in (["--checkpoint", str(trained_run / "last.pt")], [f"checkpoint={trained_run / 'last.pt'}"]):
+        assert main([*naming, "--json", str(folder / "b_large.jpg")]) == 0
+        outputs.append(json.loads(capsys.readouterr().out))
+    assert outputs[0] == outputs[1]
+    assert as_override(["--checkpoint", "a.pt", "device=cpu", "--checkpoint=b.pt"]) == [
+        "checkpoint=a.pt", "device=cpu", "checkpoint=b.pt"]  # fmt: skip
