@@ -19,12 +19,11 @@ import contextlib
 import json
 import logging
 import math
-import signal
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from resnet9 import distributed, files, jobcache, lr_find, plots, summary
+from resnet9 import distributed, files, jobcache, lr_find, plots, signals, summary
 from resnet9.data import NUM_CLASSES
 from resnet9.errors import UsageError
 from resnet9.loop import EpochResult, StopFlag, StopRequested
@@ -111,11 +110,9 @@ def job_record(out_dir: Path, config: Callable[[], dict[str, Any]], overrides: l
     def stop_now(signum: int, _frame: Any) -> None:
         raise StopRequested(signum)
 
-    previous = {}
-    with contextlib.suppress(ValueError):  # not the main thread
-        previous = {sig: signal.signal(sig, stop_now) for sig in SignalStop.SIGNALS}
     try:
-        yield
+        with signals.handled(stop_now):
+            yield
     except BaseException as err:
         ours_to_write = not path.exists() or _setup_record(path)  # (not if the run's own record began meanwhile)
         if not existed and ours_to_write and not isinstance(err, SystemExit):
@@ -127,9 +124,6 @@ def job_record(out_dir: Path, config: Callable[[], dict[str, Any]], overrides: l
             with contextlib.suppress(Exception):  # the record must never hide the error itself
                 files.write_json(path, {**record, "config": config(), "epochs": []})
         raise
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
 
 
 def _setup_record(path: Path) -> bool:
@@ -153,22 +147,19 @@ class SignalStop(Listener):
     128 + the signal number. Without a main thread (some launchers) there are no handlers and no flag.
     """
 
-    SIGNALS = (signal.SIGTERM, signal.SIGINT)
-
     def __init__(self) -> None:
         self.flag = StopFlag()
-        self._previous: dict[int, Any] = {}
+        self.handlers: signals.Handlers | None = None
 
     def on_run_start(self, state: TrainState) -> None:
         def request_stop(signum: int, _frame: Any) -> None:
             self.flag.signal = signum
 
-        with contextlib.suppress(ValueError):  # not the main thread
-            self._previous = {sig: signal.signal(sig, request_stop) for sig in self.SIGNALS}
+        self.handlers = signals.Handlers(request_stop)
 
     def on_run_end(self, state: TrainState, status: str) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
+        if self.handlers is not None:
+            self.handlers.restore()
 
 
 class CheckpointWriter(Listener):

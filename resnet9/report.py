@@ -20,12 +20,10 @@ the sweep's own summary, which it leaves as it was.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import csv
 import io
 import json
 import math
-import signal
 import statistics
 from pathlib import Path
 from typing import Any
@@ -38,7 +36,7 @@ from omegaconf import DictConfig
 from pydantic import BaseModel, ConfigDict, ValidationError
 from tabulate import tabulate
 
-from resnet9 import build, files, plots, schema, sweep
+from resnet9 import build, files, plots, schema, signals, sweep
 from resnet9.errors import ConfigError, UsageError, exit_on_usage_error, exit_with
 
 NUMBERS = ("final_test_acc", "best_test_acc", "lr_min", "lr_max", "train_time_s")
@@ -277,7 +275,7 @@ class SweepSummary(Callback):
     unfinished: SweepSummary | None = None  # the sweep under way in this process, until its end is written
 
     def __init__(self) -> None:
-        self.failure_seen, self.config, self.handlers = False, None, {}
+        self.failure_seen, self.config, self.handlers = False, None, None
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         try:
@@ -287,8 +285,7 @@ class SweepSummary(Callback):
         self.config, SweepSummary.unfinished = config, self
         # between jobs (a job's own stop is `SignalStop`'s, and it hands these back when it ends): the summary,
         # how to resume, 128 + the signal -- not a silent exit
-        with contextlib.suppress(ValueError):  # not the main thread
-            self.handlers = {sig: signal.signal(sig, self.stop_between_jobs) for sig in (signal.SIGTERM, signal.SIGINT)}
+        self.handlers = signals.Handlers(self.stop_between_jobs)
 
     def stop_between_jobs(self, signum: int, _frame: Any) -> None:
         end_unfinished_sweep()
@@ -307,10 +304,9 @@ class SweepSummary(Callback):
 
     def end(self) -> None:
         SweepSummary.unfinished = None
-        with contextlib.suppress(ValueError):  # the process's own handlers, as before the sweep
-            for sig, handler in self.handlers.items():
-                signal.signal(sig, handler)
-        self.handlers = {}
+        if self.handlers is not None:  # the process's own handlers, as before the sweep
+            self.handlers.restore()
+        self.handlers = None
         sweep_dir = Path(self.config.hydra.sweep.dir)
         jobs = load_jobs(sweep_dir) if sweep_dir.is_dir() else []
         if not jobs:

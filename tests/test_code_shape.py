@@ -12,6 +12,7 @@ GROUND_FLOOR = {
     "model": set(),
     "data": {"errors"},
     "targets": {"errors"},
+    "signals": set(),
     "schema": {"errors", "data", "targets"},
 }
 
@@ -44,3 +45,14 @@ def test_the_ground_floor_imports_nothing_above_it():
 def test_nothing_in_the_package_imports_the_trainer():
     importers = {name for name, tree in MODULES.items() if "train" in our_imports(tree)}
     assert importers == set()
+
+
+def test_only_signals_py_installs_signal_handlers():
+    """One place installs and restores SIGTERM/SIGINT handlers (resnet9/signals.py), so none is left behind."""
+    installers = {
+        name
+        for name, tree in MODULES.items()
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Call) and ast.unparse(node.func) == "signal.signal"
+    }
+    assert installers == {"signals"}
