@@ -29,8 +29,10 @@ from pathlib import Path
 from hydra import compose, initialize_config_dir
 from tabulate import tabulate
 
-from resnet9 import jobcache, lr_find, lr_rules, plots
+from resnet9.analysis import plots
+from resnet9.core import jobcache
 from resnet9.train import train
+from resnet9.training import lr_finder, lr_rules
 
 REPO = Path(__file__).resolve().parents[1]
 SETTINGS = [  # what researchers change first: width, batch size, optimizer, data size
@@ -96,7 +98,7 @@ class Setting:
 
     def pair(self, curve: dict, rule: str) -> list[float]:
         """The pair `rule` reads off a recorded curve, read as this setting's runs read it."""
-        found = lr_find.derive_lr_range(curve, self.config(0, [f"lr_finder.rule={rule}"]).lr_finder)
+        found = lr_finder.derive_lr_range(curve, self.config(0, [f"lr_finder.rule={rule}"]).lr_finder)
         return [found.lr_min, found.lr_max]
 
     @staticmethod

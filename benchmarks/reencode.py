@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from resnet9 import data
+from resnet9.data import datasets
 
 
 def reencoded(images: np.ndarray, quality: int) -> np.ndarray:
@@ -55,16 +55,16 @@ def main() -> None:
     parser.add_argument("dest", type=Path, help="where to write DEST/cifar-10-batches-py/")
     parser.add_argument("--quality", type=int, default=50)
     args = parser.parse_args()
-    cifar = data.load(args.src, download=False)
-    folder = args.dest / data.BATCHES_DIR
+    cifar = datasets.load(args.src, download=False)
+    folder = args.dest / datasets.BATCHES_DIR
     folder.mkdir(parents=True, exist_ok=True)
     train = reencoded(cifar.train_images, args.quality)
-    for index, name in enumerate(data.TRAIN_FILES):
-        rows = slice(index * data.ROWS_PER_BATCH, (index + 1) * data.ROWS_PER_BATCH)
+    for index, name in enumerate(datasets.TRAIN_FILES):
+        rows = slice(index * datasets.ROWS_PER_BATCH, (index + 1) * datasets.ROWS_PER_BATCH)
         write_batch(folder / name, f"training batch {index + 1} of 5", train[rows], cifar.train_labels[rows])
     test = reencoded(cifar.test_images, args.quality)
-    write_batch(folder / data.TEST_FILE, "testing batch 1 of 1", test, cifar.test_labels)
-    meta = args.src / data.BATCHES_DIR / "batches.meta"
+    write_batch(folder / datasets.TEST_FILE, "testing batch 1 of 1", test, cifar.test_labels)
+    meta = args.src / datasets.BATCHES_DIR / "batches.meta"
     if meta.is_file():
         shutil.copyfile(meta, folder / "batches.meta")
     for split, before, after in (("train", cifar.train_images, train), ("test", cifar.test_images, test)):

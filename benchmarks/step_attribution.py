@@ -42,8 +42,8 @@ from tqdm import tqdm
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from throughput import random_batches, run_config, step_arguments, training_images  # noqa: E402  (the same config and data as throughput.py)
 
-from resnet9 import build, captured  # noqa: E402
-from resnet9.loop import EpochProgress, StepSettings, train_one_epoch  # noqa: E402
+from resnet9.training import build, cuda_graph  # noqa: E402
+from resnet9.training.loop import EpochProgress, StepSettings, train_one_epoch  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 VARIANTS = {  # name: (overrides, progress bar, compile, CUDA graph)
@@ -87,7 +87,7 @@ class Variant:
     optimizer: torch.optim.Optimizer
     loader: object
     progress_bar: bool
-    graph_step: captured.CapturedStep | None = None
+    graph_step: cuda_graph.CapturedStep | None = None
     prepare_s: float = 0.0
     first_epoch_loss: float = float("nan")
     reads: int = 0
@@ -123,7 +123,7 @@ def build_variant(name: str, args: argparse.Namespace, cifar, initial: dict) -> 
     if graph:
         started = time.perf_counter()
         scaler = build.loss_scaler(settings.autocast_dtype, device)
-        variant.graph_step = captured.capture_step(trained, optimizer, settings, args.batch_size, scaler)
+        variant.graph_step = cuda_graph.capture_step(trained, optimizer, settings, args.batch_size, scaler)
         if variant.graph_step is None:
             return None
         variant.prepare_s = time.perf_counter() - started

@@ -9,7 +9,7 @@
 (c) albumentations:  the same loop fed by the albumentations DataLoader (the reference engine)
 (d) whole epoch:     (b) with augment.whole_epoch=true: the epoch augmented at once, batches as slices
 
-All three run through the trainer's `loop.train_one_epoch`, built by `resnet9.build` from the trainer's own
+All three run through the trainer's `loop.train_one_epoch`, built by `resnet9.training.build` from the trainer's own
 config (channels_last, bf16 autocast on CUDA, fused SGD on CUDA). The measurements are interleaved in rounds
 so that a noisy machine slows all three alike, and each row reports the median round. The ratio (b)/(a) is the share of
 pure compute the data path keeps: 1.0 means augmentation is free.
@@ -31,8 +31,9 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
-from resnet9 import build, data, schema
-from resnet9.loop import StepSettings, train_one_epoch
+from resnet9.data import datasets
+from resnet9.training import build, schema
+from resnet9.training.loop import StepSettings, train_one_epoch
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -60,15 +61,15 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def training_images(root: str, count: int) -> tuple[data.ImageData, str]:
+def training_images(root: str, count: int) -> tuple[datasets.ImageData, str]:
     try:
-        cifar = data.load(root, download=False, limit_train=count)
+        cifar = datasets.load(root, download=False, limit_train=count)
         source = f"CIFAR-10 from {root}"
-    except data.DataError:
+    except datasets.DataError:
         rng = np.random.default_rng(0)
         images = rng.integers(0, 256, size=(count, 32, 32, 3), dtype=np.uint8)
         labels = rng.integers(0, 10, size=count)
-        cifar = data.ImageData(images, labels, images[:0], labels[:0])
+        cifar = datasets.ImageData(images, labels, images[:0], labels[:0])
         source = "random images (no CIFAR-10 found)"
     return cifar, source
 

@@ -14,8 +14,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from resnet9.callbacks import Callback
-from resnet9.data import ImageData, cifar10
+from resnet9.data.datasets import ImageData, cifar10
+from resnet9.training.callbacks import Callback
 
 
 class TinyNet(nn.Module):

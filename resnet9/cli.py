@@ -37,7 +37,7 @@ def _answer_from_configs(config_name: str) -> None:
     }
     for name, resolver in resolvers.items():
         OmegaConf.register_new_resolver(name, resolver, replace=True)
-    from resnet9.errors import hydra_errors_in_one_line  # (hydra and the standard library only)
+    from resnet9.core.errors import hydra_errors_in_one_line  # (hydra and the standard library only)
 
     with hydra_errors_in_one_line():
         hydra.main(version_base="1.3", config_path="conf", config_name=config_name)(_never_called)()

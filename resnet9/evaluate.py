@@ -1,5 +1,5 @@
 """Evaluate a checkpoint on the test set: accuracy with and without flip TTA, per-class accuracy, a confusion
-matrix, a gallery of the most confident mistakes, and their GradCAM maps (see explain.py).
+matrix, a gallery of the most confident mistakes, and their GradCAM maps (see gradcam.py).
 
     python -m resnet9.evaluate checkpoint=outputs/2026-11-26/14-00-00/last.pt
 
@@ -26,11 +26,13 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from torch import nn
 
-from resnet9 import build, files, plots, schema, targets
-from resnet9.augment import Stats
-from resnet9.data import ImageData
-from resnet9.errors import ConfigError, UsageError, exit_on_usage_error, hydra_errors_in_one_line
-from resnet9.loop import predict
+from resnet9.analysis import plots
+from resnet9.core import files
+from resnet9.core.errors import ConfigError, UsageError, exit_on_usage_error, hydra_errors_in_one_line
+from resnet9.data.augment import Stats
+from resnet9.data.datasets import ImageData
+from resnet9.training import build, schema, targets
+from resnet9.training.loop import predict
 
 
 def evaluate_checkpoint(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
@@ -82,7 +84,9 @@ def _run_config(checkpoint: dict, cfg: DictConfig, path: Path, config_dirs: list
 
 
 def _upgraded(config: Any) -> Any:
-    """A config saved before the `data` group: CIFAR-10, as then, with that option's keys."""
+    """A config saved by an earlier resnet9: its targets under their current names; before the `data` group,
+    CIFAR-10 as then, with that option's keys."""
+    config = targets.current_names(config)
     if not isinstance(config, dict) or not isinstance(config.get("data"), dict) or "_target_" in config["data"]:
         return config
     cifar10 = OmegaConf.to_container(OmegaConf.load(targets.PACKAGE_CONF / "data" / "cifar10.yaml"))
@@ -136,15 +140,15 @@ def _draw(
         out_dir / "misclassified.png",
         title=f"{name}: the {len(wrong)} most confident mistakes",
     )
-    from resnet9 import explain  # grad-cam brings torchvision's models: 3.5 s of imports, paid only here
+    from resnet9.analysis import gradcam  # grad-cam brings torchvision's models: 3.5 s of imports, paid only here
 
-    layer = explain.target_layer(model)
+    layer = gradcam.target_layer(model)
     if layer is None:
         logging.getLogger("resnet9").warning("GradCAM is not available for this model: it has no convolution")
         return
-    maps = explain.class_activation_maps(model.float(), cifar.test_images[wrong], predicted[wrong].tolist(), stats)
+    maps = gradcam.class_activation_maps(model.float(), cifar.test_images[wrong], predicted[wrong].tolist(), stats)
     plots.image_gallery(  # an empty grid when there is no mistake to explain
-        explain.overlays(cifar.test_images[wrong], maps),
+        gradcam.overlays(cifar.test_images[wrong], maps),
         captions,
         out_dir / "gradcam.png",
         title=f"{name}: GradCAM on {layer}, for the predicted class",

@@ -21,9 +21,10 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from resnet9 import augment, build, schema
-from resnet9.data import CLASSES
-from resnet9.errors import UsageError, exit_on_usage_error
+from resnet9.core.errors import UsageError, exit_on_usage_error
+from resnet9.data import augment
+from resnet9.data.datasets import CLASSES
+from resnet9.training import build, schema
 
 ALPHA_MODES = {"RGBA", "RGBa", "LA", "La", "PA"}  # (not LAB, whose A is a colour axis)
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}

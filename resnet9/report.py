@@ -36,8 +36,10 @@ from omegaconf import DictConfig
 from pydantic import BaseModel, ConfigDict, ValidationError
 from tabulate import tabulate
 
-from resnet9 import build, files, plots, schema, signals, sweep
-from resnet9.errors import ConfigError, UsageError, exit_on_usage_error, exit_with
+from resnet9.analysis import plots
+from resnet9.core import files, signals
+from resnet9.core.errors import ConfigError, UsageError, exit_on_usage_error, exit_with
+from resnet9.training import build, schema, sweep
 
 NUMBERS = ("final_test_acc", "best_test_acc", "lr_min", "lr_max", "train_time_s")
 LABELS = {

@@ -8,31 +8,12 @@ Every training run also saves it as `model_summary.txt` in its output folder.
 
 from __future__ import annotations
 
-import copy
-
 import hydra
-import torch
 from omegaconf import DictConfig
-from torch import nn
-from torchinfo import summary
 
-from resnet9 import build, distributed, schema
-from resnet9.errors import exit_on_usage_error, hydra_errors_in_one_line
-
-
-def describe(model: nn.Module) -> str:
-    """The table for one 3x32x32 image, computed on a CPU copy in eval mode: the model itself is untouched
-    (no BatchNorm statistics updated, no random numbers drawn)."""
-    probe = copy.deepcopy(model).float().to("cpu", memory_format=torch.contiguous_format)
-    stats = summary(
-        probe,
-        input_data=torch.zeros(1, 3, 32, 32),
-        col_names=("output_size", "num_params", "kernel_size"),
-        depth=4,
-        mode="eval",
-        verbose=0,
-    )
-    return str(stats)
+from resnet9.analysis.model_table import describe
+from resnet9.core.errors import exit_on_usage_error, hydra_errors_in_one_line
+from resnet9.training import build, distributed, schema
 
 
 def main() -> None:

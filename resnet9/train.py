@@ -23,14 +23,18 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
+from resnet9 import report
+from resnet9.core import files
+from resnet9.core.errors import UsageError, exit_on_usage_error, exit_with, hydra_errors_in_one_line, in_multirun
+from resnet9.data.datasets import ImageData
+from resnet9.models.resnet9 import count_parameters
+
 # `ddp`, not `distributed`: submitit's launcher pickles this module's functions by value, and cloudpickle
 # would take a module-level name `distributed` for the unpicklable torch.distributed.
-from resnet9 import build, captured, files, lr_find, report, schema, sweep, tracking
-from resnet9 import distributed as ddp
-from resnet9.data import ImageData
-from resnet9.ema import WeightEMA
-from resnet9.errors import UsageError, exit_on_usage_error, exit_with, hydra_errors_in_one_line, in_multirun
-from resnet9.listeners import (
+from resnet9.training import build, cuda_graph, lr_finder, schema, sweep, tracking
+from resnet9.training import distributed as ddp
+from resnet9.training.ema import WeightEMA
+from resnet9.training.listeners import (
     CheckpointWriter,
     ConsoleLog,
     Listener,
@@ -41,7 +45,7 @@ from resnet9.listeners import (
     job_record,
     notifying,
 )
-from resnet9.loop import (
+from resnet9.training.loop import (
     Batches,
     EpochProgress,
     EpochResult,
@@ -52,8 +56,7 @@ from resnet9.loop import (
     train_one_epoch,
     warm_up,
 )
-from resnet9.model import count_parameters
-from resnet9.state import RunRecord, Stopwatch, TrainState, read_resumable, saved_lrs
+from resnet9.training.state import RunRecord, Stopwatch, TrainState, read_resumable, saved_lrs
 
 
 def main() -> None:
@@ -150,11 +153,11 @@ def _check_fits(cfg: DictConfig, images: ImageData) -> None:
 def _derive_lrs(cfg: DictConfig, cifar: ImageData, settings: StepSettings, out_dir: Path) -> tuple[float, float, str]:
     """LRMIN/LRMAX: numbers from the config where given; where auto, the range test's, scaled by lr_finder."""
     probe = build.range_test_probe(cfg, cifar, settings)
-    return lr_find.lrs_for_run(
+    return lr_finder.lrs_for_run(
         cfg.optimizer.lr,
         cfg.scheduler.lr_min,
         cfg.lr_finder,
-        range_test=lambda: lr_find.find_lr_range(cfg.lr_finder, probe, settings.device, out_dir, cfg.progress),
+        range_test=lambda: lr_finder.find_lr_range(cfg.lr_finder, probe, settings.device, out_dir, cfg.progress),
     )
 
 
@@ -187,7 +190,7 @@ def _training_state(
         processes=ddp.world().size,  # torchrun's data-parallel processes; batch_size is the global batch
         n_train=len(cifar.train_labels),
         n_test=len(cifar.test_labels),
-        classes=list(cifar.classes),  # what predict names the outputs
+        classes=_class_names(cifar),  # what predict names the outputs
         steps_per_epoch=len(loader),
         lr_min=lr_min,
         lr_max=lr_max,
@@ -195,6 +198,12 @@ def _training_state(
     )
     scaler = build.loss_scaler(autocast, device)
     return TrainState(model, optimizer, scheduler, ema, loader, record, cfg.ema.start_epoch, scaler=scaler)
+
+
+def _class_names(images: ImageData) -> list[str]:
+    # Apart from any function that uses `torch`: cloudpickle (submitit, joblib) pickles such a function with every
+    # loaded torch submodule its attribute names match, and `torch.classes` cannot be pickled.
+    return list(images.classes)
 
 
 def _resume(state: TrainState, checkpoint: dict, path: Path) -> None:
@@ -284,12 +293,12 @@ def _fit(
 
 def _captured_step(
     cfg: DictConfig, state: TrainState, trained: torch.nn.Module, settings: StepSettings
-) -> captured.CapturedStep | None:
+) -> cuda_graph.CapturedStep | None:
     """cuda_graph=true: the training step captured once (before the first epoch, outside its time), or None."""
     with state.record.clock.phase("warmup"):
         started = time.perf_counter()
         world = ddp.world()
-        step = captured.capture_step(
+        step = cuda_graph.capture_step(
             trained, state.optimizer, settings, cfg.batch_size // world.size, state.scaler, world.is_parallel,
             cycles_momentum=cfg.scheduler.get("cycle_momentum", False),
         )  # fmt: skip
@@ -304,7 +313,7 @@ def _train_epoch(
     epoch: int,
     settings: StepSettings,
     stop: StopFlag,
-    step: captured.CapturedStep | None = None,
+    step: cuda_graph.CapturedStep | None = None,
 ) -> EpochResult:
     """One epoch of training steps (or the rest of one a stop interrupted), read once at its end."""
     first_step = (epoch - 1) * len(state.loader)

@@ -14,9 +14,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from resnet9 import augment, distributed
-from resnet9.loop import StepSettings, train_one_epoch
-from resnet9.model import ResNet9
+from resnet9.data import augment
+from resnet9.models.resnet9 import ResNet9
+from resnet9.training import distributed
+from resnet9.training.loop import StepSettings, train_one_epoch
 
 GLOBAL_BATCH, LR = 64, 0.1
 

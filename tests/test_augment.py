@@ -7,7 +7,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from resnet9 import augment
+from resnet9.data import augment
 
 MEAN = np.array(augment.CIFAR10_MEAN, dtype=np.float32)
 STD = np.array(augment.CIFAR10_STD, dtype=np.float32)

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from resnet9 import data
+from resnet9.data import datasets
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -125,7 +125,7 @@ def test_reencoding_damages_the_pixels_by_the_quality_asked_and_keeps_the_layout
     labels = np.arange(4) % 10
     reencode.write_batch(tmp_path / "batch", "b", smooth, labels)
     with open(tmp_path / "batch", "rb") as file:  # as the loader reads it: its safe unpickler, bytes keys
-        batch = data._BatchUnpickler(file, encoding="bytes").load()
+        batch = datasets._BatchUnpickler(file, encoding="bytes").load()
     images = batch[b"data"].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)  # rows of R, G, B planes
     assert np.array_equal(images, smooth) and batch[b"labels"] == labels.tolist()
 
@@ -143,7 +143,7 @@ def test_the_evidence_runner_keeps_each_parts_summary_and_builds_the_table_from_
         cwd=REPO, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "PSNR" in result.stdout and data.load(work / "data-q50", download=False).train_images.shape[0] == 50_000
+    assert "PSNR" in result.stdout and datasets.load(work / "data-q50", download=False).train_images.shape[0] == 50_000
     assert sorted(path.name for path in out.iterdir()) == ["options", "q50"]  # the data and sweeps stay in work
     for part, settings in (("q50", 1), ("options", 2)):
         assert json.loads((out / part / "meta.json").read_text())["exit_status"] == 0

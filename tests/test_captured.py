@@ -12,10 +12,10 @@ import torch
 import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
 
-from resnet9 import captured
-from resnet9.loop import StepSettings, _train_step
-from resnet9.model import ResNet9
+from resnet9.models.resnet9 import ResNet9
 from resnet9.train import train
+from resnet9.training import cuda_graph
+from resnet9.training.loop import StepSettings, _train_step
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
@@ -41,7 +41,7 @@ def test_zero_momentum_buffers_are_exactly_sgds_first_step(foreach):
     model, optimizer, images, labels = tiny(foreach=foreach)
     other = copy.deepcopy(model)
     other_optimizer = torch.optim.SGD(other.parameters(), **{k: v for k, v in optimizer.defaults.items()})
-    captured.start_momentum(other_optimizer)
+    cuda_graph.start_momentum(other_optimizer)
     assert all("momentum_buffer" in other_optimizer.state[p] for p in other.parameters())
     for _ in range(2):
         sgd_step(model, optimizer, images, labels)
@@ -57,7 +57,7 @@ def test_the_lr_read_from_a_tensor_is_the_schedules_and_the_numbers_come_back():
     other_optimizer.state.clear()
     sgd_step(model, optimizer, images, labels)
     lr = torch.tensor(0.1)
-    with captured.lrs_on_device(other_optimizer, [lr]):
+    with cuda_graph.lrs_on_device(other_optimizer, [lr]):
         assert other_optimizer.param_groups[0]["lr"] is lr
         sgd_step(other, other_optimizer, images, labels)
     assert other_optimizer.param_groups[0]["lr"] == 0.1 and isinstance(other_optimizer.param_groups[0]["lr"], float)
@@ -67,14 +67,14 @@ def test_the_lr_read_from_a_tensor_is_the_schedules_and_the_numbers_come_back():
 
 def test_the_warm_up_is_undone_in_the_same_tensors():
     model, optimizer, images, labels = tiny()
-    captured.start_momentum(optimizer)
+    cuda_graph.start_momentum(optimizer)
     sgd_step(model, optimizer, images, labels)  # momentum buffers that are not zero
     tensors = {**model.state_dict(), **{str(i): s["momentum_buffer"] for i, s in enumerate(optimizer.state.values())}}
     before = {key: (value.data_ptr(), value.clone()) for key, value in tensors.items()}
     random_before = torch.rand(1)
     torch.manual_seed(0)
     state = torch.get_rng_state()
-    with captured.untouched_in_place(model, optimizer):
+    with cuda_graph.untouched_in_place(model, optimizer):
         for _ in range(2):
             sgd_step(model, optimizer, images + torch.randn_like(images), labels)
     assert torch.equal(torch.get_rng_state(), state) and not torch.equal(torch.rand(1), random_before)
@@ -88,17 +88,17 @@ def test_the_warm_up_is_undone_in_the_same_tensors():
 def test_where_a_step_cannot_be_captured_the_reason_is_named():
     model, optimizer, _, _ = tiny(fused=True)
     cuda, cpu = StepSettings(device=CUDA), StepSettings(device=CPU)
-    assert captured.why_not_captured(optimizer, cuda, scaler=None, parallel=False) is None
-    assert "needs a CUDA device" in captured.why_not_captured(optimizer, cpu, None, False)
+    assert cuda_graph.why_not_captured(optimizer, cuda, scaler=None, parallel=False) is None
+    assert "needs a CUDA device" in cuda_graph.why_not_captured(optimizer, cpu, None, False)
     adam = torch.optim.Adam(model.parameters())
-    assert "not Adam" in captured.why_not_captured(adam, cuda, None, False)
+    assert "not Adam" in cuda_graph.why_not_captured(adam, cuda, None, False)
     unfused = tiny()[1]
-    assert "fused SGD" in captured.why_not_captured(unfused, cuda, None, False)
+    assert "fused SGD" in cuda_graph.why_not_captured(unfused, cuda, None, False)
     damped = tiny(fused=True, nesterov=False, dampening=0.1)[1]
-    assert "dampening" in captured.why_not_captured(damped, cuda, None, False)
-    assert "loss scaling" in captured.why_not_captured(optimizer, cuda, torch.amp.GradScaler("cpu"), False)
-    assert "torchrun" in captured.why_not_captured(optimizer, cuda, None, parallel=True)
-    assert "cycle_momentum" in captured.why_not_captured(optimizer, cuda, None, False, cycles_momentum=True)
+    assert "dampening" in cuda_graph.why_not_captured(damped, cuda, None, False)
+    assert "loss scaling" in cuda_graph.why_not_captured(optimizer, cuda, torch.amp.GradScaler("cpu"), False)
+    assert "torchrun" in cuda_graph.why_not_captured(optimizer, cuda, None, parallel=True)
+    assert "cycle_momentum" in cuda_graph.why_not_captured(optimizer, cuda, None, False, cycles_momentum=True)
 
 
 def test_cuda_graph_on_a_cpu_says_why_and_trains_eagerly(synthetic_root, tmp_path, caplog):
@@ -134,7 +134,7 @@ def test_the_captured_step_steps_like_the_eager_step(precision):
         model = model.to(memory_format=torch.channels_last)
         if graph:
             model.eval()  # the warm-up's evaluation leaves it so; the capture must train BatchNorm all the same
-        step = captured.CapturedStep(model, optimizer, settings, batch=8) if graph else None
+        step = cuda_graph.CapturedStep(model, optimizer, settings, batch=8) if graph else None
         generator = torch.Generator(device=CUDA).manual_seed(1)
         losses = []
         for lr in (0.05, 0.1, 0.2):

@@ -10,9 +10,10 @@ from hydra.errors import ConfigCompositionException, MissingConfigException
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from resnet9 import augment, build, schema
-from resnet9.errors import ConfigError
-from resnet9.model import ResNet9
+from resnet9.core.errors import ConfigError
+from resnet9.data import augment
+from resnet9.models.resnet9 import ResNet9
+from resnet9.training import build, schema
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 GROUPS = ("model", "augment", "optimizer", "scheduler", "logger", "data", "callbacks")
@@ -31,7 +32,7 @@ def test_defaults_are_the_mission():
     assert cfg.optimizer.lr == "auto" and cfg.scheduler.lr_min == "auto"
     assert cfg.model.width == 1.0 and cfg.augment.cutout == 8 and cfg.augment.pad == 4
     assert cfg.logger.mode == "offline"
-    assert cfg.scheduler._target_ == "resnet9.schedule.one_cycle"
+    assert cfg.scheduler._target_ == "resnet9.training.schedule.one_cycle"
 
 
 @pytest.mark.parametrize("group, option", OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
@@ -103,10 +104,14 @@ BAD = [
     (("lr_finder.seed=4294967296",), "lr_finder.seed must be less than or equal to 4294967295, got 4294967296"),
     (
         ("optimizer.lr=0.1", "scheduler.lr_min=0.01", "+scheduler.peak_epoch=2", "scheduler=cosine"),
-        "scheduler.peak_epoch is not an argument of resnet9.schedule.warmup_cosine(optimizer, lr_min, lr_max, epochs, ",
+        "scheduler.peak_epoch is not an argument of resnet9.training.schedule.warmup_cosine(optimizer, lr_min, "
+        "lr_max, epochs, ",
     ),
     (("optimizer=adamw", "+optimizer.depth=3"), "optimizer.depth is not an argument of torch.optim.AdamW(params, lr,"),
-    (("model._target_=resnet9.model.ResNet10",), "model._target_=resnet9.model.ResNet10: resnet9.model has no 'ResN"),
+    (
+        ("model._target_=resnet9.models.resnet9.ResNet10",),
+        "model._target_=resnet9.models.resnet9.ResNet10: resnet9.models.resnet9 has no 'ResN",
+    ),
     (("model._target_=mymodels.TinyNet",), "model._target_=mymodels.TinyNet cannot be imported (no module 'mymode"),
     (("data.mean=[0.5,0.5]",), "data.mean is not valid (list should have at least 3 items after validation, not 2)"),
 ]

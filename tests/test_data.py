@@ -8,15 +8,15 @@ import numpy as np
 import pytest
 from conftest import requires_real_data, synthetic_batch
 
-from resnet9 import data
-from resnet9.data import DataError
+from resnet9.data import datasets
+from resnet9.data.datasets import DataError
 
 
 def linked_copy(src_root: Path, dst_root: Path) -> Path:
     """dst_root/cifar-10-batches-py with symlinks to src's files; a test then replaces one of them."""
-    folder = dst_root / data.BATCHES_DIR
+    folder = dst_root / datasets.BATCHES_DIR
     folder.mkdir(parents=True)
-    for path in (src_root / data.BATCHES_DIR).iterdir():
+    for path in (src_root / datasets.BATCHES_DIR).iterdir():
         (folder / path.name).symlink_to(path)
     return folder
 
@@ -45,7 +45,7 @@ def assert_one_line(err: pytest.ExceptionInfo, *fragments: str) -> None:
 def test_real_staged_copy_loads_with_official_counts():
     from conftest import SHARED_CIFAR
 
-    cifar = data.load(SHARED_CIFAR, download=False)
+    cifar = datasets.load(SHARED_CIFAR, download=False)
     assert cifar.train_images.shape == (50_000, 32, 32, 3) and cifar.train_images.dtype == np.uint8
     assert cifar.test_images.shape == (10_000, 32, 32, 3)
     assert np.bincount(cifar.train_labels).tolist() == [5000] * 10
@@ -58,8 +58,8 @@ def test_real_staged_copy_loads_with_official_counts():
 
 
 def test_loads_rows_as_hwc_images(synthetic_root):
-    cifar = data.load(synthetic_root, download=False)
-    with open(synthetic_root / data.BATCHES_DIR / "test_batch", "rb") as f:
+    cifar = datasets.load(synthetic_root, download=False)
+    with open(synthetic_root / datasets.BATCHES_DIR / "test_batch", "rb") as f:
         raw = pickle.load(f, encoding="bytes")[b"data"]
     # Row layout: 1024 red, 1024 green, 1024 blue, each row-major 32x32.
     assert cifar.test_images[0, 0, 1, 0] == raw[0, 1]
@@ -68,26 +68,26 @@ def test_loads_rows_as_hwc_images(synthetic_root):
 
 
 def test_subsets_are_balanced_fixed_and_not_the_first_n(synthetic_root):
-    cifar = data.load(synthetic_root, download=False, limit_train=1000, limit_test=105)
+    cifar = datasets.load(synthetic_root, download=False, limit_train=1000, limit_test=105)
     assert np.bincount(cifar.train_labels).tolist() == [100] * 10
     assert np.bincount(cifar.test_labels).tolist() == [11] * 5 + [10] * 5
-    again = data.load(synthetic_root, download=False, limit_train=1000, limit_test=105)
+    again = datasets.load(synthetic_root, download=False, limit_train=1000, limit_test=105)
     assert np.array_equal(cifar.train_images, again.train_images)
     # The synthetic test set is sorted by class, like the staged one: the first 105 would be all class 0.
-    full = data.load(synthetic_root, download=False)
-    keep = data.balanced_subset(full.test_labels, 105)
+    full = datasets.load(synthetic_root, download=False)
+    keep = datasets.balanced_subset(full.test_labels, 105)
     assert np.all(np.diff(keep) > 0) and keep.max() > 9000
 
 
 def test_subset_size_is_checked():
     with pytest.raises(DataError, match="out of range"):
-        data.balanced_subset(np.repeat(np.arange(10), 5), 51)
+        datasets.balanced_subset(np.repeat(np.arange(10), 5), 51)
 
 
 def test_missing_folder_without_download_says_where_and_how(tmp_path):
     with pytest.raises(DataError) as err:
-        data.load(tmp_path / "nowhere", download=False)
-    assert_one_line(err, str(tmp_path / "nowhere" / data.BATCHES_DIR), "data.download=true")
+        datasets.load(tmp_path / "nowhere", download=False)
+    assert_one_line(err, str(tmp_path / "nowhere" / datasets.BATCHES_DIR), "data.download=true")
 
 
 def test_failed_download_gives_one_line_and_leaves_no_folder_behind(tmp_path, monkeypatch):
@@ -99,7 +99,7 @@ def test_failed_download_gives_one_line_and_leaves_no_folder_behind(tmp_path, mo
 
     monkeypatch.setattr(tv_utils, "download_and_extract_archive", offline)
     with pytest.raises(DataError) as err:
-        data.load(tmp_path / "new" / "data", download=True)
+        datasets.load(tmp_path / "new" / "data", download=True)
     assert_one_line(err, "download failed", "name resolution", "cifar-10-python.tar.gz", 'ARGS="data.root=<folder>"')
     assert list(tmp_path.iterdir()) == []  # the folders the attempt created are gone again
 
@@ -110,8 +110,8 @@ def test_a_folder_we_may_not_read_is_one_line(tmp_path, monkeypatch):
 
     monkeypatch.setattr(Path, "is_dir", refused)
     with pytest.raises(DataError) as err:
-        data.load(tmp_path, download=False)
-    assert_one_line(err, f"cannot read {tmp_path / data.BATCHES_DIR} (Permission denied)", "data.root")
+        datasets.load(tmp_path, download=False)
+    assert_one_line(err, f"cannot read {tmp_path / datasets.BATCHES_DIR} (Permission denied)", "data.root")
 
 
 class RunsCode:
@@ -129,7 +129,7 @@ def test_a_batch_that_names_code_is_refused_before_anything_runs(synthetic_root,
     marker = tmp_path / "ran"
     replace_batch(folder, "data_batch_1", pickle.dumps({b"data": RunsCode(marker), b"labels": [0]}, protocol=2))
     with pytest.raises(DataError) as err:
-        data.load(tmp_path / "copy", download=False)
+        datasets.load(tmp_path / "copy", download=False)
     assert_one_line(err, "batch refused", "posix.mkdir", "re-stage")
     assert not marker.exists()
 
@@ -150,7 +150,7 @@ def test_corrupt_batches_give_one_line_naming_the_file(synthetic_root, tmp_path,
     folder = linked_copy(synthetic_root, tmp_path)
     replace_batch(folder, "data_batch_3", content)
     with pytest.raises(DataError) as err:
-        data.load(tmp_path, download=False)
+        datasets.load(tmp_path, download=False)
     assert_one_line(err, str(folder / "data_batch_3"), fragment, "re-stage")
 
 
@@ -158,7 +158,7 @@ def test_missing_batch_is_named(synthetic_root, tmp_path):
     folder = linked_copy(synthetic_root, tmp_path)
     (folder / "test_batch").unlink()
     with pytest.raises(DataError) as err:
-        data.load(tmp_path, download=False)
+        datasets.load(tmp_path, download=False)
     assert_one_line(err, "batch missing", str(folder / "test_batch"))
 
 
@@ -167,14 +167,14 @@ def test_wrong_class_counts_are_refused(synthetic_root, tmp_path):
     labels = np.zeros(10000, dtype=np.int64)  # a test set of one class
     replace_batch(folder, "test_batch", pickle.dumps(synthetic_batch(labels, np.random.default_rng(0)), protocol=2))
     with pytest.raises(DataError) as err:
-        data.load(tmp_path, download=False)
+        datasets.load(tmp_path, download=False)
     assert_one_line(err, "test set", "[10000, 0, 0", "expected 1000 each")
 
 
 def write_synthetic_cifar100(root: Path, seed: int = 0) -> Path:
     """CIFAR-100's official layout (train, test, meta; 100 fine labels), each class a colour plus noise."""
     rng = np.random.default_rng(seed)
-    folder = root / data.CIFAR100.folder
+    folder = root / datasets.CIFAR100.folder
     folder.mkdir(parents=True, exist_ok=True)
     colours = rng.integers(0, 256, (100, 3)).astype(np.int16)
     for name, per_class in (("train", 500), ("test", 100)):
@@ -195,26 +195,26 @@ def cifar100_root(tmp_path_factory) -> Path:
 
 
 def test_cifar100_loads_its_fine_labels_and_names_and_subsets_by_class(cifar100_root):
-    full = data.cifar100(cifar100_root, download=False)
+    full = datasets.cifar100(cifar100_root, download=False)
     assert full.train_images.shape == (50_000, 32, 32, 3) and full.test_images.shape == (10_000, 32, 32, 3)
     assert np.bincount(full.train_labels).tolist() == [500] * 100 and full.classes[7] == "kind7"
-    subset = data.cifar100(cifar100_root, download=False, limit_train=1000, limit_test=250)
+    subset = datasets.cifar100(cifar100_root, download=False, limit_train=1000, limit_test=250)
     assert np.bincount(subset.train_labels).tolist() == [10] * 100
     assert np.bincount(subset.test_labels, minlength=100).tolist() == [3] * 50 + [2] * 50
 
 
 def test_a_damaged_cifar100_is_one_line(cifar100_root, tmp_path):
-    folder = linked_copy_of(cifar100_root / data.CIFAR100.folder, tmp_path / data.CIFAR100.folder)
+    folder = linked_copy_of(cifar100_root / datasets.CIFAR100.folder, tmp_path / datasets.CIFAR100.folder)
     replace_batch(folder, "meta", pickle.dumps({b"fine_label_names": [b"x"] * 3}, protocol=2))
     with pytest.raises(DataError) as err:
-        data.cifar100(tmp_path, download=False)
+        datasets.cifar100(tmp_path, download=False)
     assert_one_line(err, "CIFAR-100 meta malformed", "holds no list of 100 fine label names")
     replace_batch(folder, "test", pickle.dumps({b"labels": [0], b"data": np.zeros((1, 3072), np.uint8)}, protocol=2))
     with pytest.raises(DataError) as err:
-        data.cifar100(tmp_path, download=False)
+        datasets.cifar100(tmp_path, download=False)
     assert_one_line(err, "CIFAR-100 batch malformed", "no b'data'/b'fine_labels' entries", "cifar-100-python.tar.gz")
     with pytest.raises(DataError) as err:
-        data.cifar100(tmp_path / "elsewhere", download=False)
+        datasets.cifar100(tmp_path / "elsewhere", download=False)
     assert_one_line(err, "CIFAR-100 not found: no folder", "cifar-100-python")
 
 

@@ -17,9 +17,10 @@ from ddp_worker import GLOBAL_BATCH, LR, synthetic_images
 from hydra import compose, initialize_config_dir
 from test_resume import assert_same_run, metrics
 
-from resnet9 import augment, schema
-from resnet9.errors import ConfigError
-from resnet9.model import ResNet9
+from resnet9.core.errors import ConfigError
+from resnet9.data import augment
+from resnet9.models.resnet9 import ResNet9
+from resnet9.training import schema
 
 WORKER = REPO / "tests" / "ddp_worker.py"
 

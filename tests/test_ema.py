@@ -4,8 +4,8 @@ import torch
 import torch.nn.functional as F
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from resnet9.ema import WeightEMA
-from resnet9.model import ResNet9
+from resnet9.models.resnet9 import ResNet9
+from resnet9.training.ema import WeightEMA
 
 
 def steps(model, optimizer, count):

@@ -6,7 +6,7 @@ from conftest import REPO
 from hydra import compose, initialize_config_dir
 from PIL import Image
 
-from resnet9.errors import UsageError
+from resnet9.core.errors import UsageError
 from resnet9.evaluate import evaluate_checkpoint
 
 

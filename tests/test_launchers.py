@@ -42,3 +42,19 @@ def test_joblib_runs_jobs_in_parallel_and_matches_the_basic_launcher_at_equal_th
     assert [m["status"] for m in joblib_runs] == ["completed", "completed"]
     accuracies = [[[row["test_acc"] for row in m["epochs"]] for m in runs] for runs in (joblib_runs, basic_runs)]
     assert accuracies[0] == accuracies[1]
+
+
+def test_the_trainers_functions_pickle_by_value_as_submitit_and_joblib_send_them():
+    """Launchers in other processes pickle resnet9.train's functions by value (it runs as __main__); cloudpickle
+    then takes along every loaded submodule of a module the function uses whose name is also an attribute the
+    function reads (`torch.classes` for `.classes`, `torch.distributed` for `.distributed`), and some of those
+    cannot be pickled."""
+    import runpy
+
+    import cloudpickle
+    from conftest import REPO
+
+    trainer = runpy.run_path(str(REPO / "resnet9" / "train.py"), run_name="launched")
+    for value in trainer.values():
+        if callable(value) and getattr(value, "__module__", None) == "launched":
+            cloudpickle.dumps(value)  # raises TypeError where a function cannot travel

@@ -8,16 +8,18 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from PIL import Image
 
-from resnet9 import augment, build, data, lr_find, plots
-from resnet9.errors import UsageError
-from resnet9.model import ResNet9
+from resnet9.analysis import plots
+from resnet9.core.errors import UsageError
+from resnet9.data import augment, datasets
+from resnet9.models.resnet9 import ResNet9
+from resnet9.training import build, lr_finder
 
 CONF = str(Path(__file__).resolve().parents[1] / "conf")
 
 
 @pytest.fixture(scope="module")
 def small_data(synthetic_root):
-    return data.load(synthetic_root, download=False, limit_train=400)
+    return datasets.load(synthetic_root, download=False, limit_train=400)
 
 
 @pytest.fixture
@@ -43,16 +45,18 @@ def test_range_test_restores_the_model_it_trained(small_setup):
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr_finder.start_lr, momentum=0.9)
     spec = augment.Augmentation(engine="device")
     loader = spec.train_loader(cifar.train_images, cifar.train_labels, 40, torch.device("cpu"), seed=0)
-    found = lr_find.run_range_test(model, optimizer, loader, torch.device("cpu"), cfg.lr_finder)
+    found = lr_finder.run_range_test(model, optimizer, loader, torch.device("cpu"), cfg.lr_finder)
     assert len(found.history["lr"]) > 20 and 0 < found.lr_min < found.lr_max
     after = model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)  # weights and BN statistics untouched
 
 
-def find(cfg, cifar, out_dir: Path) -> lr_find.LRRange:
+def find(cfg, cifar, out_dir: Path) -> lr_finder.LRRange:
     """The range test as the trainer runs it: the config's probe, on the CPU."""
     settings = build.step_settings(cfg, torch.device("cpu"))
-    return lr_find.find_lr_range(cfg.lr_finder, build.range_test_probe(cfg, cifar, settings), settings.device, out_dir)
+    return lr_finder.find_lr_range(
+        cfg.lr_finder, build.range_test_probe(cfg, cifar, settings), settings.device, out_dir
+    )
 
 
 def test_range_test_on_small_data_writes_plot_and_json(small_setup, tmp_path):
@@ -79,7 +83,7 @@ def test_second_identical_test_comes_from_the_cache(small_setup, tmp_path, monke
     def must_not_run(*args, **kwargs):
         raise AssertionError("the range test ran again instead of using the cache")
 
-    monkeypatch.setattr(lr_find, "run_range_test", must_not_run)
+    monkeypatch.setattr(lr_finder, "run_range_test", must_not_run)
     cfg.optimizer.lr = 0.05  # the LRs to be derived are not part of the key...
     cfg.lr_finder.scale = 2.0  # ...nor is the scale applied afterwards...
     cfg.seed = 7  # ...nor the run's seed: all seeds of a sweep share one test
@@ -129,7 +133,7 @@ def test_a_cache_folder_that_is_a_file_is_refused_before_the_test(small_setup, t
     cfg, cifar = small_setup
     (tmp_path / "cachefile").write_text("not a folder")
     cfg.lr_finder.cache_dir = str(tmp_path / "cachefile" / "lr_find")  # RESNET9_CACHE=<a file>
-    monkeypatch.setattr(lr_find, "run_range_test", lambda *a, **k: pytest.fail("the test ran before the refusal"))
+    monkeypatch.setattr(lr_finder, "run_range_test", lambda *a, **k: pytest.fail("the test ran before the refusal"))
     with pytest.raises(UsageError, match=r"cachefile is a file; point RESNET9_CACHE or lr_finder.cache_dir at a"):
         find(cfg, cifar, tmp_path / "a")
     assert (tmp_path / "cachefile").read_text() == "not a folder"
@@ -151,7 +155,7 @@ def test_a_cache_behind_a_folder_we_may_not_search_costs_a_warning_not_the_run(
         return real_exists(path, *args, **kwargs)
 
     monkeypatch.setattr(Path, "exists", exists)
-    monkeypatch.setattr(lr_find.tempfile, "mkdtemp", lambda **kw: (_ for _ in ()).throw(PermissionError(13, "no")))
+    monkeypatch.setattr(lr_finder.tempfile, "mkdtemp", lambda **kw: (_ for _ in ()).throw(PermissionError(13, "no")))
     found = find(cfg, cifar, tmp_path / "a")
     assert 0 < found.lr_min < found.lr_max and "cannot cache the curve" in caplog.text
 
@@ -164,7 +168,7 @@ def test_a_cache_that_cannot_be_written_costs_a_warning_not_the_run(small_setup,
     def disk_full(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(lr_find.tempfile, "mkdtemp", disk_full)
+    monkeypatch.setattr(lr_finder.tempfile, "mkdtemp", disk_full)
     found = find(cfg, cifar, tmp_path / "a")
     assert 0 < found.lr_min < found.lr_max and (tmp_path / "a" / "lr_finder.json").is_file()
     assert "cannot cache the curve" in caplog.text and "No space left" in caplog.text

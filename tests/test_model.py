@@ -2,7 +2,7 @@ import pytest
 import torch
 from torch import nn
 
-from resnet9.model import ResNet9, count_parameters
+from resnet9.models.resnet9 import ResNet9, count_parameters
 
 
 def test_exact_network_has_6_573_130_parameters():

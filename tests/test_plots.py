@@ -3,7 +3,7 @@
 import threading
 from pathlib import Path
 
-from resnet9 import plots
+from resnet9.analysis import plots
 
 
 def test_waiting_for_one_figure_leaves_later_ones_drawing(tmp_path):

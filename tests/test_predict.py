@@ -5,16 +5,17 @@ import pytest
 import torch
 from PIL import Image
 
-from resnet9 import build, data
-from resnet9.augment import DeviceLoader
-from resnet9.errors import UsageError
-from resnet9.loop import StepSettings, predict
+from resnet9.core.errors import UsageError
+from resnet9.data import datasets
+from resnet9.data.augment import DeviceLoader
 from resnet9.predict import load_image, main
+from resnet9.training import build
+from resnet9.training.loop import StepSettings, predict
 
 
 @pytest.fixture
 def images(tmp_path, synthetic_root):
-    cifar = data.load(synthetic_root, download=False, limit_test=20)
+    cifar = datasets.load(synthetic_root, download=False, limit_test=20)
     folder = tmp_path / "images"
     folder.mkdir()
     Image.fromarray(cifar.test_images[0]).save(folder / "a_test_image.png")
@@ -42,7 +43,7 @@ def test_probabilities_sum_to_one_and_match_the_test_pipeline(capsys, trained_ru
     assert [row["path"].rsplit("/", 1)[1] for row in rows] == ["a_test_image.png", "b_large.jpg"]
     for row in rows:
         assert sum(row["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
-        assert list(row["probabilities"]) == list(data.CLASSES)
+        assert list(row["probabilities"]) == list(datasets.CLASSES)
     assert rows[0]["note"] is None and rows[1]["note"] == "resized from 64x48 to 32x32"
     # The PNG of a test image gets the probabilities the evaluation pipeline gives that image.
     model, _ = build.trained_model(trained_run / "last.pt", torch.device("cpu"))

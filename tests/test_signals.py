@@ -1,12 +1,12 @@
-"""SIGTERM/SIGINT: every part of a run installs its handler through resnet9/signals.py and gives back the
+"""SIGTERM/SIGINT: every part of a run installs its handler through resnet9/core/signals.py and gives back the
 process's own handlers when it ends, however it ends."""
 
 import signal
 
 import pytest
 
-from resnet9 import signals
-from resnet9.listeners import SignalStop, job_record
+from resnet9.core import signals
+from resnet9.training.listeners import SignalStop, job_record
 
 
 def own_handler(signum, frame):  # the handlers a process had before resnet9 ran in it

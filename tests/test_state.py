@@ -19,10 +19,11 @@ from recorded_runs import assert_as_recorded, recorded_command, same_machine_kin
 from test_resume import env, metrics, start_and_wait_for_first_epoch
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from resnet9 import augment, build, data
-from resnet9.errors import UsageError
-from resnet9.loop import EpochProgress, StopFlag, StopRequested, train_one_epoch
-from resnet9.state import CHECKPOINT_FORMAT, RunRecord, TrainState, read_resumable
+from resnet9.core.errors import UsageError
+from resnet9.data import augment, datasets
+from resnet9.training import build
+from resnet9.training.loop import EpochProgress, StopFlag, StopRequested, train_one_epoch
+from resnet9.training.state import CHECKPOINT_FORMAT, RunRecord, TrainState, read_resumable
 
 CPU = torch.device("cpu")
 
@@ -166,7 +167,7 @@ def small_config(root: Path, engine: str):
         )  # fmt: skip
 
 
-def new_state(cfg, cifar: data.ImageData, init_seed: int) -> TrainState:
+def new_state(cfg, cifar: datasets.ImageData, init_seed: int) -> TrainState:
     settings = build.step_settings(cfg, CPU)
     build.seed_everything(init_seed)
     model = build.model(cfg.model, settings)
@@ -257,7 +258,7 @@ def test_albumentations_engine_stopped_mid_epoch_resumes_to_the_recorded_numbers
 
 
 def test_the_background_writer_keeps_order_copies_what_it_writes_and_stops_after_a_failure(tmp_path):
-    from resnet9 import files
+    from resnet9.core import files
 
     writer = files.BackgroundWriter()
     weights = {"w": torch.zeros(3)}
@@ -278,7 +279,7 @@ def test_the_background_writer_keeps_order_copies_what_it_writes_and_stops_after
 def test_a_file_system_that_cannot_fsync_still_gets_its_files_but_a_failing_disk_stops_the_run(
     tmp_path, monkeypatch, answer, written
 ):
-    from resnet9 import files
+    from resnet9.core import files
 
     def fsync(fd: int) -> None:
         raise OSError(answer, os.strerror(answer))
@@ -294,8 +295,8 @@ def test_a_file_system_that_cannot_fsync_still_gets_its_files_but_a_failing_disk
 
 
 def test_a_stop_after_a_divergence_keeps_the_last_good_checkpoint(synthetic_root, tmp_path):
-    from resnet9 import files
-    from resnet9.listeners import CheckpointWriter
+    from resnet9.core import files
+    from resnet9.training.listeners import CheckpointWriter
 
     cfg = small_config(synthetic_root, "device")
     state = new_state(cfg, build.dataset(cfg.data), init_seed=0)
@@ -324,8 +325,8 @@ def test_a_stop_after_a_divergence_keeps_the_last_good_checkpoint(synthetic_root
 
 def test_a_run_that_starts_over_removes_the_earlier_runs_checkpoint_and_a_resumed_one_keeps_it(tmp_path):
     """resume=false: a plain rerun must not find the earlier run's last.pt should this run end before its own."""
-    from resnet9 import files
-    from resnet9.listeners import CheckpointWriter
+    from resnet9.core import files
+    from resnet9.training.listeners import CheckpointWriter
 
     last = tmp_path / "last.pt"
     writer = CheckpointWriter(last, {}, files.BackgroundWriter())

@@ -1,7 +1,7 @@
 import torch
 
-from resnet9.model import ResNet9
-from resnet9.summary import describe
+from resnet9.analysis.model_table import describe
+from resnet9.models.resnet9 import ResNet9
 
 
 def test_table_shows_layers_shapes_and_the_exact_parameter_count():

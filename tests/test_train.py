@@ -14,8 +14,8 @@ from hydra import compose, initialize_config_dir
 from PIL import Image
 from wandb_records import read_run
 
-from resnet9 import jobcache
-from resnet9.model import ResNet9
+from resnet9.core import jobcache
+from resnet9.models.resnet9 import ResNet9
 from resnet9.train import train
 
 CONF = str(Path(__file__).resolve().parents[1] / "conf")

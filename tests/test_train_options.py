@@ -12,13 +12,15 @@ import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
 from torch import nn
 
-from resnet9 import augment, build, data, jobcache, schema
-from resnet9.errors import TrainingDiverged
-from resnet9.listeners import ConsoleLog, TrackerLog
-from resnet9.loop import StepSettings, evaluate, train_one_epoch
-from resnet9.model import ResNet9
-from resnet9.state import RunRecord
+from resnet9.core import jobcache
+from resnet9.core.errors import TrainingDiverged
+from resnet9.data import augment, datasets
+from resnet9.models.resnet9 import ResNet9
 from resnet9.train import train
+from resnet9.training import build, schema
+from resnet9.training.listeners import ConsoleLog, TrackerLog
+from resnet9.training.loop import StepSettings, evaluate, train_one_epoch
+from resnet9.training.state import RunRecord
 
 CONF = str(Path(__file__).resolve().parents[1] / "conf")
 CPU = torch.device("cpu")
@@ -112,7 +114,7 @@ def test_ema_evaluates_the_average_of_the_final_epochs(synthetic_root, tmp_path)
     # The checkpoint holds the averaged weights that were evaluated: reloaded, they give the same accuracy.
     model = ResNet9(width=0.125)
     model.load_state_dict(torch.load(tmp_path / "last.pt", weights_only=False)["model"])
-    cifar = data.load(synthetic_root, download=False, limit_test=100)
+    cifar = datasets.load(synthetic_root, download=False, limit_test=100)
     loader = augment.DeviceLoader(cifar.test_images, cifar.test_labels, 50, CPU, train=False)
     _, accuracy = evaluate(model, loader, StepSettings(device=CPU))
     assert accuracy == metrics["final_test_acc"]
@@ -141,7 +143,7 @@ def test_options_compose_into_a_run_and_compile_really_compiles(synthetic_root, 
 
 def test_a_reused_model_is_initialised_exactly_like_a_new_one():
     settings = StepSettings(device=CPU)
-    model_cfg = {"_target_": "resnet9.model.ResNet9", "num_classes": 10, "width": 0.125, "logit_scale": 0.125}
+    model_cfg = {"_target_": "resnet9.models.resnet9.ResNet9", "num_classes": 10, "width": 0.125, "logit_scale": 0.125}
     jobcache.shared.clear()
     first = build.model(model_cfg, settings, reuse=True)
     F.cross_entropy(first(torch.randn(4, 3, 32, 32)), torch.arange(4)).backward()  # a job trains it...
@@ -216,7 +218,7 @@ def test_an_interrupted_wandb_run_is_marked_preempted_not_just_failed(tmp_path):
     from test_train import wandb_run_files
     from wandb_records import read_finished_run
 
-    from resnet9.tracking import WandbTracker
+    from resnet9.training.tracking import WandbTracker
 
     for name, preempted in (("stopped", True), ("failed", False)):
         tracker = WandbTracker(project="resnet9", mode="offline", config={}, dir=tmp_path / name, name=name)
@@ -231,7 +233,7 @@ def test_wandb_lists_the_installed_packages_once_per_process_and_every_run_keeps
 
     import wandb
 
-    from resnet9.tracking import WandbTracker
+    from resnet9.training.tracking import WandbTracker
 
     listing = wandb.util.working_set
     monkeypatch.setattr(wandb.util, "working_set", getattr(listing, "original", listing))  # as if first in process

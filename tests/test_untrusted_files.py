@@ -20,8 +20,9 @@ from PIL import Image
 from test_data import linked_copy, replace_batch
 from test_train import small_run
 
-from resnet9 import data, predict, report
-from resnet9.errors import UsageError
+from resnet9 import predict, report
+from resnet9.core.errors import UsageError
+from resnet9.data import datasets
 from resnet9.train import train
 
 
@@ -41,7 +42,7 @@ def wrong_types_pickled() -> list[bytes]:
 
 def wrong_types_torch() -> list[bytes]:
     cases = []
-    wide = {"_target_": "resnet9.model.ResNet9", "width": 1e6}  # would ask the allocator for 2.9e17 bytes
+    wide = {"_target_": "resnet9.models.resnet9.ResNet9", "width": 1e6}  # would ask the allocator for 2.9e17 bytes
     for value in ({}, [1, 2], {"model": 3, "config": "x"}, {"model": {}, "config": {"model": {"width": "wide"}}},
                   {"model": {}, "config": {"model": wide}}):  # fmt: skip
         buffer = io.BytesIO()
@@ -75,11 +76,11 @@ def assert_one_line_exit(capsys, call, *fragments: str) -> None:
 
 def test_data_batches(synthetic_root, tmp_path, quiet_folder):
     folder = linked_copy(synthetic_root, tmp_path / "copy")
-    original = (synthetic_root / data.BATCHES_DIR / "data_batch_1").read_bytes()  # the first read
+    original = (synthetic_root / datasets.BATCHES_DIR / "data_batch_1").read_bytes()  # the first read
     for i, content in enumerate([*fuzzed(original[:4096], seed=1), *wrong_types_pickled()]):
         replace_batch(folder, "data_batch_1", content)
-        with pytest.raises(data.DataError) as err:
-            data.load(tmp_path / "copy", download=False)
+        with pytest.raises(datasets.DataError) as err:
+            datasets.load(tmp_path / "copy", download=False)
         message = str(err.value)
         assert "\n" not in message and str(folder / "data_batch_1") in message, (i, message)
     assert files_in(quiet_folder) == set()

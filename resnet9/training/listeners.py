@@ -23,11 +23,13 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from resnet9 import distributed, files, jobcache, lr_find, plots, signals, summary
-from resnet9.data import NUM_CLASSES
-from resnet9.errors import UsageError
-from resnet9.loop import EpochResult, StopFlag, StopRequested
-from resnet9.state import TrainState
+from resnet9.analysis import model_table, plots
+from resnet9.core import files, jobcache, signals
+from resnet9.core.errors import UsageError
+from resnet9.data.datasets import NUM_CLASSES
+from resnet9.training import distributed, lr_finder
+from resnet9.training.loop import EpochResult, StopFlag, StopRequested
+from resnet9.training.state import TrainState
 
 log = logging.getLogger("resnet9.train")
 LONG_ON_A_CPU = 200_000  # images to train on (all epochs) above which a CPU run is worth a word
@@ -215,7 +217,7 @@ class RunFiles(Listener):
         self.out_dir, self.model_cfg = out_dir, model_cfg
 
     def on_run_start(self, state: TrainState) -> None:
-        text = jobcache.shared.get("summary", self.model_cfg, lambda: summary.describe(state.model))
+        text = jobcache.shared.get("summary", self.model_cfg, lambda: model_table.describe(state.model))
         (self.out_dir / "model_summary.txt").write_text(text + "\n")
 
     def on_run_end(self, state: TrainState, status: str) -> None:
@@ -259,7 +261,7 @@ class TrackerLog(Listener):
         derived = {key: state.record[key] for key in ("lr_min", "lr_max", "lr_source")}
         self.tracker = self.start_tracker(state.record.get("tracker_run_id"), derived)
         state.record.update(tracker_run_id=getattr(self.tracker, "run_id", None))
-        curve = self.out_dir / lr_find.JSON_NAME
+        curve = self.out_dir / lr_finder.JSON_NAME
         if curve.is_file() and not state.record["epochs"]:  # a resumed run logged it already
             history = json.loads(curve.read_text())["history"]
             rows = [{"lr": lr, "loss": loss} for lr, loss in zip(history["lr"], history["loss"], strict=True)]
@@ -275,10 +277,10 @@ class TrackerLog(Listener):
         if self.tracker is None:
             return
         if status == "completed":
-            plots.wait_for_figures(self.out_dir / lr_find.PLOT_NAME)  # drawn on the figure thread
-            if (self.out_dir / lr_find.PLOT_NAME).is_file():
+            plots.wait_for_figures(self.out_dir / lr_finder.PLOT_NAME)  # drawn on the figure thread
+            if (self.out_dir / lr_finder.PLOT_NAME).is_file():
                 self.tracker.log_images(
-                    {"lr_finder": self.out_dir / lr_find.PLOT_NAME}, len(state.record["lr_per_step"]) - 1
+                    {"lr_finder": self.out_dir / lr_finder.PLOT_NAME}, len(state.record["lr_per_step"]) - 1
                 )
             self.tracker.summary({key: state.record[key] for key in self.SUMMARY})
             if (self.out_dir / "last.pt").is_file():

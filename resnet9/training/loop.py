@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.optim.swa_utils import AveragedModel
 
-from resnet9.errors import TrainingDiverged
+from resnet9.core.errors import TrainingDiverged
 
 # A DataLoader (albumentations engine) or an augment.DeviceLoader: both yield (images, labels) batches.
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]

@@ -32,7 +32,7 @@ import torch.distributed as dist
 from omegaconf import OmegaConf
 from torch import nn
 
-from resnet9.loop import EpochProgress
+from resnet9.training.loop import EpochProgress
 
 # Rank 0's range test (≈ 10 min at full width on a small CPU) and its evaluations keep the others waiting
 # in a collective; torchrun ends the whole job if any process dies, so a long timeout never hides a crash.

@@ -5,7 +5,7 @@ A callback is any object with some of the hooks below, built from a `_target_` i
 given, before it records anything, so what a callback adds to an epoch's `row` lands in metrics.json, W&B and
 the console line:
 
-    on_run_start(state)                 state: resnet9.state.TrainState (model, optimizer, scheduler, record)
+    on_run_start(state)                 state: resnet9.training.state.TrainState (model, optimizer, scheduler, record)
     on_epoch_end(state, row, result)    row: the epoch's numbers (a dict: add your own keys)
     on_stop(state)                      a SIGTERM/SIGINT stop, before last.pt is written
     on_run_end(state, status)           status: completed, interrupted or failed
@@ -19,9 +19,9 @@ from typing import Any
 
 import torch
 
-from resnet9.listeners import Listener as Callback
-from resnet9.loop import EpochResult
-from resnet9.state import TrainState
+from resnet9.training.listeners import Listener as Callback
+from resnet9.training.loop import EpochResult
+from resnet9.training.state import TrainState
 
 __all__ = ["Callback", "WeightNorm"]
 

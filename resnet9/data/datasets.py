@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from resnet9.errors import DataError
+from resnet9.core.errors import DataError
 
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 TRAIN_SIZE, TEST_SIZE = 50_000, 10_000  # both CIFAR sets

@@ -17,7 +17,7 @@ from typing import Any
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
-from resnet9.errors import UsageError
+from resnet9.core.errors import UsageError
 
 FILE = "sweep.json"
 SEED = "seed"  # averaged over: never part of a setting

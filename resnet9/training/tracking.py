@@ -19,8 +19,8 @@ from typing import Any, Protocol
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 
-from resnet9 import sweep
-from resnet9.errors import UsageError
+from resnet9.core.errors import UsageError
+from resnet9.training import sweep
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +33,7 @@ def code_version() -> dict[str, Any]:
         found: dict[str, Any] = {"package": importlib.metadata.version("resnet9")}
     except importlib.metadata.PackageNotFoundError:
         found = {"package": None}
-    checkout = Path(__file__).resolve().parents[1]
+    checkout = Path(__file__).resolve().parents[2]
     git = ["git", "-C", str(checkout)]
     try:
         commit = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)

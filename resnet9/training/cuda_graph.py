@@ -31,8 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from resnet9.loop import StepSettings
-from resnet9.state import capture_rng, restore_rng
+from resnet9.training.loop import StepSettings
+from resnet9.training.state import capture_rng, restore_rng
 
 log = logging.getLogger("resnet9")
 

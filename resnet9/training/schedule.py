@@ -21,7 +21,7 @@ import numpy as np
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR, OneCycleLR
 
-from resnet9.errors import ConfigError
+from resnet9.core.errors import ConfigError
 
 PEAK_SHARE = 5 / 24  # the mission's peak: the end of epoch 5 of 24
 

@@ -25,9 +25,9 @@ from omegaconf.errors import InterpolationResolutionError
 from pydantic import BaseModel, ConfigDict, Field, PlainValidator, ValidationError, ValidationInfo, model_validator
 from pydantic_core import PydanticCustomError, PydanticUndefined
 
-from resnet9 import targets
-from resnet9.data import TEST_SIZE
-from resnet9.errors import ConfigError
+from resnet9.core.errors import ConfigError
+from resnet9.data.datasets import TEST_SIZE
+from resnet9.training import targets
 
 AUTO = "auto"
 
@@ -126,7 +126,7 @@ class LoggerConfig(Option):
 class WandbConfig(Section):
     """A W&B logger section read back from a job's metrics.json (untrusted): only the project's own tracker."""
 
-    target: Literal["resnet9.tracking.WandbTracker"] = Field(alias="_target_")
+    target: Literal["resnet9.training.tracking.WandbTracker"] = Field(alias="_target_")
     partial: Literal[True] = Field(alias="_partial_")
     project: str
     entity: str | None
@@ -138,7 +138,7 @@ class WandbConfig(Section):
 
 
 class NoLoggerConfig(Section):
-    target: Literal["resnet9.tracking.NullTracker"] = Field(alias="_target_")
+    target: Literal["resnet9.training.tracking.NullTracker"] = Field(alias="_target_")
     partial: Literal[True] = Field(alias="_partial_")
 
 
@@ -320,6 +320,7 @@ def validate_model(values: Any, config_dirs: list[str], fix: str) -> ModelConfig
     name (nothing else is imported), with keys its signature takes."""
     if not isinstance(values, dict):
         raise ConfigError(f"model must be a mapping of settings, got {type(values).__name__}; e.g. model.width=1.0")
+    values = targets.current_names(values)
     targets.check_permitted({"model": values}, targets.permitted(config_dirs), fix)
     checked = _validated(ModelConfig, values, {}, prefix="model.")
     targets.check_callables({"model": values}, ["model"])
@@ -328,7 +329,11 @@ def validate_model(values: Any, config_dirs: list[str], fix: str) -> ModelConfig
 
 def validate_logger(values: Any) -> WandbConfig | NoLoggerConfig:
     """A logger section from elsewhere (a job's metrics.json): only the project's own trackers."""
-    loggers = {"resnet9.tracking.WandbTracker": WandbConfig, "resnet9.tracking.NullTracker": NoLoggerConfig}
+    loggers = {
+        "resnet9.training.tracking.WandbTracker": WandbConfig,
+        "resnet9.training.tracking.NullTracker": NoLoggerConfig,
+    }
+    values = targets.current_names(values)
     target = values.get("_target_") if isinstance(values, dict) else None
     if target not in loggers:
         raise ConfigError(f"logger._target_ must be one of {', '.join(loggers)}, got {target!r}; e.g. logger=wandb")

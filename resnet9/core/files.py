@@ -21,7 +21,7 @@ import torch
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from resnet9.errors import UsageError, exit_with
+from resnet9.core.errors import UsageError, exit_with
 
 
 def _umask() -> int:

@@ -15,7 +15,7 @@ from pytorch_grad_cam.utils.image import show_cam_on_image
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import nn
 
-from resnet9 import augment
+from resnet9.data import augment
 
 
 def target_layer(model: nn.Module) -> str | None:

@@ -35,11 +35,11 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.optim.swa_utils import AveragedModel
 
-from resnet9 import schema
-from resnet9.errors import UsageError, in_multirun
-from resnet9.loop import EpochProgress
+from resnet9.core.errors import UsageError, in_multirun
+from resnet9.training import schema, targets
+from resnet9.training.loop import EpochProgress
 
-DEVICE_ENGINE = "resnet9.augment.Augmentation"  # runs on the training device unless engine=albumentations
+DEVICE_ENGINE = "resnet9.data.augment.Augmentation"  # runs on the training device unless engine=albumentations
 CHECKPOINT_FORMAT = 2  # 1: before the TrainState (no "format" key)
 
 # Settings that may differ between a run and its resumption: they change no result (the schema marks them, so
@@ -346,7 +346,7 @@ def _load(path: Path, fix: str, device: torch.device | str = "cpu") -> Any:
 
 
 def _comparable(config: dict[str, Any]) -> dict[str, Any]:
-    config = OmegaConf.to_container(OmegaConf.create(config), resolve=True)
+    config = targets.current_names(OmegaConf.to_container(OmegaConf.create(config), resolve=True))
     augment = config.get("augment") if isinstance(config.get("augment"), dict) else {}
     if augment.get("_target_") == DEVICE_ENGINE and augment.get("engine") != "albumentations":
         config.get("data", {}).pop("num_workers", None)

@@ -22,11 +22,13 @@ from hydra.utils import instantiate, to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from resnet9 import data, jobcache, schema, state, targets, tracking
-from resnet9.augment import Stats
-from resnet9.distributed import World
-from resnet9.errors import ConfigError, UsageError
-from resnet9.loop import Batches, StepSettings
+from resnet9.core import jobcache
+from resnet9.core.errors import ConfigError, UsageError
+from resnet9.data import datasets
+from resnet9.data.augment import Stats
+from resnet9.training import schema, state, targets, tracking
+from resnet9.training.distributed import World
+from resnet9.training.loop import Batches, StepSettings
 
 
 def built(node: DictConfig | dict, **kwargs: object) -> object:
@@ -112,7 +114,7 @@ def step_settings(cfg: DictConfig, on: torch.device) -> StepSettings:
     )
 
 
-def dataset(data_cfg: DictConfig) -> data.ImageData:
+def dataset(data_cfg: DictConfig) -> datasets.ImageData:
     """The data set of the `data` group's option (root relative to where the command was started), checked
     against the option's `num_classes`.
 
@@ -178,7 +180,7 @@ def compiled(module: nn.Module) -> nn.Module:
 
 
 def train_loader(
-    cfg: DictConfig, cifar: data.ImageData, settings: StepSettings, seed: int, world: World | None = None
+    cfg: DictConfig, cifar: datasets.ImageData, settings: StepSettings, seed: int, world: World | None = None
 ) -> Batches:
     """Augmented training batches of `batch_size` (this rank's slice under torchrun), drawn with `seed`."""
     world = world or World()
@@ -197,7 +199,7 @@ def train_loader(
     )
 
 
-def test_loader(cfg: DictConfig, cifar: data.ImageData, settings: StepSettings) -> Batches:
+def test_loader(cfg: DictConfig, cifar: datasets.ImageData, settings: StepSettings) -> Batches:
     """The test images in order, normalised only, in batches of `eval_batch_size`."""
     return built(cfg.augment).test_loader(
         cifar.test_images,
@@ -265,7 +267,7 @@ def trained_model(
 
 
 def callbacks(cfg: DictConfig) -> list:
-    """The `callbacks` group's objects, in the order the config names them (resnet9/callbacks.py)."""
+    """The `callbacks` group's objects, in the order the config names them (resnet9/training/callbacks.py)."""
     return [built(node) for node in (cfg.get("callbacks") or {}).values()]
 
 
@@ -282,7 +284,7 @@ class Probe:
     build: Callable[[], tuple[nn.Module, torch.optim.Optimizer, Batches]]
 
 
-def range_test_probe(cfg: DictConfig, cifar: data.ImageData, settings: StepSettings) -> Probe:
+def range_test_probe(cfg: DictConfig, cifar: datasets.ImageData, settings: StepSettings) -> Probe:
     """What the LR range test trains: a fresh model, optimizer and training loader, all seeded with
     `lr_finder.seed` (not the run's seed, and without touching the run's random state), and the description
     of exactly that setup which keys the range-test cache."""

@@ -24,9 +24,9 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from resnet9.errors import ConfigError
+from resnet9.core.errors import ConfigError
 
-# group -> the arguments the trainer passes to the group's callable when it builds it (resnet9/build.py).
+# group -> the arguments the trainer passes to the group's callable when it builds it (resnet9/training/build.py).
 SUPPLIED: dict[str, tuple[str, ...]] = {
     "optimizer": ("params", "lr"),  # partial: called with the model's parameters and LRMAX
     "scheduler": ("optimizer", "lr_min", "lr_max", "epochs", "steps_per_epoch"),  # partial, per-batch steps
@@ -37,7 +37,7 @@ CONSUMED: dict[str, tuple[str, ...]] = {
     "data": ("num_workers", "num_classes", "mean", "std"),
 }
 HYDRA_KEYS = ("_target_", "_partial_", "_convert_", "_recursive_", "_args_")
-PACKAGE_CONF = Path(__file__).resolve().parent / "conf"
+PACKAGE_CONF = Path(__file__).resolve().parents[1] / "conf"
 
 
 def locate(dotted: str, key: str) -> Any:
@@ -117,6 +117,27 @@ def _nested(node: dict, key: str) -> Iterator[tuple[str, dict]]:
             for i, item in enumerate(value):
                 if isinstance(item, dict) and "_target_" in item:
                     yield f"{key}.{name}[{i}]", item
+
+
+# The package's own targets as configs saved before its modules moved into folders name them (checkpoints,
+# metrics.json): read back under their current names.
+MOVED = {
+    "resnet9.model.ResNet9": "resnet9.models.resnet9.ResNet9",
+    "resnet9.augment.Augmentation": "resnet9.data.augment.Augmentation",
+    "resnet9.schedule.one_cycle": "resnet9.training.schedule.one_cycle",
+    "resnet9.tracking.WandbTracker": "resnet9.training.tracking.WandbTracker",
+    "resnet9.tracking.NullTracker": "resnet9.training.tracking.NullTracker",
+}
+
+
+def current_names(node: Any) -> Any:
+    """A plain config read from a file, with the package's moved targets under their current names."""
+    if isinstance(node, dict):
+        return {k: MOVED.get(v, v) if k == "_target_" and isinstance(v, str) else current_names(v)
+                for k, v in node.items()}  # fmt: skip
+    if isinstance(node, list):
+        return [current_names(item) for item in node]
+    return node
 
 
 def named_targets(node: Any) -> Iterator[tuple[str, Any]]:
