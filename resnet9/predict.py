@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from resnet9.core.errors import UsageError, exit_on_usage_error
+from resnet9.core.errors import UsageError, exit_on_usage_error, first_line
 from resnet9.data import augment
 from resnet9.data.datasets import CLASSES
 from resnet9.training import build, schema
@@ -63,7 +63,7 @@ def load_image(path: Path) -> tuple[np.ndarray, str | None]:
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise UsageError(f"{path}: refused, too many pixels to decode safely; shrink it first, then {fix}") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as err:
-        reason = (str(err).splitlines() or [type(err).__name__])[0]
+        reason = first_line(err)
         raise UsageError(f"{path}: not a readable image ({reason}); {fix}") from None
     if rgb.size != (32, 32):
         notes.append(f"resized from {rgb.size[0]}x{rgb.size[1]} to 32x32")

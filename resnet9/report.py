@@ -38,7 +38,7 @@ from tabulate import tabulate
 
 from resnet9.analysis import plots
 from resnet9.core import files, signals
-from resnet9.core.errors import ConfigError, UsageError, exit_on_usage_error, exit_with
+from resnet9.core.errors import ConfigError, UsageError, exit_on_usage_error, exit_with, first_line
 from resnet9.training import build, schema, sweep
 
 NUMBERS = ("final_test_acc", "best_test_acc", "lr_min", "lr_max", "train_time_s")
@@ -99,7 +99,7 @@ def _first_problem(err: Exception) -> str:
     if isinstance(err, ValidationError):
         problem = err.errors()[0]
         return f"{'.'.join(map(str, problem['loc'])) or 'the file'}: {problem['msg']}"
-    return (str(err).splitlines() or ["not JSON"])[0][:100]
+    return first_line(err, "not JSON", 100)
 
 
 def _overrides(folder: Path) -> list[str]:

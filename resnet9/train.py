@@ -39,8 +39,8 @@ from resnet9.training.listeners import (
     ConsoleLog,
     Listener,
     MetricsFile,
-    RunFiles,
     SignalStop,
+    SummaryAndCurves,
     TrackerLog,
     job_record,
     notifying,
@@ -79,7 +79,11 @@ def hydra_main(cfg: DictConfig) -> float:
     out_dir = Path(HydraConfig.get().runtime.output_dir)
     overrides = sweep.task_overrides(HydraConfig.get())
     # rank 0 leaves the job's metrics.json however the job ends, even before training (listeners.job_record)
-    record = job_record(out_dir, lambda: _plain(cfg), overrides) if ddp.world().is_main else contextlib.nullcontext()
+    record = (
+        job_record(out_dir, lambda: _config_for_record(cfg), overrides)
+        if ddp.world().is_main
+        else contextlib.nullcontext()
+    )
     try:
         with exit_on_usage_error(), record:
             if ddp.world().is_parallel and in_multirun():
@@ -96,7 +100,7 @@ def _how_to_resume(out_dir: Path) -> str:
     return f"resume by rerunning with the same output folder ({out_dir})"
 
 
-def _plain(cfg: DictConfig) -> dict:
+def _config_for_record(cfg: DictConfig) -> dict:
     """The config for a record, resolved where it can be (a bad interpolation may be why the job failed)."""
     try:
         return OmegaConf.to_container(cfg, resolve=True)
@@ -134,7 +138,7 @@ def train(cfg: DictConfig, out_dir: Path) -> float:
 
     stop = SignalStop()
     # the user's callbacks before the recorders, so that what they add to an epoch's row is recorded
-    listeners = [stop, *(build.callbacks(cfg) + _recorders(cfg, out_dir, device) if world.is_main else [])]
+    listeners = [stop, *(build.callbacks(cfg) + _recording_listeners(cfg, out_dir, device) if world.is_main else [])]
     with notifying(listeners, state, stop.flag):
         _fit(cfg, state, test_batches, settings, listeners, stop.flag)
     return ddp.broadcast(state.record.get("final_test_acc"))
@@ -215,7 +219,7 @@ def _resume(state: TrainState, checkpoint: dict, path: Path) -> None:
         state.record.update(resumed_from_step=state.epoch * steps + len(state.progress.lrs))
 
 
-def _recorders(cfg: DictConfig, out_dir: Path, on: torch.device) -> list[Listener]:
+def _recording_listeners(cfg: DictConfig, out_dir: Path, on: torch.device) -> list[Listener]:
     """Rank 0's listeners, in the order they are told: checkpoint, run files, tracker, console, metrics.json."""
     config = OmegaConf.to_container(cfg, resolve=True)
     identity = tracking.run_identity(cfg.logger.get("group"))
@@ -237,7 +241,7 @@ def _recorders(cfg: DictConfig, out_dir: Path, on: torch.device) -> list[Listene
     checkpoints = [CheckpointWriter(out_dir / "last.pt", config, writer, mid_epoch=not ddp.world().is_parallel)]
     return [
         *(checkpoints if cfg.checkpoint else []),
-        RunFiles(out_dir, config["model"]),
+        SummaryAndCurves(out_dir, config["model"]),
         TrackerLog(start_tracker, out_dir),
         ConsoleLog(out_dir),
         MetricsFile(out_dir, writer),

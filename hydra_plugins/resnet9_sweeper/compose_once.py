@@ -40,7 +40,7 @@ ConfigStore.instance().store(
 )
 
 
-def _plain(loader: Any) -> Any:
+def _hydras_own_loader(loader: Any) -> Any:
     return loader
 
 
@@ -85,7 +85,7 @@ class CheckedCompositions:
         return getattr(self.__dict__["loader"], name)
 
     def __reduce__(self) -> tuple[Any, tuple[Any]]:
-        return _plain, (self.loader,)
+        return _hydras_own_loader, (self.loader,)
 
 
 class ComposeOnceSweeper(BasicSweeper):

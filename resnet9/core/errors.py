@@ -47,6 +47,14 @@ class TrainingDiverged(UsageError):
         )
 
 
+def first_line(err: BaseException | str, otherwise: str | None = None, limit: int | None = None) -> str:
+    """An error's first line, as our one-line messages quote it: its message's first line, else `otherwise`
+    (default: the error's type name), cut to `limit` characters."""
+    text = str(err).strip()
+    line = text.splitlines()[0] if text else (otherwise or type(err).__name__)
+    return line[:limit] if limit else line
+
+
 def exit_with(message: str, status: int = USAGE_EXIT) -> NoReturn:
     """The one exit path: `message` as one line on stderr, then exit with `status`."""
     print(message, file=sys.stderr)

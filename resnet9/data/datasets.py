@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from resnet9.core.errors import DataError
+from resnet9.core.errors import DataError, first_line
 
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 TRAIN_SIZE, TEST_SIZE = 50_000, 10_000  # both CIFAR sets
@@ -165,7 +165,7 @@ def _download(layout: Layout, root: Path) -> None:
     except Exception as err:  # network errors, checksum mismatch, disk full: all mean "stage it by hand"
         if created is not None and not (root / layout.folder).is_dir():  # no empty data folder left behind
             shutil.rmtree(created, ignore_errors=True)
-        reason = (str(err).splitlines() or [type(err).__name__])[0]
+        reason = first_line(err)
         raise DataError(
             f"{layout.name} not found in {root / layout.folder} and the download failed ({reason}); offline, unpack "
             f"{layout.archive} so that {root / layout.folder} exists, or pass the folder that holds "

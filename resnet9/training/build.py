@@ -277,14 +277,14 @@ def tracker(logger_cfg: DictConfig, **run: object) -> tracking.Tracker:
 
 
 @dataclass
-class Probe:
+class RangeTestSetup:
     """What an LR range test trains, built only when the cache has no answer, and what keys that cache."""
 
     key: dict  # everything that shapes the curve
     build: Callable[[], tuple[nn.Module, torch.optim.Optimizer, Batches]]
 
 
-def range_test_probe(cfg: DictConfig, cifar: datasets.ImageData, settings: StepSettings) -> Probe:
+def range_test_probe(cfg: DictConfig, cifar: datasets.ImageData, settings: StepSettings) -> RangeTestSetup:
     """What the LR range test trains: a fresh model, optimizer and training loader, all seeded with
     `lr_finder.seed` (not the run's seed, and without touching the run's random state), and the description
     of exactly that setup which keys the range-test cache."""
@@ -298,7 +298,7 @@ def range_test_probe(cfg: DictConfig, cifar: datasets.ImageData, settings: StepS
         loader = train_loader(cfg, cifar, settings, finder.seed)
         return probe, optimizer(cfg.optimizer, probe, lr=finder.start_lr), loader
 
-    return Probe(key=_range_test_key(cfg, settings), build=build)
+    return RangeTestSetup(key=_range_test_key(cfg, settings), build=build)
 
 
 def _range_test_key(cfg: DictConfig, settings: StepSettings) -> dict:

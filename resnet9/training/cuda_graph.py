@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from resnet9.core.errors import first_line
 from resnet9.training.loop import StepSettings
 from resnet9.training.state import capture_rng, restore_rng
 
@@ -103,7 +104,7 @@ def capture_step(
         try:
             return CapturedStep(model, optimizer, settings, batch)
         except Exception as err:  # e.g. an operation a graph cannot hold
-            reason = f"the capture failed ({(str(err).splitlines() or [type(err).__name__])[0][:200]})"
+            reason = f"the capture failed ({first_line(err, limit=200)})"
     log.warning("cuda_graph=true: %s; training steps run eagerly", reason)
     return None
 

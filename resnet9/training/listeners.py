@@ -2,7 +2,7 @@
 
     SignalStop        SIGTERM/SIGINT raise a flag that the loop checks after every step
     CheckpointWriter  last.pt after every epoch (and at the step where a stop came, where that can resume)
-    RunFiles          model_summary.txt, and curves.png at the end (drawn on the figure thread)
+    SummaryAndCurves          model_summary.txt, and curves.png at the end (drawn on the figure thread)
     TrackerLog        the experiment tracker (W&B): every step's loss and LR, epoch rows, figures, summary
     ConsoleLog        the lines a user reads in the terminal and in train.log
     MetricsFile       metrics.json: every epoch, and last of all with the final status and the timings
@@ -25,7 +25,7 @@ from typing import Any
 
 from resnet9.analysis import model_table, plots
 from resnet9.core import files, jobcache, signals
-from resnet9.core.errors import UsageError
+from resnet9.core.errors import UsageError, first_line
 from resnet9.data.datasets import NUM_CLASSES
 from resnet9.training import distributed, lr_finder
 from resnet9.training.loop import EpochResult, StopFlag, StopRequested
@@ -139,7 +139,7 @@ def _setup_record(path: Path) -> bool:
 def one_line(err: BaseException) -> str:
     """An error as metrics.json and the sweep's summary show it: our own errors' message, else type: message."""
     text = str(err) if isinstance(err, UsageError | StopRequested) else f"{type(err).__name__}: {err}"
-    return (text.splitlines() or [type(err).__name__])[0]
+    return first_line(text, type(err).__name__)
 
 
 class SignalStop(Listener):
@@ -209,7 +209,7 @@ class CheckpointWriter(Listener):
         self.writer.wait()
 
 
-class RunFiles(Listener):
+class SummaryAndCurves(Listener):
     """model_summary.txt at the start; curves.png once the run completes, drawn on the figure thread so that
     the next job of a sweep does not wait for it."""
 

@@ -132,7 +132,7 @@ def draw(result: LRRange, finder_cfg: DictConfig, path: Path) -> Path:
 
 
 def find_lr_range(
-    finder_cfg: DictConfig, probe: build.Probe, device: torch.device, out_dir: Path, progress: bool = True
+    finder_cfg: DictConfig, probe: build.RangeTestSetup, device: torch.device, out_dir: Path, progress: bool = True
 ) -> LRRange:
     """LRMIN/LRMAX for this probe, read off the curve of an identical earlier test if the cache has one, else
     off a new test's.

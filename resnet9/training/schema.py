@@ -25,7 +25,7 @@ from omegaconf.errors import InterpolationResolutionError
 from pydantic import BaseModel, ConfigDict, Field, PlainValidator, ValidationError, ValidationInfo, model_validator
 from pydantic_core import PydanticCustomError, PydanticUndefined
 
-from resnet9.core.errors import ConfigError
+from resnet9.core.errors import ConfigError, first_line
 from resnet9.data.datasets import TEST_SIZE
 from resnet9.training import targets
 
@@ -361,7 +361,7 @@ def _validated(schema: type[Section], cfg: DictConfig | dict, context: dict, pre
             cfg = OmegaConf.to_container(cfg, resolve=True)
         except InterpolationResolutionError as err:  # e.g. optimizer.lr=${oops}
             raise ConfigError(
-                f"{prefix}{err.full_key} cannot be resolved ({str(err).splitlines()[0]}); give a value, or a ${{...}} "
+                f"{prefix}{err.full_key} cannot be resolved ({first_line(err)}); give a value, or a ${{...}} "
                 f"that names a key, e.g. eval_batch_size=${{batch_size}}"
             ) from None
     try:

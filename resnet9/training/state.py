@@ -283,7 +283,7 @@ def read_resumable(path: Path, cfg: DictConfig, device: torch.device) -> dict[st
     differences = _differences(_comparable(checkpoint["config"]), _comparable(OmegaConf.to_container(cfg)))
     kind = checkpoint.get("device_type", device.type)  # (unknown in checkpoints from before it)
     if not (isinstance(kind, str) and kind == device.type):
-        differences.insert(0, f"a device of kind {_shown(kind)} there, {device.type!r} now")
+        differences.insert(0, f"a device of kind {_as_shown(kind)} there, {device.type!r} now")
     if differences:
         raise UsageError(f"cannot resume from {path}: its run had {'; '.join(differences[:3])}; {fix}")
     return checkpoint
@@ -320,7 +320,7 @@ def read_trained(path: Path, device: torch.device, flag: str = "checkpoint=") ->
         raise UsageError(f"{path} holds no model weights and config; {fix}")
     if not _is_format(checkpoint.get("format", 1), 1, CHECKPOINT_FORMAT):
         raise UsageError(
-            f"{path} has checkpoint format {_shown(checkpoint['format'])}, which this resnet9 does not know (it "
+            f"{path} has checkpoint format {_as_shown(checkpoint['format'])}, which this resnet9 does not know (it "
             f"reads 1 and {CHECKPOINT_FORMAT}); read it with the resnet9 that wrote it, or {fix}"
         )
     return checkpoint
@@ -331,7 +331,7 @@ def _is_format(value: Any, *known: int) -> bool:
     return type(value) is int and value in known
 
 
-def _shown(value: Any) -> str:
+def _as_shown(value: Any) -> str:
     """A value read from a file, for an error line: plain values as they are, anything else by its type."""
     return repr(value) if type(value) in (int, float, str, bool) and len(repr(value)) < 80 else type(value).__name__
 

@@ -24,7 +24,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from resnet9.core.errors import ConfigError
+from resnet9.core.errors import ConfigError, first_line
 
 # group -> the arguments the trainer passes to the group's callable when it builds it (resnet9/training/build.py).
 SUPPLIED: dict[str, tuple[str, ...]] = {
@@ -55,7 +55,7 @@ def locate(dotted: str, key: str) -> Any:
         except Exception as err:  # the module itself raised while importing
             raise ConfigError(
                 f"{key}._target_={dotted}: importing {'.'.join(parts[:split])} raised {type(err).__name__}: "
-                f"{str(err).splitlines()[0] if str(err) else ''}; fix that module"
+                f"{first_line(err, '')}; fix that module"
             ) from None
         for attribute in parts[split:]:
             if not hasattr(found, attribute):

@@ -19,7 +19,7 @@ from typing import Any, Protocol
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 
-from resnet9.core.errors import UsageError
+from resnet9.core.errors import UsageError, first_line
 from resnet9.training import sweep
 
 log = logging.getLogger(__name__)
@@ -173,7 +173,7 @@ class WandbTracker:
                 ),
             )
         except Exception as err:  # e.g. online mode without login or network
-            reason = (str(err).splitlines() or [type(err).__name__])[0]
+            reason = first_line(err)
             raise UsageError(
                 f"W&B could not start a run in {mode} mode ({reason}); use logger.mode=offline or logger=none"
             ) from None
