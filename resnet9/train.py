@@ -24,6 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from resnet9 import report
+from resnet9.analysis import model_table
 from resnet9.core import files
 from resnet9.core.errors import UsageError, exit_on_usage_error, exit_with, hydra_errors_in_one_line, in_multirun
 from resnet9.data.datasets import ImageData
@@ -200,6 +201,9 @@ def _training_state(
         lr_max=lr_max,
         lr_source=lr_source,
     )
+    if device.type == "cuda":  # for each epoch's model FLOPs utilisation
+        record.update(flops_per_image=model_table.training_flops_per_image(model),
+                      peak_flops=model_table.peak_flops(torch.cuda.get_device_name(device)))  # fmt: skip
     scaler = build.loss_scaler(autocast, device)
     return TrainState(model, optimizer, scheduler, ema, loader, record, cfg.ema.start_epoch, scaler=scaler)
 
@@ -289,6 +293,8 @@ def _fit(
             "epoch_time_s": time.perf_counter() - started,
             "images_per_s": (len(result.lrs) - steps_before) * cfg.batch_size / train_time,  # trained in this process
         }
+        if state.record.get("peak_flops"):  # CUDA, a card of known peak: the model FLOPs utilisation
+            row["mfu"] = row["images_per_s"] * state.record["flops_per_image"] / state.record["peak_flops"]
         state.record.add_epoch(row, result.lrs)
         with clock.phase("write"):
             for listener in listeners:

@@ -56,3 +56,15 @@ def test_channels_last_gives_the_same_result():
         model = model.to(memory_format=torch.channels_last)
         got = model(x.contiguous(memory_format=torch.channels_last))
     assert torch.allclose(expected, got, atol=1e-4)
+
+
+def test_training_flops_per_image_are_the_networks_known_count():
+    """Forward 0.758 GFLOP per image, forward and backward 2.27 GFLOP (the basis of each epoch's MFU on a GPU)."""
+    from resnet9.analysis.model_table import peak_flops, training_flops_per_image
+
+    model = ResNet9()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    assert training_flops_per_image(model) == pytest.approx(2.27e9, rel=0.02)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # the model itself untouched
+    assert peak_flops("NVIDIA H100 PCIe") == 756e12 and peak_flops("NVIDIA H100 80GB HBM3") == 989e12
+    assert peak_flops("Some Future GPU") is None

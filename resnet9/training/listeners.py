@@ -316,7 +316,7 @@ class ConsoleLog(Listener):
 
     def on_epoch_end(self, state: TrainState, row: dict[str, Any], result: EpochResult) -> None:
         log.info(
-            "epoch %2d/%d  train loss %.4f acc %.2f%%  test loss %.4f acc %.2f%%  lr %.4g  %.1fs",
+            "epoch %2d/%d  train loss %.4f acc %.2f%%  test loss %.4f acc %.2f%%  lr %.4g  %.1fs  %.0f img/s%s",
             row["epoch"],
             state.record["config"]["epochs"],
             row["train_loss"],
@@ -325,6 +325,8 @@ class ConsoleLog(Listener):
             100 * row["test_acc"],
             row["lr"],
             row["epoch_time_s"],
+            row["images_per_s"],
+            f"  MFU {100 * row['mfu']:.1f}%" if "mfu" in row else "",
         )
         self.epochs_timed += 1
         remaining = state.record["config"]["epochs"] - row["epoch"]
