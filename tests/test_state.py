@@ -269,6 +269,40 @@ def test_the_background_writer_keeps_order_copies_what_it_writes_and_stops_after
     assert json.loads((tmp_path / "metrics.json").read_text()) == {"epochs": [1]}  # never ahead of the checkpoint
 
 
+def storages(obj) -> dict[tuple[str, int], int]:
+    """The distinct storages the tensors of a nested checkpoint use: (device, address) -> bytes."""
+    if isinstance(obj, torch.Tensor):
+        return {(str(obj.device), obj.untyped_storage().data_ptr()): obj.untyped_storage().nbytes()}
+    values = obj.values() if isinstance(obj, dict) else obj if isinstance(obj, list | tuple) else []
+    return {key: size for value in values for key, size in storages(value).items()}
+
+
+def test_the_background_copy_of_a_checkpoint_copies_each_storage_once(synthetic_root, tmp_path):
+    """The evaluated model, the training state's model and the EMA share their tensors in a checkpoint, and
+    torch.save writes each storage once: the host copy must share them the same way, not hold each again."""
+    from resnet9 import files
+
+    cfg = small_config(synthetic_root, "device")
+    state = new_state(cfg, build.dataset(cfg.data), init_seed=0)
+    for epoch in (1, 2):  # epoch 2 updates the EMA, which the checkpoint then evaluates
+        train_epoch(state, epoch)
+    checkpoint = state.checkpoint(OmegaConf.to_container(cfg))
+    copy = files.host_copy(checkpoint)
+    assert sum(storages(copy).values()) == sum(storages(checkpoint).values())
+    assert not storages(copy).keys() & storages(checkpoint).keys()  # copies, not the originals
+    torch.save(copy, tmp_path / "copy.pt")
+    reread = torch.load(tmp_path / "copy.pt", weights_only=True)  # the file holds each storage once, like the state
+    assert sum(storages(reread).values()) == sum(storages(checkpoint).values())
+    for part in ("model", "ema"):
+        for name, value in checkpoint["train_state"][part].items():
+            assert torch.equal(reread["train_state"][part][name], value), name
+            assert reread["train_state"][part][name].stride() == value.stride(), name
+    next(iter(state.model.parameters())).data.add_(1)  # training goes on: the copy keeps the epoch's weights
+    assert torch.equal(
+        next(iter(copy["train_state"]["model"].values())), reread["train_state"]["model"]["prep.0.weight"]
+    )
+
+
 @pytest.mark.parametrize("answer, written", [(errno.EINVAL, True), (errno.EIO, False)])
 def test_a_file_system_that_cannot_fsync_still_gets_its_files_but_a_failing_disk_stops_the_run(
     tmp_path, monkeypatch, answer, written
