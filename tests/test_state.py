@@ -148,6 +148,52 @@ def test_resume_true_demands_a_checkpoint_and_last_pt_must_be_a_file(tmp_path):
             read_resumable(tmp_path / "last.pt", cfg, CPU)
 
 
+class FakeGpus:
+    """torch.cuda's random-state functions on a machine with `count` GPUs, as torch's behave there: a device
+    index past the last GPU raises IndexError (torch reads `torch.cuda.default_generators[index]`)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, count: int) -> None:
+        self.count, self.states = count, [torch.full((8,), 10 + i, dtype=torch.uint8) for i in range(count)]
+        for module in (torch.cuda, torch.cuda.random):  # torch's *_all functions call the module's own names
+            monkeypatch.setattr(module, "get_rng_state", self.get_rng_state)
+            monkeypatch.setattr(module, "set_rng_state", self.set_rng_state)
+            monkeypatch.setattr(module, "device_count", lambda: count)
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+        monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+
+    def index(self, device: int | str | torch.device) -> int:
+        index = device if isinstance(device, int) else torch.device(device).index
+        if (index or 0) >= self.count:
+            raise IndexError("tuple index out of range")
+        return index or 0
+
+    def get_rng_state(self, device: int | str | torch.device = "cuda") -> torch.Tensor:
+        return self.states[self.index(device)].clone()
+
+    def set_rng_state(self, state: torch.Tensor, device: int | str | torch.device = "cuda") -> None:
+        self.states[self.index(device)] = state.clone()
+
+
+def test_random_states_resume_on_a_machine_with_fewer_gpus(monkeypatch):
+    """A checkpoint keeps the training device's CUDA random state only, and a resume sets it on the device that
+    trains now, however many GPUs either machine has; older checkpoints (every visible GPU's) still load."""
+    from resnet9.state import capture_rng, restore_rng
+
+    eight = FakeGpus(monkeypatch, 8)
+    saved = capture_rng(torch.device("cuda", 3))  # trained on the fourth of eight GPUs
+    assert [state.tolist() for state in saved["cuda"]] == [[13] * 8]
+    older = {**saved, "cuda": torch.cuda.get_rng_state_all()}  # what checkpoints held before: all eight
+
+    one = FakeGpus(monkeypatch, 1)
+    restore_rng(saved, torch.device("cuda", 0))
+    assert one.states[0].tolist() == [13] * 8
+    restore_rng(older, torch.device("cuda", 0))  # raised IndexError (set_rng_state_all on 1 GPU)
+    assert one.states[0].tolist() == [10] * 8  # the GPU at the resumed device's index
+    assert eight.states[3].tolist() == [13] * 8 and torch.equal(torch.get_rng_state(), saved["torch"])
+    restore_rng(saved, CPU)  # a CPU run saved no CUDA state and sets none
+    assert capture_rng(CPU)["cuda"] == []
+
+
 # -- the whole training state, through a file, into freshly built objects --------------------------------
 
 
