@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from resnet9 import data, jobcache, schema, state, tracking
+from resnet9.captured import start_momentum
 from resnet9.distributed import World
 from resnet9.errors import ConfigError, UsageError
 from resnet9.loop import Batches, StepSettings
@@ -177,9 +178,32 @@ def test_loader(cfg: DictConfig, cifar: data.Cifar10, settings: StepSettings) ->
     )
 
 
-def fused_kernels(optimizer_cfg: DictConfig, on: torch.device) -> dict[str, bool]:
-    """On CUDA, torch's fused SGD/Adam kernels (one launch for all parameters) unless the config says otherwise."""
+def fused_kernels(optimizer_cfg: DictConfig, on: torch.device, loss_scaling: bool = False) -> dict[str, bool]:
+    """On CUDA, torch's fused SGD/Adam kernels (one launch for all parameters) unless the config says otherwise;
+    not for an SGD with dampening under loss scaling, whose first step zero momentum cannot stand in for
+    (`ready_for_loss_scaling`)."""
+    if loss_scaling and optimizer_cfg.get("dampening", 0) and optimizer_cfg.get("momentum", 0):
+        return {}
     return {"fused": True} if on.type == "cuda" and optimizer_cfg.get("fused", "absent") is None else {}
+
+
+def ready_for_loss_scaling(opt: torch.optim.Optimizer) -> None:
+    """A fused SGD that a GradScaler steps starts from zero momentum buffers (which is exactly SGD's first step
+    when dampening is 0), set before training and again after a resume (for parameters that have none).
+
+    Torch's fused SGD creates its buffers with `empty_like` on its first step and fills them in the kernel, and
+    the kernel returns at once when the scaler found an overflow, common at its starting scale of 2^16 on
+    step 0: the next step would read uninitialised memory (wrong momentum, or NaN). The unfused SGD is not
+    stepped at all after an overflow; fused Adam creates its buffers as zeros."""
+    groups = opt.param_groups
+    if not isinstance(opt, torch.optim.SGD) or not any(group.get("fused") for group in groups):
+        return
+    if any(group["dampening"] and group["momentum"] for group in groups):
+        raise ConfigError(
+            "optimizer.fused=true with dampening under fp16 loss scaling can start from uninitialised momentum; "
+            "use optimizer.fused=null, dampening=0 or another precision (e.g. precision=bf16)"
+        )
+    start_momentum(opt)
 
 
 def optimizer(optimizer_cfg: DictConfig, params: nn.Module, lr: float, **options: bool) -> torch.optim.Optimizer:

@@ -10,10 +10,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 from torch import nn
 
 from resnet9 import augment, build, data, jobcache, schema
-from resnet9.errors import TrainingDiverged
+from resnet9.errors import ConfigError, TrainingDiverged
 from resnet9.listeners import ConsoleLog, TrackerLog
 from resnet9.loop import StepSettings, evaluate, train_one_epoch
 from resnet9.model import ResNet9
@@ -71,6 +72,60 @@ def test_fused_optimizer_only_on_cuda_unless_forced(synthetic_root):
     assert build.fused_kernels(cfg.optimizer, CPU) == {}
     forced_off = compose_small(synthetic_root, "optimizer.fused=false")
     assert build.fused_kernels(forced_off.optimizer, torch.device("cuda")) == {}
+
+
+def uninitialised_is_nan(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Uninitialised memory may hold anything: here `torch.empty_like` hands out NaN, so that reading it shows."""
+    monkeypatch.setattr(torch, "empty_like", lambda tensor, *args, **kwargs: torch.full_like(tensor, math.nan))
+
+
+def overflowing_scaler(dtype, on):
+    """A GradScaler whose first scale overflows the gradients (as 2^16 often does on a GPU's step 0), then fits."""
+    return torch.amp.GradScaler(on.type, init_scale=2.0**100, backoff_factor=2.0**-90) if dtype else None
+
+
+@pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step")  # torch: step 0 skipped
+def test_fused_sgd_after_an_overflow_on_step_0_steps_exactly_like_sgd(monkeypatch, synthetic_root):
+    """Torch's fused SGD makes its momentum buffers on step 0 and skips that step's update when the scaler found an
+    overflow: started from zero buffers it then steps exactly like the unfused SGD, which the scaler never calls."""
+    uninitialised_is_nan(monkeypatch)
+    cfg = compose_small(synthetic_root, "precision=fp16")
+    settings = build.step_settings(cfg, CPU)
+    generator = torch.Generator().manual_seed(0)
+    batches = [(torch.randn(8, 3, 32, 32, generator=generator), torch.randint(0, 10, (8,), generator=generator))] * 3
+    results = []
+    for fused in (False, True):
+        torch.manual_seed(0)
+        model = build.model(cfg.model, settings)
+        optimizer = build.optimizer(cfg.optimizer, model, lr=0.1, fused=fused)
+        scaler = overflowing_scaler(torch.float16, CPU)
+        build.ready_for_loss_scaling(optimizer)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+        progress = train_one_epoch(model, batches, optimizer, scheduler, settings, scaler=scaler)
+        assert scaler.get_scale() == 2.0**10  # step 0 overflowed, steps 1 and 2 did not
+        results.append((torch.stack(progress.step_losses), [p.detach().clone() for p in model.parameters()]))
+    (losses, weights), (fused_losses, fused_weights) = results
+    assert torch.equal(fused_losses, losses)
+    assert all(torch.equal(mine, theirs) for mine, theirs in zip(fused_weights, weights, strict=True))
+
+
+def test_a_fused_fp16_run_survives_an_overflow_on_its_first_step(monkeypatch, synthetic_root, tmp_path):
+    """The trainer's path: fp16, fused SGD, the first step's gradients overflowing. Without zero momentum buffers
+    the second step reads uninitialised ones (NaN here) and the run diverges."""
+    uninitialised_is_nan(monkeypatch)
+    monkeypatch.setattr(build, "loss_scaler", overflowing_scaler)
+    train(compose_small(synthetic_root, "precision=fp16", "optimizer.fused=true", "epochs=2"), tmp_path)
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["status"] == "completed" and math.isfinite(metrics["epochs"][0]["train_loss"])
+    momentum = torch.load(tmp_path / "last.pt", weights_only=True)["train_state"]["optimizer"]["state"]
+    assert all(torch.isfinite(state["momentum_buffer"]).all() for state in momentum.values())
+    # With dampening, zero momentum is not SGD's first step: not fused under loss scaling, refused if forced
+    damped = OmegaConf.create({"_target_": "torch.optim.SGD", "momentum": 0.9, "dampening": 0.1, "fused": None})
+    assert build.fused_kernels(damped, torch.device("cuda"), loss_scaling=True) == {}
+    assert build.fused_kernels(damped, torch.device("cuda")) == {"fused": True}
+    forced = torch.optim.SGD(ResNet9(width=0.125).parameters(), lr=0.1, momentum=0.9, dampening=0.1, fused=True)
+    with pytest.raises(ConfigError, match="optimizer.fused=true with dampening under fp16 loss scaling"):
+        build.ready_for_loss_scaling(forced)
 
 
 class Asymmetric(nn.Module):
