@@ -124,8 +124,9 @@ def model(model_cfg: DictConfig | dict, settings: StepSettings, reuse: bool = Fa
     """The network of the `model` section, on the device in the run's memory layout (random init: seed first).
 
     `reuse=True` (with compile=true): the network built for an earlier job of the same settings in this
-    process, its weights and BatchNorm statistics drawn again in place, exactly as a new one's would be, so
-    that its compiled form (`compiled`) serves this job too.
+    process, with the weights and BatchNorm statistics of a new one copied in place, so that its compiled form
+    (`compiled`) serves this job too. The new one is drawn on the CPU, as every new network is before it moves:
+    drawing in place on a GPU (`reset_parameters`) would use the GPU's generator, other numbers for the same seed.
     """
 
     def make() -> nn.Module:
@@ -137,7 +138,7 @@ def model(model_cfg: DictConfig | dict, settings: StepSettings, reuse: bool = Fa
     if not jobcache.shared.holds("model", key):
         return jobcache.shared.get("model", key, make)
     network = jobcache.shared.get("model", key, make)
-    network.reset_parameters()
+    network.load_state_dict(instantiate(OmegaConf.create(model_cfg)).state_dict())  # copies into the same tensors
     return network
 
 

@@ -195,7 +195,7 @@ def test_options_compose_into_a_run_and_compile_really_compiles(synthetic_root, 
 
 
 def test_a_reused_model_is_initialised_exactly_like_a_new_one():
-    settings = StepSettings(device=CPU)
+    settings = StepSettings(device=CPU, memory_format=torch.channels_last)
     model_cfg = {"_target_": "resnet9.model.ResNet9", "num_classes": 10, "width": 0.125, "logit_scale": 0.125}
     jobcache.shared.clear()
     first = build.model(model_cfg, settings, reuse=True)
@@ -210,6 +210,25 @@ def test_a_reused_model_is_initialised_exactly_like_a_new_one():
     assert again is first and build.compiled(again) is build.compiled(first)
     for name, value in fresh.state_dict().items():
         assert torch.equal(again.state_dict()[name], value), name
+        assert again.state_dict()[name].stride() == value.stride(), name  # the layout of the first build stays
+
+
+@pytest.mark.filterwarnings("ignore:.*copying from a non-meta parameter")  # meta tensors hold no values
+def test_a_reused_model_draws_its_weights_on_the_cpus_generator_whatever_its_device():
+    """A new model is drawn on the CPU and then moved; a reused one must be drawn the same way, not in place on its
+    device (on a GPU: the GPU's generator, other weights for the same seed). The meta device (no data, no
+    generator) stands in for a GPU here: the CPU's generator must advance exactly as for a new model."""
+    settings = StepSettings(device=torch.device("meta"), memory_format=torch.channels_last)
+    model_cfg = {"_target_": "resnet9.model.ResNet9", "num_classes": 10, "width": 0.125, "logit_scale": 0.125}
+    jobcache.shared.clear()
+    first = build.model(model_cfg, settings, reuse=True)
+    torch.manual_seed(3)
+    build.model(model_cfg, settings)
+    after_new = torch.get_rng_state()
+    torch.manual_seed(3)
+    assert build.model(model_cfg, settings, reuse=True) is first
+    assert torch.equal(torch.get_rng_state(), after_new)
+    jobcache.shared.clear()
 
 
 def test_timings_add_up_to_the_jobs_wall_time(synthetic_root, tmp_path):
