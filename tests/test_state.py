@@ -197,30 +197,33 @@ def test_random_states_resume_on_a_machine_with_fewer_gpus(monkeypatch):
 # -- the whole training state, through a file, into freshly built objects --------------------------------
 
 
-def small_config(root: Path, engine: str):
+def small_config(root: Path, engine: str, device: torch.device = CPU):
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         return compose(
             config_name="config",
             overrides=[f"data.root={root}", "data.limit_train=200", "data.limit_test=100", "batch_size=40",
                        "model.width=0.125", "epochs=3", "scheduler.peak_epoch=1", f"augment.engine={engine}",
-                       "data.num_workers=0", "device=cpu"],
+                       "data.num_workers=0", f"device={device.type}"],
         )  # fmt: skip
 
 
 def new_state(cfg, cifar: data.Cifar10, init_seed: int) -> TrainState:
-    settings = build.step_settings(cfg, CPU)
+    """The trainer's state for `cfg` (on its device; fused SGD on CUDA, as the trainer picks it)."""
+    on = build.device(cfg.device)
+    settings = build.step_settings(cfg, on)
     build.seed_everything(init_seed)
     model = build.model(cfg.model, settings)
     loader = build.train_loader(cfg, cifar, settings, cfg.seed)
-    optimizer = build.optimizer(cfg.optimizer, model, lr=0.05)
+    optimizer = build.optimizer(cfg.optimizer, model, lr=0.05, **build.fused_kernels(cfg.optimizer, on))
     scheduler = build.scheduler(cfg, optimizer, 0.005, 0.05, len(loader))
     ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(0.9), use_buffers=True)
     record = RunRecord(lr_min=0.005, lr_max=0.05, lr_source="config", steps_per_epoch=len(loader))
     return TrainState(model, optimizer, scheduler, ema, loader, record, ema_start_epoch=2)
 
 
-def train_epoch(state: TrainState, epoch: int, stop_after: int | None = None) -> list[float]:
-    """The trainer's epoch: the state's own progress, loader, EMA; a stop raised after `stop_after` steps."""
+def train_epoch(state: TrainState, epoch: int, stop_after: int | None = None, graph_step=None) -> list[float]:
+    """The trainer's epoch: the state's own progress, loader, EMA; a stop raised after `stop_after` steps;
+    `graph_step` as the trainer passes a captured step."""
     stop = StopFlag()
 
     def batches():
@@ -229,11 +232,12 @@ def train_epoch(state: TrainState, epoch: int, stop_after: int | None = None) ->
                 stop.signal = signal.SIGTERM  # the loop stops after this step
             yield batch
 
-    settings = build.step_settings(small_config(Path("."), "device"), CPU)
-    state.progress = state.progress or EpochProgress.start(CPU)
+    on = state.device()
+    settings = build.step_settings(small_config(Path("."), "device", on), on)
+    state.progress = state.progress or EpochProgress.start(on)
     first_step = (epoch - 1) * len(state.loader)
     train_one_epoch(state.model, batches(), state.optimizer, state.scheduler, settings, state.progress, first_step,
-                    ema=state.averaging(epoch), stop=stop)  # fmt: skip
+                    ema=state.averaging(epoch), stop=stop, graph_step=graph_step)  # fmt: skip
     result = state.progress.read(first_step)
     state.epoch, state.progress = epoch, None
     return [result.loss, result.accuracy, *result.step_losses]
