@@ -13,7 +13,9 @@
 # Stages, each under its own time limit so that one slow stage cannot take the others' time; STAGES names the
 # ones to run (default: "gpu-tests attribution graph sweep"; all of them do not fit one lent machine's 15 min):
 #   (always)     stage CIFAR-10 from the 18 MB JPEG archive, install the wheels the image lacks, print the GPU;
-#   gpu-tests    the tests that need a GPU (the captured step against the eager step), where pytest is installed;
+#   gpu-tests    every test marked `gpu` (pytest -m gpu: tests/test_gpu.py -- fp16 loss scaling with fused SGD, the
+#                CUDA generator's augmentation, resume, a reused model, the background writer, a cuda_graph run with
+#                checkpoint and resume -- and the captured step against the eager one), where pytest is installed;
 #   attribution  benchmarks/step_attribution.py at full width: six variants of the step, whole epochs (issue 11);
 #   graph        cuda_graph=true runs of seeds 0-2 beside one default run (seed 0), same card (issue 11);
 #   throughput   benchmarks/throughput.py on whole epochs (97 steps of 512) for the data paths, then SEEDS
@@ -56,9 +58,10 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1 | tee 
 python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), torch.cuda.get_device_name() if torch.cuda.is_available() else '')"
 
 if want gpu-tests; then
-stage "the GPU-only tests: the captured step steps like the eager one (needs pytest on the machine)"
+stage "the GPU-only tests: pytest -m gpu (needs pytest on the machine)"
 if python3 -c "import pytest" 2>/dev/null; then
-  timeout "${TESTS_LIMIT:-90}" python3 -m pytest -q -p no:cacheprovider tests/test_captured.py 2>&1 | tail -5
+  timeout "${TESTS_LIMIT:-240}" python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_gpu.py tests/test_captured.py \
+    2>&1 | tee "$out/gpu-tests.txt" | tail -15
 else
   echo "pytest is not installed here: add its wheels to .device/whl (see this script's header)"
 fi

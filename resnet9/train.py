@@ -135,6 +135,8 @@ def train(cfg: DictConfig, out_dir: Path) -> float:
         state = _training_state(cfg, model, loader, cifar, lrs, clock)
         if resumed is not None:
             _resume(state, resumed, out_dir / "last.pt")
+        if state.scaler is not None:  # after the resume: a checkpoint may hold no momentum yet
+            build.ready_for_loss_scaling(state.optimizer)
         test_batches = build.test_loader(cfg, cifar, settings)
 
     stop = SignalStop()
@@ -177,12 +179,14 @@ def _training_state(
     """A fresh state: optimizer at LRMAX, One Cycle from LRMIN, the EMA if asked for, and the run's record."""
     lr_min, lr_max, lr_source = lrs
     device = next(model.parameters()).device
-    optimizer = build.optimizer(cfg.optimizer, model, lr_max, **build.fused_kernels(cfg.optimizer, device))
+    autocast = build.autocast_dtype(cfg.precision, device)
+    scaler = build.loss_scaler(autocast, device)
+    fused = build.fused_kernels(cfg.optimizer, device, loss_scaling=scaler is not None)
+    optimizer = build.optimizer(cfg.optimizer, model, lr_max, **fused)
     scheduler = build.scheduler(cfg, optimizer, lr_min, lr_max, steps_per_epoch=len(loader))
     ema = None
     if cfg.ema.decay > 0:  # averages BatchNorm statistics too (use_buffers), so the average is ready to evaluate
         ema = WeightEMA(model, cfg.ema.decay)
-    autocast = build.autocast_dtype(cfg.precision, device)
     record = RunRecord(
         clock,
         config=OmegaConf.to_container(cfg, resolve=True),
@@ -204,7 +208,6 @@ def _training_state(
     if device.type == "cuda":  # for each epoch's model FLOPs utilisation
         record.update(flops_per_image=model_table.training_flops_per_image(model),
                       peak_flops=model_table.peak_flops(torch.cuda.get_device_name(device)))  # fmt: skip
-    scaler = build.loss_scaler(autocast, device)
     return TrainState(model, optimizer, scheduler, ema, loader, record, cfg.ema.start_epoch, scaler=scaler)
 
 

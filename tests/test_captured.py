@@ -19,7 +19,7 @@ from resnet9.training.loop import StepSettings, _train_step
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
-needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="a CUDA graph needs a CUDA device")
+gpu_only = pytest.mark.skipif(not torch.cuda.is_available(), reason="a CUDA graph needs a CUDA device")
 
 
 def tiny(device=CPU, **sgd):
@@ -122,7 +122,8 @@ def test_cuda_graph_on_a_cpu_says_why_and_trains_eagerly(synthetic_root, tmp_pat
     assert results[True]["final_test_acc"] == results[False]["final_test_acc"]  # the same eager steps
 
 
-@needs_gpu
+@pytest.mark.gpu
+@gpu_only
 @pytest.mark.parametrize("precision", [None, torch.bfloat16])
 def test_the_captured_step_steps_like_the_eager_step(precision):
     """Three steps at three LRs from the same weights: the same losses, weights and BatchNorm statistics as the

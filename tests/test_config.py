@@ -1,6 +1,8 @@
 import json
+import logging
 import os
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -145,6 +147,81 @@ def test_every_key_of_config_yaml_has_a_typed_field_and_its_default_only_in_the_
 def test_cuda_without_a_gpu_is_refused():
     with pytest.raises(ConfigError, match="no CUDA GPU"):
         build.device("cuda")
+
+
+CUDA_13_ARCHS = "sm_75 sm_80 sm_86 sm_90 sm_100 sm_120".split()  # torch 2.14.1+cu130's get_arch_list()
+OLD_DRIVER = (
+    "CUDA initialization: The NVIDIA driver on your system is too old (found version 12020). Please update your GPU "
+    "driver by downloading and installing a new version from the URL: http://www.nvidia.com/Download/index.aspx "
+    "Alternatively, go to: https://pytorch.org to install a PyTorch version that has been compiled with your version "
+    "of the CUDA driver. (Triggered internally at /pytorch/c10/cuda/CUDAFunctions.cpp:119.)"
+)  # torch's words (c10/cuda/CUDAFunctions.cpp), given once per process, when it first looks for GPUs
+
+
+def a_machine(monkeypatch, gpu: tuple[str, tuple[int, int]] | None, driver_warning: str | None = None) -> None:
+    """torch.cuda as it answers on a machine with one GPU (name, compute capability), or none usable: with
+    `driver_warning`, is_available() is False and warns as torch does, on its first call only."""
+    said = [driver_warning] if driver_warning else []
+
+    def is_available() -> bool:
+        if said:
+            warnings.warn(said.pop(), UserWarning, stacklevel=2)
+        return gpu is not None and driver_warning is None
+
+    monkeypatch.setattr(build, "_CUDA_INIT_WARNINGS", [])
+    monkeypatch.setattr(torch.cuda, "is_available", is_available)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: int(is_available()))
+    monkeypatch.setattr(torch.cuda, "get_arch_list", lambda: CUDA_13_ARCHS)
+    if gpu is not None:
+        monkeypatch.setattr(torch.cuda, "get_device_name", lambda index=None: gpu[0])
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda index=None: gpu[1])
+
+
+@pytest.mark.parametrize(
+    "gpu, expected",
+    [(("Tesla T4", (7, 5)), "cuda"), (("NVIDIA GeForce RTX 4090", (8, 9)), "cuda"), (("NVIDIA H100", (9, 0)), "cuda"),
+     (("NVIDIA B300", (10, 3)), "cuda"), (("Tesla V100-SXM2-16GB", (7, 0)), "cpu"), (("Tesla P100", (6, 0)), "cpu")],
+)  # fmt: skip
+def test_auto_uses_a_gpu_only_where_torch_has_kernels_for_it(monkeypatch, caplog, gpu, expected):
+    a_machine(monkeypatch, gpu)
+    with caplog.at_level(logging.WARNING, logger="resnet9"):
+        assert build.device("auto").type == expected
+    if expected == "cpu":
+        reason = f"this torch {torch.__version__} has no kernels for the {gpu[0]}: it is sm_{gpu[1][0]}{gpu[1][1]}"
+        (line,) = caplog.messages
+        assert line.startswith(f"device=auto: this machine has a GPU but torch cannot use it ({reason}, torch has")
+        assert "training on the CPU" in line and "--index-url https://download.pytorch.org/whl/cu126" in line
+        with pytest.raises(ConfigError) as refused:
+            build.device("cuda")
+        assert str(refused.value).startswith(f"device=cuda but torch cannot use this GPU ({reason}, torch has sm_75")
+        assert "\n" not in str(refused.value)
+    else:
+        assert not caplog.messages and build.device("cuda").type == "cuda"
+
+
+def test_a_driver_too_old_for_this_torch_is_named_by_auto_and_by_cuda(monkeypatch, caplog):
+    a_machine(monkeypatch, ("Tesla T4", (7, 5)), OLD_DRIVER)
+    with caplog.at_level(logging.WARNING, logger="resnet9"), warnings.catch_warnings():
+        warnings.simplefilter("error")  # torch's own long warning is replaced by the one line below
+        assert build.device("auto").type == "cpu"
+    (line,) = caplog.messages
+    reason = (
+        f"The NVIDIA driver on your system is too old (found version 12020); this torch {torch.__version__} is built "
+        f"for CUDA {torch.version.cuda}"
+    )
+    assert line.startswith(f"device=auto: this machine has a GPU but torch cannot use it ({reason}); training on")
+    with pytest.raises(ConfigError) as refused:  # later calls: torch does not warn again, the reason was kept
+        build.device("cuda")
+    assert str(refused.value).startswith(f"device=cuda but torch cannot use this GPU ({reason}); update the NVIDIA")
+
+
+def test_a_machine_without_a_gpu_trains_on_the_cpu_without_a_word(monkeypatch, caplog):
+    a_machine(monkeypatch, None)
+    with caplog.at_level(logging.WARNING, logger="resnet9"):
+        assert build.device("auto").type == "cpu"
+    assert not caplog.messages
+    with pytest.raises(ConfigError, match="^device=cuda:1 but no CUDA GPU is visible to torch; use device=cpu"):
+        build.device("cuda:1")
 
 
 def test_cli_bad_value_prints_one_line_and_exits_2(run_cli, tmp_path):

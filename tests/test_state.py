@@ -149,6 +149,52 @@ def test_resume_true_demands_a_checkpoint_and_last_pt_must_be_a_file(tmp_path):
             read_resumable(tmp_path / "last.pt", cfg, CPU)
 
 
+class FakeGpus:
+    """torch.cuda's random-state functions on a machine with `count` GPUs, as torch's behave there: a device
+    index past the last GPU raises IndexError (torch reads `torch.cuda.default_generators[index]`)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, count: int) -> None:
+        self.count, self.states = count, [torch.full((8,), 10 + i, dtype=torch.uint8) for i in range(count)]
+        for module in (torch.cuda, torch.cuda.random):  # torch's *_all functions call the module's own names
+            monkeypatch.setattr(module, "get_rng_state", self.get_rng_state)
+            monkeypatch.setattr(module, "set_rng_state", self.set_rng_state)
+            monkeypatch.setattr(module, "device_count", lambda: count)
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+        monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+
+    def index(self, device: int | str | torch.device) -> int:
+        index = device if isinstance(device, int) else torch.device(device).index
+        if (index or 0) >= self.count:
+            raise IndexError("tuple index out of range")
+        return index or 0
+
+    def get_rng_state(self, device: int | str | torch.device = "cuda") -> torch.Tensor:
+        return self.states[self.index(device)].clone()
+
+    def set_rng_state(self, state: torch.Tensor, device: int | str | torch.device = "cuda") -> None:
+        self.states[self.index(device)] = state.clone()
+
+
+def test_random_states_resume_on_a_machine_with_fewer_gpus(monkeypatch):
+    """A checkpoint keeps the training device's CUDA random state only, and a resume sets it on the device that
+    trains now, however many GPUs either machine has; older checkpoints (every visible GPU's) still load."""
+    from resnet9.training.state import capture_rng, restore_rng
+
+    eight = FakeGpus(monkeypatch, 8)
+    saved = capture_rng(torch.device("cuda", 3))  # trained on the fourth of eight GPUs
+    assert [state.tolist() for state in saved["cuda"]] == [[13] * 8]
+    older = {**saved, "cuda": torch.cuda.get_rng_state_all()}  # what checkpoints held before: all eight
+
+    one = FakeGpus(monkeypatch, 1)
+    restore_rng(saved, torch.device("cuda", 0))
+    assert one.states[0].tolist() == [13] * 8
+    restore_rng(older, torch.device("cuda", 0))  # raised IndexError (set_rng_state_all on 1 GPU)
+    assert one.states[0].tolist() == [10] * 8  # the GPU at the resumed device's index
+    assert eight.states[3].tolist() == [13] * 8 and torch.equal(torch.get_rng_state(), saved["torch"])
+    restore_rng(saved, CPU)  # a CPU run saved no CUDA state and sets none
+    assert capture_rng(CPU)["cuda"] == []
+
+
 # -- the whole training state, through a file, into freshly built objects --------------------------------
 
 
@@ -157,30 +203,33 @@ def test_resume_true_demands_a_checkpoint_and_last_pt_must_be_a_file(tmp_path):
 OTHER_OPTIONS = ["optimizer=adamw", "scheduler=cosine", "scheduler.warmup_epochs=1", "augment=albumentations"]
 
 
-def small_config(root: Path, engine: str):
+def small_config(root: Path, engine: str, device: torch.device = CPU):
     options = OTHER_OPTIONS if engine == "other options" else [f"augment.engine={engine}", "scheduler.peak_epoch=1"]
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         return compose(
             config_name="config",
             overrides=[f"data.root={root}", "data.limit_train=200", "data.limit_test=100", "batch_size=40",
-                       "model.width=0.125", "epochs=3", *options, "data.num_workers=0", "device=cpu"],
+                       "model.width=0.125", "epochs=3", *options, "data.num_workers=0", f"device={device.type}"],
         )  # fmt: skip
 
 
 def new_state(cfg, cifar: datasets.ImageData, init_seed: int) -> TrainState:
-    settings = build.step_settings(cfg, CPU)
+    """The trainer's state for `cfg` (on its device; fused SGD on CUDA, as the trainer picks it)."""
+    on = build.device(cfg.device)
+    settings = build.step_settings(cfg, on)
     build.seed_everything(init_seed)
     model = build.model(cfg.model, settings)
     loader = build.train_loader(cfg, cifar, settings, cfg.seed)
-    optimizer = build.optimizer(cfg.optimizer, model, lr=0.05)
+    optimizer = build.optimizer(cfg.optimizer, model, lr=0.05, **build.fused_kernels(cfg.optimizer, on))
     scheduler = build.scheduler(cfg, optimizer, 0.005, 0.05, len(loader))
     ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(0.9), use_buffers=True)
     record = RunRecord(lr_min=0.005, lr_max=0.05, lr_source="config", steps_per_epoch=len(loader))
     return TrainState(model, optimizer, scheduler, ema, loader, record, ema_start_epoch=2)
 
 
-def train_epoch(state: TrainState, epoch: int, stop_after: int | None = None) -> list[float]:
-    """The trainer's epoch: the state's own progress, loader, EMA; a stop raised after `stop_after` steps."""
+def train_epoch(state: TrainState, epoch: int, stop_after: int | None = None, graph_step=None) -> list[float]:
+    """The trainer's epoch: the state's own progress, loader, EMA; a stop raised after `stop_after` steps;
+    `graph_step` as the trainer passes a captured step."""
     stop = StopFlag()
 
     def batches():
@@ -189,11 +238,12 @@ def train_epoch(state: TrainState, epoch: int, stop_after: int | None = None) ->
                 stop.signal = signal.SIGTERM  # the loop stops after this step
             yield batch
 
-    settings = build.step_settings(small_config(Path("."), "device"), CPU)
-    state.progress = state.progress or EpochProgress.start(CPU)
+    on = state.device()
+    settings = build.step_settings(small_config(Path("."), "device", on), on)
+    state.progress = state.progress or EpochProgress.start(on)
     first_step = (epoch - 1) * len(state.loader)
     train_one_epoch(state.model, batches(), state.optimizer, state.scheduler, settings, state.progress, first_step,
-                    ema=state.averaging(epoch), stop=stop)  # fmt: skip
+                    ema=state.averaging(epoch), stop=stop, graph_step=graph_step)  # fmt: skip
     result = state.progress.read(first_step)
     state.epoch, state.progress = epoch, None
     return [result.loss, result.accuracy, *result.step_losses]
@@ -273,6 +323,40 @@ def test_the_background_writer_keeps_order_copies_what_it_writes_and_stops_after
     with pytest.raises(UsageError, match="cannot write .*blocked.pt"):
         writer.wait()
     assert json.loads((tmp_path / "metrics.json").read_text()) == {"epochs": [1]}  # never ahead of the checkpoint
+
+
+def storages(obj) -> dict[tuple[str, int], int]:
+    """The distinct storages the tensors of a nested checkpoint use: (device, address) -> bytes."""
+    if isinstance(obj, torch.Tensor):
+        return {(str(obj.device), obj.untyped_storage().data_ptr()): obj.untyped_storage().nbytes()}
+    values = obj.values() if isinstance(obj, dict) else obj if isinstance(obj, list | tuple) else []
+    return {key: size for value in values for key, size in storages(value).items()}
+
+
+def test_the_background_copy_of_a_checkpoint_copies_each_storage_once(synthetic_root, tmp_path):
+    """The evaluated model, the training state's model and the EMA share their tensors in a checkpoint, and
+    torch.save writes each storage once: the host copy must share them the same way, not hold each again."""
+    from resnet9.core import files
+
+    cfg = small_config(synthetic_root, "device")
+    state = new_state(cfg, build.dataset(cfg.data), init_seed=0)
+    for epoch in (1, 2):  # epoch 2 updates the EMA, which the checkpoint then evaluates
+        train_epoch(state, epoch)
+    checkpoint = state.checkpoint(OmegaConf.to_container(cfg))
+    copy = files.host_copy(checkpoint)
+    assert sum(storages(copy).values()) == sum(storages(checkpoint).values())
+    assert not storages(copy).keys() & storages(checkpoint).keys()  # copies, not the originals
+    torch.save(copy, tmp_path / "copy.pt")
+    reread = torch.load(tmp_path / "copy.pt", weights_only=True)  # the file holds each storage once, like the state
+    assert sum(storages(reread).values()) == sum(storages(checkpoint).values())
+    for part in ("model", "ema"):
+        for name, value in checkpoint["train_state"][part].items():
+            assert torch.equal(reread["train_state"][part][name], value), name
+            assert reread["train_state"][part][name].stride() == value.stride(), name
+    next(iter(state.model.parameters())).data.add_(1)  # training goes on: the copy keeps the epoch's weights
+    assert torch.equal(
+        next(iter(copy["train_state"]["model"].values())), reread["train_state"]["model"]["prep.0.weight"]
+    )
 
 
 @pytest.mark.parametrize("answer, written", [(errno.EINVAL, True), (errno.EIO, False)])

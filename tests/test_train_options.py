@@ -10,10 +10,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 from torch import nn
 
 from resnet9.core import jobcache
-from resnet9.core.errors import TrainingDiverged
+from resnet9.core.errors import ConfigError, TrainingDiverged
 from resnet9.data import augment, datasets
 from resnet9.models.resnet9 import ResNet9
 from resnet9.train import train
@@ -73,6 +74,60 @@ def test_fused_optimizer_only_on_cuda_unless_forced(synthetic_root):
     assert build.fused_kernels(cfg.optimizer, CPU) == {}
     forced_off = compose_small(synthetic_root, "optimizer.fused=false")
     assert build.fused_kernels(forced_off.optimizer, torch.device("cuda")) == {}
+
+
+def uninitialised_is_nan(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Uninitialised memory may hold anything: here `torch.empty_like` hands out NaN, so that reading it shows."""
+    monkeypatch.setattr(torch, "empty_like", lambda tensor, *args, **kwargs: torch.full_like(tensor, math.nan))
+
+
+def overflowing_scaler(dtype, on):
+    """A GradScaler whose first scale overflows the gradients (as 2^16 often does on a GPU's step 0), then fits."""
+    return torch.amp.GradScaler(on.type, init_scale=2.0**100, backoff_factor=2.0**-90) if dtype else None
+
+
+@pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step")  # torch: step 0 skipped
+def test_fused_sgd_after_an_overflow_on_step_0_steps_exactly_like_sgd(monkeypatch, synthetic_root):
+    """Torch's fused SGD makes its momentum buffers on step 0 and skips that step's update when the scaler found an
+    overflow: started from zero buffers it then steps exactly like the unfused SGD, which the scaler never calls."""
+    uninitialised_is_nan(monkeypatch)
+    cfg = compose_small(synthetic_root, "precision=fp16")
+    settings = build.step_settings(cfg, CPU)
+    generator = torch.Generator().manual_seed(0)
+    batches = [(torch.randn(8, 3, 32, 32, generator=generator), torch.randint(0, 10, (8,), generator=generator))] * 3
+    results = []
+    for fused in (False, True):
+        torch.manual_seed(0)
+        model = build.model(cfg.model, settings)
+        optimizer = build.optimizer(cfg.optimizer, model, lr=0.1, fused=fused)
+        scaler = overflowing_scaler(torch.float16, CPU)
+        build.ready_for_loss_scaling(optimizer)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+        progress = train_one_epoch(model, batches, optimizer, scheduler, settings, scaler=scaler)
+        assert scaler.get_scale() == 2.0**10  # step 0 overflowed, steps 1 and 2 did not
+        results.append((torch.stack(progress.step_losses), [p.detach().clone() for p in model.parameters()]))
+    (losses, weights), (fused_losses, fused_weights) = results
+    assert torch.equal(fused_losses, losses)
+    assert all(torch.equal(mine, theirs) for mine, theirs in zip(fused_weights, weights, strict=True))
+
+
+def test_a_fused_fp16_run_survives_an_overflow_on_its_first_step(monkeypatch, synthetic_root, tmp_path):
+    """The trainer's path: fp16, fused SGD, the first step's gradients overflowing. Without zero momentum buffers
+    the second step reads uninitialised ones (NaN here) and the run diverges."""
+    uninitialised_is_nan(monkeypatch)
+    monkeypatch.setattr(build, "loss_scaler", overflowing_scaler)
+    train(compose_small(synthetic_root, "precision=fp16", "optimizer.fused=true", "epochs=2"), tmp_path)
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["status"] == "completed" and math.isfinite(metrics["epochs"][0]["train_loss"])
+    momentum = torch.load(tmp_path / "last.pt", weights_only=True)["train_state"]["optimizer"]["state"]
+    assert all(torch.isfinite(state["momentum_buffer"]).all() for state in momentum.values())
+    # With dampening, zero momentum is not SGD's first step: not fused under loss scaling, refused if forced
+    damped = OmegaConf.create({"_target_": "torch.optim.SGD", "momentum": 0.9, "dampening": 0.1, "fused": None})
+    assert build.fused_kernels(damped, torch.device("cuda"), loss_scaling=True) == {}
+    assert build.fused_kernels(damped, torch.device("cuda")) == {"fused": True}
+    forced = torch.optim.SGD(ResNet9(width=0.125).parameters(), lr=0.1, momentum=0.9, dampening=0.1, fused=True)
+    with pytest.raises(ConfigError, match="optimizer.fused=true with dampening under fp16 loss scaling"):
+        build.ready_for_loss_scaling(forced)
 
 
 class Asymmetric(nn.Module):
@@ -142,7 +197,7 @@ def test_options_compose_into_a_run_and_compile_really_compiles(synthetic_root, 
 
 
 def test_a_reused_model_is_initialised_exactly_like_a_new_one():
-    settings = StepSettings(device=CPU)
+    settings = StepSettings(device=CPU, memory_format=torch.channels_last)
     model_cfg = {"_target_": "resnet9.models.resnet9.ResNet9", "num_classes": 10, "width": 0.125, "logit_scale": 0.125}
     jobcache.shared.clear()
     first = build.model(model_cfg, settings, reuse=True)
@@ -157,6 +212,25 @@ def test_a_reused_model_is_initialised_exactly_like_a_new_one():
     assert again is first and build.compiled(again) is build.compiled(first)
     for name, value in fresh.state_dict().items():
         assert torch.equal(again.state_dict()[name], value), name
+        assert again.state_dict()[name].stride() == value.stride(), name  # the layout of the first build stays
+
+
+@pytest.mark.filterwarnings("ignore:.*copying from a non-meta parameter")  # meta tensors hold no values
+def test_a_reused_model_draws_its_weights_on_the_cpus_generator_whatever_its_device():
+    """A new model is drawn on the CPU and then moved; a reused one must be drawn the same way, not in place on its
+    device (on a GPU: the GPU's generator, other weights for the same seed). The meta device (no data, no
+    generator) stands in for a GPU here: the CPU's generator must advance exactly as for a new model."""
+    settings = StepSettings(device=torch.device("meta"), memory_format=torch.channels_last)
+    model_cfg = {"_target_": "resnet9.models.resnet9.ResNet9", "num_classes": 10, "width": 0.125, "logit_scale": 0.125}
+    jobcache.shared.clear()
+    first = build.model(model_cfg, settings, reuse=True)
+    torch.manual_seed(3)
+    build.model(model_cfg, settings)
+    after_new = torch.get_rng_state()
+    torch.manual_seed(3)
+    assert build.model(model_cfg, settings, reuse=True) is first
+    assert torch.equal(torch.get_rng_state(), after_new)
+    jobcache.shared.clear()
 
 
 def test_timings_add_up_to_the_jobs_wall_time(synthetic_root, tmp_path):

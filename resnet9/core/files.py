@@ -140,17 +140,33 @@ class BackgroundWriter:
             raise
 
 
-def host_copy(obj: Any) -> Any:
+def host_copy(obj: Any, _copied: dict | None = None) -> Any:
     """`obj` with every tensor copied to the host, so that training can go on changing the originals while a
     background thread writes the copy. The copy from a GPU waits for it and lands in ordinary memory: pinning
-    it afterwards (as this did before) only added a second host copy and a page-locked allocation per epoch."""
+    it afterwards (as this did before) only added a second host copy and a page-locked allocation per epoch.
+
+    Each storage is copied once and tensors that shared one share its copy: a checkpoint names the same weights
+    up to three times (the evaluated model, the training state's model, the EMA's), and `torch.save` writes a
+    shared storage once, so copying tensor by tensor doubled both the copy and the file."""
+    copied = {} if _copied is None else _copied  # (device, storage address) -> its host copy, as bytes
     if isinstance(obj, torch.Tensor):
-        return obj.detach().to("cpu", copy=True)
+        return _shared_host_copy(obj.detach(), copied)
     if isinstance(obj, dict):
-        return {key: host_copy(value) for key, value in obj.items()}
+        return {key: host_copy(value, copied) for key, value in obj.items()}
     if isinstance(obj, list | tuple):
-        return type(obj)(host_copy(value) for value in obj)
+        return type(obj)(host_copy(value, copied) for value in obj)
     return copy_module.deepcopy(obj)
+
+
+def _shared_host_copy(tensor: torch.Tensor, copied: dict) -> torch.Tensor:
+    """`tensor` as a view of the host copy of its whole storage (made on first sight of that storage)."""
+    storage = tensor.untyped_storage()
+    key = (str(tensor.device), storage.data_ptr(), storage.nbytes())
+    if key not in copied:
+        raw = torch.empty(0, dtype=torch.uint8, device=tensor.device).set_(storage)
+        copied[key] = raw.to("cpu", copy=True).untyped_storage()
+    view = torch.empty(0, dtype=tensor.dtype)
+    return view.set_(copied[key], tensor.storage_offset(), tensor.size(), tensor.stride())
 
 
 def ensure_writable(folder: str | Path, key: str) -> None:

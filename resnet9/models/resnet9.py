@@ -72,10 +72,11 @@ class ResNet9(nn.Module):
         return self.fc(torch.flatten(self.pool(x), 1)) * self.logit_scale
 
     def reset_parameters(self) -> None:
-        """Draw every weight again and reset BatchNorm's statistics, in place, exactly as a new ResNet9 would.
+        """Draw every weight again and reset BatchNorm's statistics, in place.
 
-        Modules are visited in the order they were built, so after the same seed this gives the same weights
-        as constructing the network anew; a compiled wrapper around it stays valid (sweep jobs reuse it).
+        Modules are visited in the order they were built, so on the CPU and after the same seed this gives the
+        weights of a network constructed anew. On a GPU it draws from the GPU's generator, not the CPU's a new
+        network is drawn from: sweep jobs that reuse a network copy a new one's weights instead (`build.model`).
         """
         for module in self.modules():
             if module is not self and hasattr(module, "reset_parameters"):

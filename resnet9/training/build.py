@@ -11,6 +11,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import random
+import re
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +29,7 @@ from resnet9.core.errors import ConfigError, UsageError
 from resnet9.data import datasets
 from resnet9.data.augment import Stats
 from resnet9.training import schema, state, targets, tracking
+from resnet9.training.cuda_graph import start_momentum
 from resnet9.training.distributed import World
 from resnet9.training.loop import Batches, StepSettings
 
@@ -43,20 +46,33 @@ def built(node: DictConfig | dict, **kwargs: object) -> object:
 
 
 def device(name: str, world: World | None = None) -> torch.device:
-    """'auto' -> cuda if available, else cpu. An unavailable device is a ConfigError.
+    """'auto' -> cuda if torch can use a GPU here, else cpu (with a warning where a GPU is there but torch cannot
+    use it). An unavailable or unusable device is a ConfigError.
 
     Under torchrun every process takes the GPU of its local rank: device=auto or cuda gives cuda:LOCAL_RANK.
     """
+    rank_gpu = world.local_rank if world is not None and world.is_parallel else 0  # the GPU this process would use
     if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
+        problem = cuda_problem(rank_gpu)
+        if problem is not None:
+            logging.getLogger("resnet9").warning(
+                "device=auto: this machine has a GPU but torch cannot use it (%s); training on the CPU. To use the "
+                "GPU, %s",
+                *problem,
+            )
+        name = "cuda" if problem is None and _cuda_available() else "cpu"
     try:
         chosen = torch.device(name)
     except (RuntimeError, TypeError):
         chosen = None
     if chosen is None or chosen.type not in ("cpu", "cuda"):
         raise ConfigError(f"device must be auto, cpu or cuda[:N], got {name!r}; e.g. device=auto")
-    if chosen.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device={name} but no CUDA GPU is visible to torch; use device=cpu or device=auto")
+    if chosen.type == "cuda":
+        problem = cuda_problem(rank_gpu if chosen.index is None else chosen.index)
+        if problem is not None:
+            raise ConfigError(f"device={name} but torch cannot use this GPU ({problem[0]}); {problem[1]}")
+        if not _cuda_available():
+            raise ConfigError(f"device={name} but no CUDA GPU is visible to torch; use device=cpu or device=auto")
     if chosen.type == "cuda" and world is not None and world.is_parallel:
         if chosen.index is not None:
             raise ConfigError(f"device={name} under torchrun: each process uses cuda:LOCAL_RANK; use device=cuda")
@@ -64,6 +80,66 @@ def device(name: str, world: World | None = None) -> torch.device:
     if chosen.index is not None:  # cuda:N: make it the current device, as libraries expect
         torch.cuda.set_device(chosen)
     return chosen
+
+
+# torch's "CUDA initialization: ..." warnings: torch looks for GPUs once per process and says what went wrong
+# (a driver too old for its CUDA, say) only then, so they are kept for every later question
+_CUDA_INIT_WARNINGS: list[str] = []
+
+
+def _cuda_available() -> bool:
+    """torch.cuda.is_available(), keeping what torch warned while it looked (other warnings pass on)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        available = torch.cuda.is_available()
+    for warning in caught:
+        text = str(warning.message)
+        if not text.startswith("CUDA initialization"):
+            warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
+        elif text not in _CUDA_INIT_WARNINGS:
+            _CUDA_INIT_WARNINGS.append(text)
+    return available
+
+
+def cuda_problem(index: int = 0) -> tuple[str, str] | None:
+    """(why torch cannot train on this machine's GPU `index`, how to fix it), or None where it can or no GPU is
+    there. Two ways it cannot: a driver too old for the CUDA this torch was built with (torch then sees no GPU
+    and warns), and a card this torch has no kernels for (it sees the GPU, and fails at the first kernel)."""
+    if not _cuda_available():
+        if not _CUDA_INIT_WARNINGS:
+            return None  # no GPU, or no driver at all: nothing to warn about
+        said = _CUDA_INIT_WARNINGS[0].removeprefix("CUDA initialization:").strip().split(". ")[0].rstrip(".")
+        return (
+            f"{said}; this torch {torch.__version__} is built for CUDA {torch.version.cuda}",
+            f"update the NVIDIA driver to one for CUDA {torch.version.cuda} or newer (nvidia-smi names the CUDA a "
+            "driver supports), or install a torch built for an older CUDA (README: GPUs)",
+        )
+    if index >= torch.cuda.device_count():
+        return f"torch sees {torch.cuda.device_count()} GPU(s), there is no cuda:{index}", "name one it sees"
+    capability, arch_list = torch.cuda.get_device_capability(index), torch.cuda.get_arch_list()
+    if arch_list and not has_kernels(capability, arch_list):
+        return (
+            f"this torch {torch.__version__} has no kernels for the {torch.cuda.get_device_name(index)}: it is "
+            f"sm_{capability[0]}{capability[1]}, torch has {' '.join(arch_list)}",
+            "install a torch built for it (README: GPUs; e.g. the CUDA 12.6 build for sm_50 to sm_70: pip install "
+            "torch==2.14.1 torchvision==0.29.1 --index-url https://download.pytorch.org/whl/cu126)",
+        )
+    return None
+
+
+def has_kernels(capability: tuple[int, int], arch_list: list[str]) -> bool:
+    """Whether a build for `arch_list` (torch.cuda.get_arch_list()) runs on a card of compute `capability`: its
+    machine code for sm_XY runs on X.Y and later minor versions of X (an "a"/"f" variant on X.Y alone here, to
+    be safe); its PTX for compute_XY is compiled for any card from X.Y on."""
+    for arch in arch_list:
+        found = re.fullmatch(r"(sm|compute)_(\d+)(\d)([a-z]?)", arch)
+        if found is None:
+            continue
+        kind, built, variant = found.group(1), (int(found.group(2)), int(found.group(3))), found.group(4)
+        same_family = capability[0] == built[0] and capability[1] >= built[1] and not variant
+        if (kind == "compute" and capability >= built) or (kind == "sm" and (capability == built or same_family)):
+            return True
+    return False
 
 
 def autocast_dtype(precision: str, on: torch.device) -> torch.dtype | None:
@@ -155,8 +231,9 @@ def model(model_cfg: DictConfig | dict, settings: StepSettings, reuse: bool = Fa
     """The network of the `model` section, on the device in the run's memory layout (random init: seed first).
 
     `reuse=True` (with compile=true): the network built for an earlier job of the same settings in this
-    process, its weights and BatchNorm statistics drawn again in place, exactly as a new one's would be, so
-    that its compiled form (`compiled`) serves this job too.
+    process, with the weights and BatchNorm statistics of a new one copied in place, so that its compiled form
+    (`compiled`) serves this job too. The new one is drawn on the CPU, as every new network is before it moves:
+    drawing in place on a GPU (`reset_parameters`) would use the GPU's generator, other numbers for the same seed.
     """
     if isinstance(model_cfg, DictConfig):  # resolved where it sits: model.num_classes is ${data.num_classes}
         model_cfg = OmegaConf.to_container(model_cfg, resolve=True)
@@ -170,7 +247,7 @@ def model(model_cfg: DictConfig | dict, settings: StepSettings, reuse: bool = Fa
     if not jobcache.shared.holds("model", key):
         return jobcache.shared.get("model", key, make)
     network = jobcache.shared.get("model", key, make)
-    network.reset_parameters()
+    network.load_state_dict(instantiate(OmegaConf.create(model_cfg)).state_dict())  # copies into the same tensors
     return network
 
 
@@ -213,9 +290,32 @@ def test_loader(cfg: DictConfig, cifar: datasets.ImageData, settings: StepSettin
     )
 
 
-def fused_kernels(optimizer_cfg: DictConfig, on: torch.device) -> dict[str, bool]:
-    """On CUDA, torch's fused SGD/Adam kernels (one launch for all parameters) unless the config says otherwise."""
+def fused_kernels(optimizer_cfg: DictConfig, on: torch.device, loss_scaling: bool = False) -> dict[str, bool]:
+    """On CUDA, torch's fused SGD/Adam kernels (one launch for all parameters) unless the config says otherwise;
+    not for an SGD with dampening under loss scaling, whose first step zero momentum cannot stand in for
+    (`ready_for_loss_scaling`)."""
+    if loss_scaling and optimizer_cfg.get("dampening", 0) and optimizer_cfg.get("momentum", 0):
+        return {}
     return {"fused": True} if on.type == "cuda" and optimizer_cfg.get("fused", "absent") is None else {}
+
+
+def ready_for_loss_scaling(opt: torch.optim.Optimizer) -> None:
+    """A fused SGD that a GradScaler steps starts from zero momentum buffers (which is exactly SGD's first step
+    when dampening is 0), set before training and again after a resume (for parameters that have none).
+
+    Torch's fused SGD creates its buffers with `empty_like` on its first step and fills them in the kernel, and
+    the kernel returns at once when the scaler found an overflow, common at its starting scale of 2^16 on
+    step 0: the next step would read uninitialised memory (wrong momentum, or NaN). The unfused SGD is not
+    stepped at all after an overflow; fused Adam creates its buffers as zeros."""
+    groups = opt.param_groups
+    if not isinstance(opt, torch.optim.SGD) or not any(group.get("fused") for group in groups):
+        return
+    if any(group["dampening"] and group["momentum"] for group in groups):
+        raise ConfigError(
+            "optimizer.fused=true with dampening under fp16 loss scaling can start from uninitialised momentum; "
+            "use optimizer.fused=null, dampening=0 or another precision (e.g. precision=bf16)"
+        )
+    start_momentum(opt)
 
 
 def optimizer(optimizer_cfg: DictConfig, params: nn.Module, lr: float, **options: bool) -> torch.optim.Optimizer:

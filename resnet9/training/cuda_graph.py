@@ -172,7 +172,8 @@ def untouched_in_place(model: nn.Module, optimizer: torch.optim.Optimizer) -> It
     tensors = [*model.state_dict().values()]
     tensors += [value for state in optimizer.state.values() for value in state.values() if torch.is_tensor(value)]
     saved = [tensor.clone() for tensor in tensors]
-    rng = capture_rng()
+    device = next(model.parameters()).device
+    rng = capture_rng(device)
     try:
         yield
     finally:
@@ -180,4 +181,4 @@ def untouched_in_place(model: nn.Module, optimizer: torch.optim.Optimizer) -> It
             for tensor, value in zip(tensors, saved, strict=True):
                 tensor.copy_(value)
         optimizer.zero_grad(set_to_none=True)
-        restore_rng(rng)
+        restore_rng(rng, device)

@@ -157,6 +157,10 @@ class TrainState:
             return self.ema.module
         return self.model
 
+    def device(self) -> torch.device:
+        """Where the model trains (whose random state a checkpoint keeps)."""
+        return next(self.model.parameters()).device
+
     def is_finite(self) -> bool:
         """No NaN or inf in the weights nor in the running epoch's losses (one read from the device): a stop
         mid-epoch may come after a divergence that only the epoch's end would have read."""
@@ -174,7 +178,7 @@ class TrainState:
             "ema": self.ema.state_dict() if self.ema is not None else None,
             "loader": self.loader.state_dict(),
             "progress": self.progress.state_dict() if self.progress is not None else None,
-            "rng": capture_rng(),
+            "rng": capture_rng(self.device()),
             "record": self.record.state_dict(),
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
         }
@@ -187,9 +191,9 @@ class TrainState:
         if self.ema is not None:
             self.ema.load_state_dict(state["ema"])
         self.loader.load_state_dict(state["loader"])
-        device = next(self.model.parameters()).device
+        device = self.device()
         self.progress = EpochProgress.from_state(state["progress"], device) if state["progress"] else None
-        restore_rng(state["rng"])
+        restore_rng(state["rng"], device)
         self.record.load_state_dict(state["record"])
         if self.scaler is not None and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
@@ -199,13 +203,13 @@ class TrainState:
         """Whatever the block does to the model, the optimizer and the random states is undone at its end."""
         model = {key: value.clone() for key, value in self.model.state_dict().items()}
         optimizer = copy.deepcopy(self.optimizer.state_dict())
-        rng = capture_rng()
+        rng = capture_rng(self.device())
         try:
             yield
         finally:
             self.model.load_state_dict(model)
             self.optimizer.load_state_dict(optimizer)
-            restore_rng(rng)
+            restore_rng(rng, self.device())
 
     def resume(self, checkpoint: dict[str, Any], path: Path) -> None:
         """Continue from a checkpoint `read_resumable` accepted. Its content is a file's: one line if it does not
@@ -227,7 +231,7 @@ class TrainState:
         """last.pt: the state, plus what evaluate and predict read (the weights evaluated, the config)."""
         return {
             "format": CHECKPOINT_FORMAT,
-            "device_type": next(self.model.parameters()).device.type,  # cpu or cuda: what a resume must match
+            "device_type": self.device().type,  # cpu or cuda: what a resume must match
             "model": self.evaluated_model().state_dict(),
             "epoch": self.epoch,
             "config": config,
@@ -239,22 +243,29 @@ class TrainState:
         }
 
 
-def capture_rng() -> dict[str, Any]:
-    """Every global random state, as tensors and plain lists (loadable with torch.load(weights_only=True))."""
+def capture_rng(device: torch.device) -> dict[str, Any]:
+    """Every global random state a run on `device` draws from, as tensors and plain lists (loadable with
+    torch.load(weights_only=True)). On CUDA, that device's generator only: saving every visible GPU's made a
+    resume on a machine with fewer GPUs fail (torch.cuda.set_rng_state_all needs as many as were saved)."""
     kind, keys, position, has_gauss, cached = np.random.get_state()
     version, internal, gauss = random.getstate()
     return {
         "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "cuda": [torch.cuda.get_rng_state(device)] if device.type == "cuda" else [],
         "numpy": [kind, keys.tolist(), position, has_gauss, cached],
         "python": [version, list(internal), gauss],
     }
 
 
-def restore_rng(state: dict[str, Any]) -> None:
+def restore_rng(state: dict[str, Any], device: torch.device) -> None:
+    """Set the states `capture_rng` saved; the saved CUDA state goes to `device`, the one training now.
+
+    Checkpoints written before this saved every visible GPU's state, in device order: the training device's
+    is the one at its index (the first one, where it had fewer GPUs than that index)."""
     torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    if state["cuda"] and device.type == "cuda":
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        torch.cuda.set_rng_state(state["cuda"][index if index < len(state["cuda"]) else 0], device)
     kind, keys, position, has_gauss, cached = state["numpy"]
     np.random.set_state((kind, np.array(keys, dtype=np.uint32), position, has_gauss, cached))
     version, internal, gauss = state["python"]

@@ -122,11 +122,11 @@ def _nested(node: dict, key: str) -> Iterator[tuple[str, dict]]:
 # The package's own targets as configs saved before its modules moved into folders name them (checkpoints,
 # metrics.json): read back under their current names.
 MOVED = {
-    "resnet9.model.ResNet9": "resnet9.models.resnet9.ResNet9",
-    "resnet9.augment.Augmentation": "resnet9.data.augment.Augmentation",
-    "resnet9.schedule.one_cycle": "resnet9.training.schedule.one_cycle",
-    "resnet9.tracking.WandbTracker": "resnet9.training.tracking.WandbTracker",
-    "resnet9.tracking.NullTracker": "resnet9.training.tracking.NullTracker",
+    "resnet9.models.resnet9.ResNet9": "resnet9.models.resnet9.ResNet9",
+    "resnet9.data.augment.Augmentation": "resnet9.data.augment.Augmentation",
+    "resnet9.training.schedule.one_cycle": "resnet9.training.schedule.one_cycle",
+    "resnet9.training.tracking.WandbTracker": "resnet9.training.tracking.WandbTracker",
+    "resnet9.training.tracking.NullTracker": "resnet9.training.tracking.NullTracker",
 }
 
 
