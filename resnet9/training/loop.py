@@ -134,7 +134,7 @@ def train_one_epoch(
     `batches` is one) reads its running numbers every `log_every` steps. The run's very first step (step 0)
     is timed on its own. `progress` continues an epoch that a stop interrupted (its loader skips the steps
     already done); a stop raises StopRequested after the step, with `progress` holding every step done.
-    `graph_step(images, labels) -> (logits, loss)` replaces the eager step (captured.CapturedStep, a CUDA graph).
+    `graph_step(images, labels) -> (logits, loss)` replaces the eager step (cuda_graph.CapturedStep, a CUDA graph).
     """
     model.train()
     device = settings.device
