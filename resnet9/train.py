@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 # `ddp`, not `distributed`: submitit's launcher pickles this module's functions by value, and cloudpickle
 # would take a module-level name `distributed` for the unpicklable torch.distributed.
-from resnet9 import build, captured, files, lr_find, report, schema, sweep, tracking
+from resnet9 import build, captured, files, lr_find, report, schema, search, sweep, tracking
 from resnet9 import distributed as ddp
 from resnet9.data import Cifar10
 from resnet9.ema import WeightEMA
@@ -130,6 +130,7 @@ def train(cfg: DictConfig, out_dir: Path) -> float:
 
     stop = SignalStop()
     listeners = [stop, *(_recorders(cfg, out_dir, device) if world.is_main else [])]
+    listeners += search.trial_listeners() if world.is_main else []  # last: every other listener has the epoch
     with notifying(listeners, state, stop.flag):
         _fit(cfg, state, test_batches, settings, listeners, stop.flag)
     return ddp.broadcast(state.record.get("final_test_acc"))
