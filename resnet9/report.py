@@ -40,7 +40,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from tabulate import tabulate
 
 from resnet9 import build, files, listeners, plots, schema, search, sweep
-from resnet9.errors import ConfigError, UsageError, exit_on_usage_error, exit_with
+from resnet9.errors import ConfigError, TrialPruned, UsageError, exit_on_usage_error, exit_with
 
 NUMBERS = ("final_test_acc", "best_test_acc", "lr_min", "lr_max", "train_time_s")
 LABELS = {
@@ -308,7 +308,9 @@ class SweepSummary(Callback):
     def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
         if config.hydra.mode != RunMode.MULTIRUN:
             return
-        self.failure_seen |= getattr(job_return, "status", None) == JobStatus.FAILED
+        # (a trial an Optuna search pruned ends on TrialPruned: Hydra's FAILED, but no failure to redraw for)
+        pruned = isinstance(getattr(job_return, "_return_value", None), TrialPruned)
+        self.failure_seen |= getattr(job_return, "status", None) == JobStatus.FAILED and not pruned
         write_report(Path(config.hydra.sweep.dir), figure="background" if self.failure_seen else "none")
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
