@@ -258,7 +258,9 @@ class OptunaSweeper(Sweeper):
         from resnet9 import files
 
         running = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
-        optuna.storages.fail_stale_trials(study)
+        with warnings.catch_warnings():  # experimental since Optuna 2.9, and the one public way to do this
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(study)
         for trial in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
             record_path = Path(trial.user_attrs.get("job_dir", "/nonexistent")) / "metrics.json"
             if trial.number not in running or not record_path.is_file():
