@@ -12,6 +12,7 @@ setup: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip uninstall --quiet --yes hydra-optuna-sweeper 2>/dev/null || true  # superseded (an older venv)
 	$(BIN)/python -m pip install --quiet -e '.[dev,search]'
 	touch $@
 

@@ -4,10 +4,11 @@ Single runs of this recipe vary between seeds (0.1 to 0.8 points on an H100, see
 little; a sweep over seeds says more. A setting is a combination of values of the keys the sweep varies
 (sweep.json), the seed excepted: seeds are what is averaged over. After every job of a `--multirun` the
 callback (registered in conf/config.yaml) rewrites, in the sweep folder:
-  summary.md / summary.json   per setting: jobs, failures, the metric's mean ± std and 95 % interval (t), the
-                              best test accuracy over epochs (chosen on the test set, so optimistic), LRMIN,
-                              LRMAX, training time
+  summary.md / summary.json   per setting: jobs, failures (trials an Optuna search pruned counted apart), the
+                              metric's mean ± std and 95 % interval (t), the best test accuracy over epochs
+                              (chosen on the test set, so optimistic), LRMIN, LRMAX, training time
   test_accuracy.png           test accuracy per epoch of every job, a mean ± std band per setting
+  study.md                    an Optuna search's study: best trial, every trial's state and value, importances
 When the sweep ends, the table and figure also go to W&B as a run of its own (job type `report`). For any
 sweep folder, later, with options:
 
@@ -38,8 +39,8 @@ from tabulate import tabulate
 
 from resnet9.analysis import plots
 from resnet9.core import files, signals
-from resnet9.core.errors import ConfigError, UsageError, exit_on_usage_error, exit_with, first_line
-from resnet9.training import build, schema, sweep
+from resnet9.core.errors import ConfigError, TrialPruned, UsageError, exit_on_usage_error, exit_with, first_line
+from resnet9.training import build, listeners, schema, search, sweep
 
 NUMBERS = ("final_test_acc", "best_test_acc", "lr_min", "lr_max", "train_time_s")
 LABELS = {
@@ -133,7 +134,10 @@ def summarize(groups: dict[str, list[dict[str, Any]]], metric: str = "final_test
     rows = []
     for setting, runs in groups.items():
         done = [job for job in runs if job.get("status") == "completed"]
-        row: dict[str, Any] = {"setting": setting, "jobs": len(runs), "failed": len(runs) - len(done), "n": len(done)}
+        pruned = sum(job.get("status") == "pruned" for job in runs)  # a search's pruner stopped it: not a failure
+        failed = len(runs) - len(done) - pruned
+        row: dict[str, Any] = {"setting": setting, "jobs": len(runs), "failed": failed, "n": len(done)}
+        row |= {"pruned": pruned} if pruned else {}
         for key in dict.fromkeys((metric, *NUMBERS)):
             values = [job[key] for job in done if isinstance(job.get(key), int | float)]
             if values:
@@ -185,6 +189,10 @@ def format_table(rows: list[dict[str, Any]], metric: str = "final_test_acc", as_
         + [_cell(row, key) for key in others]
         for row in rows
     ]
+    if any(row.get("pruned") for row in rows):  # an Optuna search's: pruned trials, apart from the failed ones
+        headers.insert(3, "pruned")
+        for cells, row in zip(table, rows, strict=True):
+            cells.insert(3, row.get("pruned", 0))
     return tabulate(table, headers=headers, tablefmt="github", disable_numparse=True)
 
 
@@ -193,6 +201,7 @@ def _csv(rows: list[dict[str, Any]], numbers: list[str]) -> str:
     summary.json); empty where there is none."""
     columns = ["setting", "jobs", "failed", "n"]
     columns += [f"{key}{part}" for key in numbers for part in ("", "_std", "_ci95_low", "_ci95_high")]
+    columns += ["pruned"] if any(row.get("pruned") for row in rows) else []
     text = io.StringIO()
     writer = csv.DictWriter(text, columns, extrasaction="ignore")
     writer.writeheader()
@@ -298,7 +307,9 @@ class SweepSummary(Callback):
     def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
         if config.hydra.mode != RunMode.MULTIRUN:
             return
-        self.failure_seen |= getattr(job_return, "status", None) == JobStatus.FAILED
+        # (a trial an Optuna search pruned ends on TrialPruned: Hydra's FAILED, but no failure to redraw for)
+        pruned = isinstance(getattr(job_return, "_return_value", None), TrialPruned)
+        self.failure_seen |= getattr(job_return, "status", None) == JobStatus.FAILED and not pruned
         write_report(Path(config.hydra.sweep.dir), figure="background" if self.failure_seen else "none")
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
@@ -319,6 +330,9 @@ class SweepSummary(Callback):
         print(table)
         for line in failure_lines(sweep_dir, jobs):
             print(line)
+        study = study_report(sweep_dir)
+        if study is not None:
+            print(f"\n{study}")
         log_to_tracker(sweep_dir, rows, self.config.logger)
 
 
@@ -329,8 +343,22 @@ def failure_lines(sweep_dir: Path, jobs: list[dict[str, Any]]) -> list[str]:
         f"job {job['job']} ({sweep.setting(job['overrides'], keys, with_seed=True) or 'no overrides'}): "
         f"{job['status']}: {job.get('error') or job.get('stopped') or 'no reason recorded'}"
         for job in jobs
-        if job["status"] != "completed"
+        if job["status"] not in ("completed", "pruned")
     ]
+
+
+def study_report(sweep_dir: Path) -> str | None:
+    """An Optuna search's study (sweep.json names it) as study.md: best trial, every trial's state, value and
+    parameters, the parameters' importances; None for other sweeps."""
+    study = (sweep.read(sweep_dir) or {}).get("study")
+    if not isinstance(study, dict) or not all(isinstance(study.get(key), str) for key in ("storage", "name")):
+        return None
+    try:
+        text = search.describe_study(study["storage"], study["name"])
+    except Exception as err:  # the database gone or unreachable: the rest of the report still stands
+        return f"(study {study['name']}: {listeners.one_line(err)})"
+    files.replace_atomically(sweep_dir / "study.md", lambda tmp: Path(tmp).write_text(text))
+    return text
 
 
 def end_unfinished_sweep() -> None:
@@ -397,6 +425,9 @@ def main(argv: list[str] | None = None) -> None:
     print(format_table(rows, args.metric, as_csv=True) if args.csv else table, end="" if args.csv else "\n")
     for line in [] if args.csv else failure_lines(args.folder, jobs):
         print(line)
+    study = None if args.csv else study_report(args.folder)
+    if study is not None:
+        print(f"\n{study}", end="")
     logger = _logger_of(args.folder, args.tracker)
     if logger is not None and logger["_target_"].endswith("WandbTracker"):
         log_to_tracker(args.folder, rows, logger, args.by)

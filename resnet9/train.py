@@ -32,7 +32,7 @@ from resnet9.models.resnet9 import count_parameters
 
 # `ddp`, not `distributed`: submitit's launcher pickles this module's functions by value, and cloudpickle
 # would take a module-level name `distributed` for the unpicklable torch.distributed.
-from resnet9.training import build, cuda_graph, lr_finder, schema, sweep, tracking
+from resnet9.training import build, cuda_graph, lr_finder, schema, search, sweep, tracking
 from resnet9.training import distributed as ddp
 from resnet9.training.ema import WeightEMA
 from resnet9.training.listeners import (
@@ -142,6 +142,7 @@ def train(cfg: DictConfig, out_dir: Path) -> float:
     stop = SignalStop()
     # the user's callbacks before the recorders, so that what they add to an epoch's row is recorded
     listeners = [stop, *(build.callbacks(cfg) + _recording_listeners(cfg, out_dir, device) if world.is_main else [])]
+    listeners += search.trial_listeners() if world.is_main else []  # last: every other listener has the epoch
     with notifying(listeners, state, stop.flag):
         _fit(cfg, state, test_batches, settings, listeners, stop.flag)
     return ddp.broadcast(state.record.get("final_test_acc"))

@@ -275,7 +275,7 @@ def test_hydras_answers_to_help_flags_are_one_line_on_a_typo(monkeypatch, capsys
         cli.train()
     assert exit_status.value.code == 2
     assert capsys.readouterr().err.strip().splitlines() == [
-        "error: hydra/sweeper=nope is not an option of hydra/sweeper; choose one of basic, compose_once, optuna"
+        "error: hydra/sweeper=nope is not an option of hydra/sweeper; choose one of basic, compose_once, resnet9_optuna"
     ]
     assert "HYDRA_FULL_ERROR" not in os.environ  # set only while the command runs
 

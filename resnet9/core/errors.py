@@ -55,6 +55,20 @@ def first_line(err: BaseException | str, otherwise: str | None = None, limit: in
     return line[:limit] if limit else line
 
 
+class TrialPruned(Exception):
+    """A search's pruner ended this trial after an epoch: its accuracy fell behind the other trials' at that epoch.
+    A result of the search (metrics.json "status": "pruned"), not a failure; the sweeper tells the study so."""
+
+    status = "pruned"
+
+    def __init__(self, trial: int, epoch: int, test_acc: float) -> None:
+        super().__init__(f"trial {trial} pruned after epoch {epoch} (test accuracy {100 * test_acc:.2f}%)")
+        self.trial, self.epoch, self.test_acc = trial, epoch, test_acc
+
+    def __reduce__(self) -> tuple:  # (a joblib or submitit launcher sends it back to the sweeper's process)
+        return TrialPruned, (self.trial, self.epoch, self.test_acc)
+
+
 def exit_with(message: str, status: int = USAGE_EXIT) -> NoReturn:
     """The one exit path: `message` as one line on stderr, then exit with `status`."""
     print(message, file=sys.stderr)

@@ -9,8 +9,8 @@
 
 The trainer calls, in list order: `on_run_start` before the first epoch, `on_epoch_end` after each evaluated
 epoch, `on_stop` when a signal stopped training mid-epoch, and `on_run_end` with the final status
-(completed, failed or interrupted) however the run ends. `notifying` wraps the epochs and turns what
-happened into that status.
+(completed, failed, interrupted, or pruned by a search) however the run ends. `notifying` wraps the epochs and
+turns what happened into that status.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from typing import Any
 
 from resnet9.analysis import model_table, plots
 from resnet9.core import files, jobcache, signals
-from resnet9.core.errors import UsageError, first_line
+from resnet9.core.errors import TrialPruned, UsageError, first_line
 from resnet9.data.datasets import NUM_CLASSES
 from resnet9.training import distributed, lr_finder
 from resnet9.training.loop import EpochResult, StopFlag, StopRequested
@@ -65,6 +65,10 @@ def notifying(listeners: list[Listener], state: TrainState, stop: StopFlag) -> I
                 listener.on_run_start(state)
         yield
         status = "completed"
+    except TrialPruned as pruned:  # a search's pruner ended it: a result of the search, not a failure
+        status = pruned.status
+        state.record.update(stopped=str(pruned))
+        raise
     except StopRequested as stop_request:
         status = "interrupted"
         state.record.update(stopped=str(stop_request))
@@ -285,7 +289,10 @@ class TrackerLog(Listener):
             self.tracker.summary({key: state.record[key] for key in self.SUMMARY})
             if (self.out_dir / "last.pt").is_file():
                 self.tracker.log_checkpoint_file(self.out_dir / "last.pt")
-        self.tracker.finish(exit_code=0 if status == "completed" else 1, preempted=status == "interrupted")
+        if status == "pruned":  # W&B shows it finished, with its state and the epoch it was stopped after
+            self.tracker.summary({"status": "pruned", "pruned_at_epoch": state.record.get("pruned_at_epoch")})
+        ended = status in ("completed", "pruned")
+        self.tracker.finish(exit_code=0 if ended else 1, preempted=status == "interrupted")
 
 
 class ConsoleLog(Listener):

@@ -47,6 +47,7 @@ def write(sweep_dir: Path, config: DictConfig) -> None:
     numbers jobs by position, so job 2 of another command is another setting, and a report would pool both."""
     sweep_dir.mkdir(parents=True, exist_ok=True)
     description = {"id": sweep_id(sweep_dir), "varies": varied_keys(config), "command": task_overrides(config.hydra)}
+    description |= study_of(sweep_dir, config)
     earlier = read(sweep_dir)
     has_jobs = any(sweep_dir.glob("*/metrics.json"))
     if earlier is not None and has_jobs and _changed(earlier, description):
@@ -57,6 +58,16 @@ def write(sweep_dir: Path, config: DictConfig) -> None:
             f"it, or choose a new hydra.sweep.dir (job folders of two sweeps would mix, and so would their results)"
         )
     (sweep_dir / FILE).write_text(json.dumps(description, indent=1) + "\n")
+
+
+def study_of(sweep_dir: Path, config: DictConfig) -> dict[str, Any]:
+    """An Optuna search's study (its database and name, for the report), or nothing for other sweeps."""
+    sweeper = config.hydra.sweeper
+    if not str(sweeper.get("_target_", "")).endswith("optuna_sweeper.OptunaSweeper"):
+        return {}
+    from resnet9.training.search import storage_url
+
+    return {"study": {"storage": storage_url(sweeper.storage, sweep_dir), "name": sweeper.study_name}}
 
 
 def _changed(earlier: dict[str, Any], now: dict[str, Any]) -> bool:
