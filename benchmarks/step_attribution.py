@@ -43,7 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from throughput import random_batches, run_config, step_arguments, training_images  # noqa: E402  (the same config and data as throughput.py)
 
 from resnet9.training import build, cuda_graph  # noqa: E402
-from resnet9.training.loop import EpochProgress, StepSettings, train_one_epoch  # noqa: E402
+from resnet9.training.loop import EpochSums, StepSettings, train_one_epoch  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 VARIANTS = {  # name: (overrides, progress bar, compile, CUDA graph)
@@ -96,7 +96,7 @@ class Variant:
     busy: float | None = None
     augment_s: float = float("nan")
 
-    def run(self, settings: StepSettings) -> EpochProgress:
+    def run(self, settings: StepSettings) -> EpochSums:
         """One epoch's steps, at a fixed LR; nothing read back yet."""
         batches = tqdm(self.loader, leave=False) if self.progress_bar else self.loader
         scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda step: 1.0)

@@ -48,8 +48,8 @@ from resnet9.training.listeners import (
 )
 from resnet9.training.loop import (
     Batches,
-    EpochProgress,
     EpochResult,
+    EpochSums,
     StepSettings,
     StopFlag,
     StopRequested,
@@ -222,9 +222,9 @@ def _resume(state: TrainState, checkpoint: dict, path: Path) -> None:
     """Continue from last.pt: after its last complete epoch, or at the very step where a stop came."""
     state.resume(checkpoint, path)
     state.record.update(resumed_from_epoch=state.epoch + 1)
-    if state.progress is not None:
+    if state.epoch_sums is not None:
         steps = state.record["steps_per_epoch"]
-        state.record.update(resumed_from_step=state.epoch * steps + len(state.progress.lrs))
+        state.record.update(resumed_from_step=state.epoch * steps + len(state.epoch_sums.lrs))
 
 
 def _recording_listeners(cfg: DictConfig, out_dir: Path, on: torch.device) -> list[Listener]:
@@ -277,7 +277,7 @@ def _fit(
     step = _captured_step(cfg, state, trained, settings) if cfg.cuda_graph and state.epoch < cfg.epochs else None
     for epoch in range(state.epoch + 1, cfg.epochs + 1):
         started = time.perf_counter()
-        steps_before = len(state.progress.lrs) if state.progress is not None else 0  # an epoch a stop cut short
+        steps_before = len(state.epoch_sums.lrs) if state.epoch_sums is not None else 0  # an epoch a stop cut short
         with clock.phase("train"):
             result = _train_epoch(cfg, state, trained, epoch, settings, stop, step)
         train_time = time.perf_counter() - started
@@ -335,17 +335,17 @@ def _train_epoch(
     batches = state.loader
     if cfg.progress and ddp.world().is_main:
         batches = tqdm(batches, desc=f"epoch {epoch}/{cfg.epochs}", leave=False, dynamic_ncols=True)
-    if state.progress is None:  # else: resuming this epoch where a stop left it
-        state.progress = EpochProgress.start(settings.device)
+    if state.epoch_sums is None:  # else: resuming this epoch where a stop left it
+        state.epoch_sums = EpochSums.start(settings.device)
     train_one_epoch(
-        trained, batches, state.optimizer, state.scheduler, settings, state.progress, first_step,
+        trained, batches, state.optimizer, state.scheduler, settings, state.epoch_sums, first_step,
         ema=state.averaging(epoch), stop=stop, scaler=state.scaler, graph_step=step,
     )  # fmt: skip
-    result = ddp.sum_epoch(state.progress).read(first_step)
-    if state.progress.first_step_s is not None:  # the run's very first step (with compile=true: compilation)
-        state.record.update(first_step_s=state.progress.first_step_s)
+    result = ddp.sum_epoch(state.epoch_sums).read(first_step)
+    if state.epoch_sums.first_step_s is not None:  # the run's very first step (with compile=true: compilation)
+        state.record.update(first_step_s=state.epoch_sums.first_step_s)
     ddp.check_replicas_in_sync(state.model)
-    state.epoch, state.progress = epoch, None
+    state.epoch, state.epoch_sums = epoch, None
     return result
 
 

@@ -22,7 +22,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from resnet9.core.errors import UsageError
 from resnet9.data import augment, datasets
 from resnet9.training import build
-from resnet9.training.loop import EpochProgress, StopFlag, StopRequested, train_one_epoch
+from resnet9.training.loop import EpochSums, StopFlag, StopRequested, train_one_epoch
 from resnet9.training.state import CHECKPOINT_FORMAT, RunRecord, TrainState, read_resumable
 
 CPU = torch.device("cpu")
@@ -240,12 +240,12 @@ def train_epoch(state: TrainState, epoch: int, stop_after: int | None = None, gr
 
     on = state.device()
     settings = build.step_settings(small_config(Path("."), "device", on), on)
-    state.progress = state.progress or EpochProgress.start(on)
+    state.epoch_sums = state.epoch_sums or EpochSums.start(on)
     first_step = (epoch - 1) * len(state.loader)
-    train_one_epoch(state.model, batches(), state.optimizer, state.scheduler, settings, state.progress, first_step,
+    train_one_epoch(state.model, batches(), state.optimizer, state.scheduler, settings, state.epoch_sums, first_step,
                     ema=state.averaging(epoch), stop=stop, graph_step=graph_step)  # fmt: skip
-    result = state.progress.read(first_step)
-    state.epoch, state.progress = epoch, None
+    result = state.epoch_sums.read(first_step)
+    state.epoch, state.epoch_sums = epoch, None
     return [result.loss, result.accuracy, *result.step_losses]
 
 
@@ -267,7 +267,7 @@ def test_the_state_saved_mid_epoch_and_loaded_into_new_objects_continues_exactly
     fresh = new_state(cfg, cifar, init_seed=7)
     fresh.load_state_dict(torch.load(tmp_path / "state.pt", weights_only=True))
     assert torch.equal(torch.get_rng_state(), saved_rng)
-    assert (fresh.epoch, len(fresh.progress.lrs)) == (1, 3)
+    assert (fresh.epoch, len(fresh.epoch_sums.lrs)) == (1, 3)
     assert [train_epoch(fresh, 2), train_epoch(fresh, 3)] == expected[1:]
     for name, value in straight.model.state_dict().items():
         assert torch.equal(fresh.model.state_dict()[name], value), name
@@ -395,11 +395,11 @@ def test_a_stop_after_a_divergence_keeps_the_last_good_checkpoint(synthetic_root
     saved = checkpoint["train_state"]
     assert len(saved["progress"]["lrs"]) == 2 and checkpoint["device_type"] == "cpu"  # what a resume must match
 
-    state.progress.step_losses[-1] = torch.tensor(float("nan"))  # the epoch's last step diverged
+    state.epoch_sums.step_losses[-1] = torch.tensor(float("nan"))  # the epoch's last step diverged
     writer.on_stop(state)
     kept = torch.load(last, weights_only=True)["train_state"]["progress"]["step_losses"]
     assert torch.equal(kept, saved["progress"]["step_losses"]) and kept.isfinite().all()
-    state.progress.step_losses[-1] = torch.tensor(1.0)
+    state.epoch_sums.step_losses[-1] = torch.tensor(1.0)
     with torch.no_grad():
         next(state.model.parameters())[0] = float("inf")  # or the weights did
     writer.on_stop(state)

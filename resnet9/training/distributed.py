@@ -32,7 +32,7 @@ import torch.distributed as dist
 from omegaconf import OmegaConf
 from torch import nn
 
-from resnet9.training.loop import EpochProgress
+from resnet9.training.loop import EpochSums
 
 # Rank 0's range test (≈ 10 min at full width on a small CPU) and its evaluations keep the others waiting
 # in a collective; torchrun ends the whole job if any process dies, so a long timeout never hides a crash.
@@ -94,27 +94,27 @@ def broadcast(value: Any) -> Any:
     return box[0]
 
 
-def sum_epoch(progress: EpochProgress) -> EpochProgress:
-    """The epoch's numbers over every rank's slice (one all-reduce); `progress` itself for a single process.
+def sum_epoch(sums: EpochSums) -> EpochSums:
+    """The epoch's numbers over every rank's slice (one all-reduce); `sums` itself for a single process.
 
     Step losses are averaged over the ranks (each is a mean over its slice); loss sums, correct counts and
     the number of images seen add up.
     """
     if not is_active():
-        return progress
+        return sums
     world_size = dist.get_world_size()
     totals = torch.cat(
         [
-            torch.stack(progress.step_losses).float() / world_size,
-            torch.stack([progress.loss_sum, progress.correct.float()]),
+            torch.stack(sums.step_losses).float() / world_size,
+            torch.stack([sums.loss_sum, sums.correct.float()]),
         ]
     )
     dist.all_reduce(totals)
     return replace(
-        progress,
+        sums,
         loss_sum=totals[-2],
         correct=totals[-1].long(),
-        seen=progress.seen * world_size,
+        seen=sums.seen * world_size,
         step_losses=list(totals[:-2]),
     )
 

@@ -201,7 +201,7 @@ class CheckpointWriter(Listener):
             self.writer.wait()
         except UsageError as err:  # an earlier epoch's write failed: say so, and still try the stop's own save
             state.record.update(error=str(err))
-        if not (self.mid_epoch and state.progress is not None):
+        if not (self.mid_epoch and state.epoch_sums is not None):
             return
         if state.is_finite():
             files.save_torch(self.path, state.checkpoint(self.config))
@@ -315,7 +315,7 @@ class ConsoleLog(Listener):
             r["lr_source"],
         )
         if "resumed_from_epoch" in r.data:
-            steps = f" and {len(state.progress.lrs)} steps of the next" if state.progress is not None else ""
+            steps = f" and {len(state.epoch_sums.lrs)} steps of the next" if state.epoch_sums is not None else ""
             log.info("resuming from %s after epoch %d%s", self.out_dir / "last.pt", state.epoch, steps)
         if r["device"] == "cpu" and r["n_train"] * r["config"]["epochs"] >= LONG_ON_A_CPU:
             log.info("a long run for a CPU (hours at full width); for a first result in about a minute: "

@@ -2,7 +2,7 @@
 
 Both run on whatever yields (images, labels) batches: an augment.DeviceLoader, an AlbumentationsLoader, a
 DataLoader or a list. Nothing here knows about checkpoints, trackers or processes: `train_one_epoch` fills an
-`EpochProgress` on the device, and the trainer decides what to do with it.
+`EpochSums` on the device, and the trainer decides what to do with it.
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ class EpochResult:
 
 
 @dataclass
-class EpochProgress:
+class EpochSums:
     """An epoch's running numbers, kept on the device while it runs; part of the training state, so that a
     stop mid-epoch saves them and the resumed run carries on with the same sums."""
 
@@ -62,7 +62,7 @@ class EpochProgress:
     first_step_s: float | None = None  # the run's very first step (with compile=true: the compilation)
 
     @classmethod
-    def start(cls, device: torch.device) -> EpochProgress:
+    def start(cls, device: torch.device) -> EpochSums:
         return cls(torch.zeros((), device=device), torch.zeros((), dtype=torch.long, device=device))
 
     def state_dict(self) -> dict[str, Any]:
@@ -78,7 +78,7 @@ class EpochProgress:
         }
 
     @classmethod
-    def from_state(cls, state: dict[str, Any], device: torch.device) -> EpochProgress:
+    def from_state(cls, state: dict[str, Any], device: torch.device) -> EpochSums:
         return cls(
             state["loss_sum"].to(device),
             state["correct"].to(device),
@@ -120,31 +120,31 @@ def train_one_epoch(
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     settings: StepSettings,
-    progress: EpochProgress | None = None,
+    sums: EpochSums | None = None,
     first_step: int = 0,
     ema: AveragedModel | None = None,
     stop: StopFlag | None = None,
     scaler: torch.amp.GradScaler | None = None,
     graph_step: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None,
-) -> EpochProgress:
+) -> EpochSums:
     """One pass over the training batches; the scheduler steps after every batch. Returns the epoch's sums.
 
     Nothing is read back from the device inside the epoch: loss and accuracy accumulate there and every
-    step's loss is kept there (`EpochProgress.read` reads them once, afterwards). Only a progress bar (when
+    step's loss is kept there (`EpochSums.read` reads them once, afterwards). Only a progress bar (when
     `batches` is one) reads its running numbers every `log_every` steps. The run's very first step (step 0)
-    is timed on its own. `progress` continues an epoch that a stop interrupted (its loader skips the steps
-    already done); a stop raises StopRequested after the step, with `progress` holding every step done.
+    is timed on its own. `sums` continues an epoch that a stop interrupted (its loader skips the steps
+    already done); a stop raises StopRequested after the step, with `sums` holding every step done.
     `graph_step(images, labels) -> (logits, loss)` replaces the eager step (cuda_graph.CapturedStep, a CUDA graph).
     """
     model.train()
     device = settings.device
-    progress = progress if progress is not None else EpochProgress.start(device)
+    sums = sums if sums is not None else EpochSums.start(device)
     started = time.perf_counter()
     for images, labels in batches:
-        step = first_step + len(progress.lrs)
+        step = first_step + len(sums.lrs)
         images = images.to(device, non_blocking=True).contiguous(memory_format=settings.memory_format)
         labels = labels.to(device, non_blocking=True)
-        progress.lrs.append(optimizer.param_groups[0]["lr"])
+        sums.lrs.append(optimizer.param_groups[0]["lr"])
         if graph_step is None:
             logits, loss = _train_step(model, images, labels, optimizer, settings, scaler)
         else:
@@ -152,19 +152,19 @@ def train_one_epoch(
         scheduler.step()
         if ema is not None:
             ema.update_parameters(model)
-        progress.step_losses.append(loss.detach())
-        progress.loss_sum += loss.detach() * len(labels)
-        progress.correct += (logits.argmax(1) == labels).sum()
-        progress.seen += len(labels)
+        sums.step_losses.append(loss.detach())
+        sums.loss_sum += loss.detach() * len(labels)
+        sums.correct += (logits.argmax(1) == labels).sum()
+        sums.seen += len(labels)
         if stop is not None and stop.signal is not None:
             raise StopRequested(stop.signal, step)
         if step == 0:
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
-            progress.first_step_s = time.perf_counter() - started
-        if hasattr(batches, "set_postfix") and len(progress.lrs) % settings.log_every == 0:
-            _show_progress(batches, progress, step)
-    return progress
+            sums.first_step_s = time.perf_counter() - started
+        if hasattr(batches, "set_postfix") and len(sums.lrs) % settings.log_every == 0:
+            _show_progress(batches, sums, step)
+    return sums
 
 
 def _train_step(
@@ -214,13 +214,13 @@ def _throwaway_images(n: int, settings: StepSettings) -> torch.Tensor:
     return torch.randn(n, 3, 32, 32, device=settings.device).contiguous(memory_format=settings.memory_format)
 
 
-def _show_progress(bar: Any, progress: EpochProgress, step: int) -> None:
-    running_loss = progress.loss_sum.item() / progress.seen
-    _stop_if_diverged(running_loss, step, progress.lrs[-1])
+def _show_progress(bar: Any, sums: EpochSums, step: int) -> None:
+    running_loss = sums.loss_sum.item() / sums.seen
+    _stop_if_diverged(running_loss, step, sums.lrs[-1])
     bar.set_postfix(
         loss=f"{running_loss:.3f}",
-        acc=f"{100 * progress.correct.item() / progress.seen:.1f}%",
-        lr=f"{progress.lrs[-1]:.3g}",
+        acc=f"{100 * sums.correct.item() / sums.seen:.1f}%",
+        lr=f"{sums.lrs[-1]:.3g}",
     )
 
 

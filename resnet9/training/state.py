@@ -37,7 +37,7 @@ from torch.optim.swa_utils import AveragedModel
 
 from resnet9.core.errors import UsageError, in_multirun
 from resnet9.training import schema, targets
-from resnet9.training.loop import EpochProgress
+from resnet9.training.loop import EpochSums
 
 DEVICE_ENGINE = "resnet9.data.augment.Augmentation"  # runs on the training device unless engine=albumentations
 CHECKPOINT_FORMAT = 2  # 1: before the TrainState (no "format" key)
@@ -144,7 +144,7 @@ class TrainState:
     record: RunRecord
     ema_start_epoch: int = 1
     epoch: int = 0
-    progress: EpochProgress | None = None  # the running sums of an epoch a stop interrupted
+    epoch_sums: EpochSums | None = None  # the running sums of an epoch a stop interrupted
     scaler: torch.amp.GradScaler | None = None  # fp16's loss scaling (its scale adapts as training goes)
 
     def averaging(self, epoch: int) -> AveragedModel | None:
@@ -165,8 +165,8 @@ class TrainState:
         """No NaN or inf in the weights nor in the running epoch's losses (one read from the device): a stop
         mid-epoch may come after a divergence that only the epoch's end would have read."""
         checks = [torch.isfinite(p).all() for p in self.model.parameters()]
-        if self.progress is not None and self.progress.step_losses:
-            checks.append(torch.isfinite(torch.stack(self.progress.step_losses)).all())
+        if self.epoch_sums is not None and self.epoch_sums.step_losses:
+            checks.append(torch.isfinite(torch.stack(self.epoch_sums.step_losses)).all())
         return bool(torch.stack(checks).all())
 
     def state_dict(self) -> dict[str, Any]:
@@ -177,7 +177,9 @@ class TrainState:
             "scheduler": self.scheduler.state_dict(),
             "ema": self.ema.state_dict() if self.ema is not None else None,
             "loader": self.loader.state_dict(),
-            "progress": self.progress.state_dict() if self.progress is not None else None,
+            "progress": self.epoch_sums.state_dict()
+            if self.epoch_sums is not None
+            else None,  # (the key checkpoints have)
             "rng": capture_rng(self.device()),
             "record": self.record.state_dict(),
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
@@ -192,7 +194,7 @@ class TrainState:
             self.ema.load_state_dict(state["ema"])
         self.loader.load_state_dict(state["loader"])
         device = self.device()
-        self.progress = EpochProgress.from_state(state["progress"], device) if state["progress"] else None
+        self.epoch_sums = EpochSums.from_state(state["progress"], device) if state["progress"] else None
         restore_rng(state["rng"], device)
         self.record.load_state_dict(state["record"])
         if self.scaler is not None and state.get("scaler"):
