@@ -29,7 +29,7 @@
 #                about 6-7 minutes on an H100;
 #   evidence     benchmarks/evidence.py (issue 14): the defaults beside Page's schedule and on the staged copy
 #                passed once more through JPEG q50, 3 seeds each (EVIDENCE_PARTS="schedule q50", 9 runs); the
-#                options over 5 seeds (EVIDENCE_PARTS=options, 40 runs) in a session of their own. Commit
+#                options over 5 seeds (EVIDENCE_PARTS=options, 40 runs) in a lent device run of their own. Commit
 #                $OUT/evidence/*/ under results/<date>-gpu-evidence/ and print the README's table with
 #                `python benchmarks/evidence.py --table results/<date>-gpu-evidence`.
 # Every complete run's row (accuracy, train time, epoch 1 against the median epoch, warm-up) is in summary.txt.
@@ -133,7 +133,7 @@ timeout "${REGRET_LIMIT:-540}" python3 benchmarks/lr_regret.py --settings "model
 fi
 if want evidence; then
 stage "issue 14: the defaults beside Page's schedule and on a q50 copy (3 seeds), options over 5 seeds"
-# EVIDENCE_PARTS="schedule q50" (9 runs) and "options" (40 runs) fit different sessions
+# EVIDENCE_PARTS="schedule q50" (9 runs) and "options" (40 runs) fit different lent device runs
 # shellcheck disable=SC2086
 timeout "${EVIDENCE_LIMIT:-540}" python3 benchmarks/evidence.py --data-root .device/data --out "$out/evidence" \
   --work .device/evidence --parts ${EVIDENCE_PARTS:-schedule q50} -- "$@" 2>&1 | grep -v "^\[" | tail -30

@@ -13,17 +13,8 @@ LR_MIN, LR_MAX, EPOCHS, STEPS = 0.04, 0.4, 24, 97  # 50,000 images at batch 512 
 
 
 def lrs_per_step(**kwargs) -> np.ndarray:
-    """The LR each training batch sees, stepping once per batch as the trainer does."""
-    params = [torch.nn.Parameter(torch.zeros(1))]
-    optimizer = torch.optim.SGD(params, lr=123.0, momentum=0.9, nesterov=True)
-    args = dict(lr_min=LR_MIN, lr_max=LR_MAX, epochs=EPOCHS, steps_per_epoch=STEPS) | kwargs
-    scheduler = one_cycle(optimizer, **args)
-    seen = []
-    for _ in range(args["epochs"] * args["steps_per_epoch"]):
-        seen.append(optimizer.param_groups[0]["lr"])
-        optimizer.step()
-        scheduler.step()  # also after the very last batch, as the trainer does: must not raise
-    return np.array(seen)
+    """The LR each training batch sees under One Cycle, from an optimizer set to another LR (it sets its own)."""
+    return lrs_of(one_cycle, start_lr=123.0, **kwargs)
 
 
 def test_one_cycle_from_lrmin_to_lrmax_at_end_of_epoch_5_and_back_to_lrmin():
@@ -85,9 +76,10 @@ def test_bad_arguments_are_refused(kwargs, error, message):
         lrs_per_step(**kwargs)
 
 
-def lrs_of(schedule, **kwargs) -> np.ndarray:
-    """The LR of every batch of a schedule built as the trainer builds it (the optimizer starts at LRMAX)."""
-    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=LR_MAX)
+def lrs_of(schedule, start_lr: float = LR_MAX, **kwargs) -> np.ndarray:
+    """The LR of every batch of a schedule built as the trainer builds it (the optimizer at `start_lr`: LRMAX),
+    stepping once per batch as the trainer does, also after the very last batch (which must not raise)."""
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=start_lr, momentum=0.9, nesterov=True)
     args = dict(lr_min=LR_MIN, lr_max=LR_MAX, epochs=EPOCHS, steps_per_epoch=STEPS) | kwargs
     scheduler = schedule(optimizer, **args)
     seen = []
