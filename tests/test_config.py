@@ -287,3 +287,18 @@ def test_cli_missing_data_is_one_line(run_cli, tmp_path):
     assert result.returncode == 2
     (line,) = result.stderr.strip().splitlines()
     assert line.startswith("error: CIFAR-10 not found") and f"{tmp_path}/empty/cifar-10-batches-py" in line
+
+
+def test_hydras_full_error_mode_is_ours_only_until_the_task_starts(monkeypatch):
+    """Set in the environment (where Hydra reads it) around composition, handed back when the task starts; a
+    user's own HYDRA_FULL_ERROR=1 is left alone."""
+    from resnet9.core.errors import exit_on_usage_error, hydra_errors_in_one_line
+
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    with hydra_errors_in_one_line():
+        assert os.environ["HYDRA_FULL_ERROR"] == "1"  # composition errors reach our one-line handler
+        with exit_on_usage_error():  # the task starts: Hydra's own report of its failures again
+            assert "HYDRA_FULL_ERROR" not in os.environ
+    monkeypatch.setenv("HYDRA_FULL_ERROR", "1")
+    with hydra_errors_in_one_line(), exit_on_usage_error():
+        assert os.environ["HYDRA_FULL_ERROR"] == "1"

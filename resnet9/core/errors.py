@@ -116,11 +116,10 @@ def hydra_errors_in_one_line() -> Iterator[None]:
     own failures are reported as Hydra does (a traceback trimmed to the task's frames). A user's own
     HYDRA_FULL_ERROR=1 keeps Hydra's full report of everything.
     """
-    global _full_error_set_here
     if os.environ.get("HYDRA_FULL_ERROR") == "1":
         yield
         return
-    os.environ["HYDRA_FULL_ERROR"], _full_error_set_here = "1", True
+    os.environ.update({"HYDRA_FULL_ERROR": "1", OURS: "1"})
     try:
         yield
     except CompactHydraException as err:  # composition, the override grammar, a callback's check before the task
@@ -129,14 +128,14 @@ def hydra_errors_in_one_line() -> Iterator[None]:
         _task_started()
 
 
-_full_error_set_here = False  # HYDRA_FULL_ERROR=1 is hydra_errors_in_one_line's, not the user's
+# Beside HYDRA_FULL_ERROR=1 when hydra_errors_in_one_line set it (not the user): in the environment, where Hydra
+# reads the mode, so that a task started in another thread or process (a launcher's) hands it back too.
+OURS = "RESNET9_SET_HYDRA_FULL_ERROR"
 
 
 def _task_started() -> None:
-    global _full_error_set_here
-    if _full_error_set_here:
+    if os.environ.pop(OURS, None) is not None:
         os.environ.pop("HYDRA_FULL_ERROR", None)
-        _full_error_set_here = False
 
 
 def _hydra_error_line(err: CompactHydraException) -> str:
