@@ -13,7 +13,7 @@
 # Stages, each under its own time limit so that one slow stage cannot take the others' time; STAGES names the
 # ones to run (default: "gpu-tests attribution graph sweep"; all of them do not fit one lent machine's 15 min):
 #   (always)     stage CIFAR-10 from the 18 MB JPEG archive, install the wheels the image lacks, print the GPU;
-#   gpu-tests    every test marked `gpu` (pytest -m gpu: tests/test_gpu.py -- fp16 loss scaling with fused SGD, the
+#   gpu-tests    every test marked `gpu` (pytest -m gpu: tests/training/test_gpu.py -- fp16 loss scaling with fused SGD, the
 #                CUDA generator's augmentation, resume, a reused model, the background writer, a cuda_graph run with
 #                checkpoint and resume -- and the captured step against the eager one), where pytest is installed;
 #   attribution  benchmarks/step_attribution.py at full width: six variants of the step, whole epochs (issue 11);
@@ -60,7 +60,7 @@ python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.i
 if want gpu-tests; then
 stage "the GPU-only tests: pytest -m gpu (needs pytest on the machine)"
 if python3 -c "import pytest" 2>/dev/null; then
-  timeout "${TESTS_LIMIT:-240}" python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_gpu.py tests/test_captured.py \
+  timeout "${TESTS_LIMIT:-240}" python3 -m pytest -q -p no:cacheprovider -m gpu tests/training/test_gpu.py tests/training/test_cuda_graph.py \
     2>&1 | tee "$out/gpu-tests.txt" | tail -15
 else
   echo "pytest is not installed here: add its wheels to .device/whl (see this script's header)"

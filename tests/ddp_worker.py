@@ -1,4 +1,4 @@
-"""One data-parallel training step, run by tests/test_distributed.py under torchrun (not collected by pytest).
+"""One data-parallel training step, run by tests/training/test_distributed.py under torchrun (not collected by pytest).
 
     python -m torch.distributed.run --standalone --nproc_per_node=2 tests/ddp_worker.py OUT_DIR
 

@@ -18,7 +18,7 @@ from resnet9.core import jobcache
 from resnet9.models.resnet9 import ResNet9
 from resnet9.train import train
 
-CONF = str(Path(__file__).resolve().parents[1] / "conf")
+CONF = str(Path(__file__).resolve().parents[2] / "conf")
 
 
 def small_run(root: Path, *extra: str) -> list[str]:

@@ -11,7 +11,7 @@ import pytest
 
 from resnet9.data import datasets
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_throughput_benchmark_prints_its_table(cifar_root):

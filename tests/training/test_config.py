@@ -17,7 +17,7 @@ from resnet9.data import augment
 from resnet9.models.resnet9 import ResNet9
 from resnet9.training import build, schema
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
+CONF = Path(__file__).resolve().parents[2] / "conf"
 GROUPS = ("model", "augment", "optimizer", "scheduler", "logger", "data", "callbacks")
 OPTIONS = [(group, path.stem) for group in GROUPS for path in sorted((CONF / group).glob("*.yaml"))]
 

@@ -17,7 +17,7 @@ from resnet9.train import train
 from resnet9.training import cuda_graph
 from resnet9.training.loop import StepSettings, _train_step
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
+CONF = Path(__file__).resolve().parents[2] / "conf"
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
 gpu_only = pytest.mark.skipif(not torch.cuda.is_available(), reason="a CUDA graph needs a CUDA device")
 

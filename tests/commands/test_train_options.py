@@ -23,7 +23,7 @@ from resnet9.training.listeners import ConsoleLog, TrackerLog
 from resnet9.training.loop import StepSettings, evaluate, train_one_epoch
 from resnet9.training.state import RunRecord
 
-CONF = str(Path(__file__).resolve().parents[1] / "conf")
+CONF = str(Path(__file__).resolve().parents[2] / "conf")
 CPU = torch.device("cpu")
 
 

@@ -24,7 +24,7 @@ from hydra_plugins.resnet9_sweeper.optuna_sweeper import search_space
 from resnet9.core.errors import UsageError
 from resnet9.training import search
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def tiny(root: Path, *extra: str) -> list[str]:

@@ -27,7 +27,7 @@ from resnet9.training.loop import StepSettings, StopRequested, train_one_epoch
 
 ON = torch.device(os.environ.get("RESNET9_GPU_TESTS_ON", "cuda"))
 CUDA = ON.type == "cuda"
-CONF = Path(__file__).resolve().parents[1] / "conf"
+CONF = Path(__file__).resolve().parents[2] / "conf"
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(CUDA and not torch.cuda.is_available(), reason="needs CUDA")]
 
 

@@ -88,7 +88,7 @@ def test_schema_offers_exactly_the_rules():
     from resnet9.training.schema import LRFinderConfig
 
     assert set(get_args(LRFinderConfig.model_fields["rule"].annotation)) == set(lr_rules.RULES)
-    conf = OmegaConf.load(Path(__file__).resolve().parents[1] / "conf" / "config.yaml")
+    conf = OmegaConf.load(Path(__file__).resolve().parents[2] / "conf" / "config.yaml")
     assert conf.lr_finder.rule == lr_rules.DEFAULT_RULE  # the default, written in the YAML
 
 
@@ -111,7 +111,7 @@ def test_doubts_name_what_is_wrong_and_the_fix():
     assert lr_rules.doubts(curve, 1e-3, 1.2 * lowest) == []  # a little past the lowest point: still the valley
 
 
-RECORDED = json.loads((Path(__file__).parent / "recorded" / "lr_curves.json").read_text())["curves"]
+RECORDED = json.loads((Path(__file__).parents[1] / "recorded" / "lr_curves.json").read_text())["curves"]
 FULL_WIDTH = "model.width=1 batch_size=512 data.limit_train=50000"
 
 

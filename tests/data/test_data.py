@@ -223,7 +223,7 @@ def test_data_cifar100_trains_a_100_class_model(cifar100_root, tmp_path):
 
     from resnet9.train import train
 
-    with initialize_config_dir(config_dir=str(Path(__file__).resolve().parents[1] / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(Path(__file__).resolve().parents[2] / "conf"), version_base="1.3"):
         cfg = compose(config_name="config", overrides=[
             "data=cifar100", f"data.root={cifar100_root}", "data.limit_train=2000", "data.limit_test=500",
             "model.width=0.125", "batch_size=100", "epochs=2", "optimizer.lr=0.2", "scheduler.lr_min=0.02",

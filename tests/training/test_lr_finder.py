@@ -14,7 +14,7 @@ from resnet9.data import augment, datasets
 from resnet9.models.resnet9 import ResNet9
 from resnet9.training import build, lr_finder
 
-CONF = str(Path(__file__).resolve().parents[1] / "conf")
+CONF = str(Path(__file__).resolve().parents[2] / "conf")
 
 
 @pytest.fixture(scope="module")

@@ -195,7 +195,7 @@ def test_a_whole_epoch_at_once_gives_the_batch_by_batch_batches_bit_for_bit(rank
 def test_the_yaml_pipeline_option_draws_exactly_what_the_reference_engine_draws():
     """conf/augment/albumentations.yaml writes the mission's pipeline out as albumentations transforms: built by
     Hydra from YAML, it must give the reference engine's batches bit for bit (same draws, same order)."""
-    conf = Path(__file__).resolve().parents[1] / "conf" / "augment"
+    conf = Path(__file__).resolve().parents[2] / "conf" / "augment"
     pipeline = instantiate(OmegaConf.load(conf / "albumentations.yaml"))
     reference = instantiate(OmegaConf.load(conf / "cutout.yaml"), engine="albumentations")
     rng = np.random.default_rng(0)

@@ -128,7 +128,7 @@ def test_report_refuses_a_folder_that_is_not_a_sweep_in_one_line(tmp_path, capsy
 
 def test_a_sweep_counts_every_job_and_ends_with_its_summary_and_a_line_per_failed_job(run_cli, cifar_root, tmp_path):
     """Jobs that fail in training (diverged) after jobs that complete. (A bad value ends the sweep before any job
-    trains: tests/test_sweeper.py.)"""
+    trains: tests/training/test_sweeper.py.)"""
     sweep = tmp_path / "sweep"
     result = run_cli(
         "resnet9.train", "--multirun", *small_run(cifar_root, "epochs=1", "scheduler.peak_epoch=0.5", "logger=none"),
