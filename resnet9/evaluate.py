@@ -39,9 +39,9 @@ def evaluate_checkpoint(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     """Evaluate the checkpoint on the run's test images; write evaluation.json and the three figures."""
     device = build.device(cfg.device)
     path = Path(to_absolute_path(str(cfg.checkpoint)))
-    config_dirs = user_config_dirs()
-    model, checkpoint = build.trained_model(path, device, config_dirs=config_dirs)
-    run = _run_config(checkpoint, cfg, path, config_dirs)
+    allowed = targets.permitted(user_config_dirs())  # what a checkpoint may name: read once, used twice
+    model, checkpoint = build.trained_model(path, device, allowed=allowed)
+    run = _run_config(checkpoint, cfg, path, allowed)
     cifar = build.dataset(run.data)
     settings = build.step_settings(run, device)
     model = model.to(memory_format=settings.memory_format)
@@ -63,14 +63,14 @@ def user_config_dirs() -> list[str]:
     return [source.path for source in sources if source.schema == "file"]
 
 
-def _run_config(checkpoint: dict, cfg: DictConfig, path: Path, config_dirs: list[str]) -> DictConfig:
+def _run_config(checkpoint: dict, cfg: DictConfig, path: Path, allowed: set[str]) -> DictConfig:
     """The run's saved config with this command's overrides, validated before anything is built from it: a
     checkpoint is a file from disk, so every `_target_` in it must be one the package or the user's config
     folders name (nothing else is imported)."""
     how = "pass the --config-dir the run trained with"
     try:
         run = OmegaConf.create(_upgraded(checkpoint["config"]))
-        schema.validate_saved(OmegaConf.to_container(run), config_dirs, how)  # before reading anything from it
+        schema.validate_saved(OmegaConf.to_container(run), allowed, how)  # before reading anything from it
         run.data.root = cfg.data.root or run.data.root  # the same test images as the run, unless told otherwise
         run.data.limit_test = cfg.data.limit_test if cfg.data.limit_test is not None else run.data.limit_test
         run.data.download, run.data.limit_train = cfg.data.download, None

@@ -24,7 +24,7 @@ from PIL import Image, UnidentifiedImageError
 from resnet9.core.errors import UsageError, exit_on_usage_error, first_line
 from resnet9.data import augment
 from resnet9.data.datasets import CLASSES
-from resnet9.training import build, schema
+from resnet9.training import build, schema, targets
 
 ALPHA_MODES = {"RGBA", "RGBa", "LA", "La", "PA"}  # (not LAB, whose A is a colour axis)
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
@@ -153,7 +153,9 @@ def main(argv: list[str] | None = None) -> int:
         if checkpoint is None:
             raise UsageError("no checkpoint given and none under outputs/; pass --checkpoint <run>/last.pt")
         device = build.device(args.device)
-        model, saved = build.trained_model(Path(checkpoint), device, "--checkpoint ", args.config_dir)
+        model, saved = build.trained_model(
+            Path(checkpoint), device, "--checkpoint ", targets.permitted(args.config_dir)
+        )
         paths = image_paths(args.inputs)
         loaded = [load_image(path) for path in paths]
     probabilities = classify(model, np.stack([image for image, _ in loaded]), device, normalization(saved))

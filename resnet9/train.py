@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from resnet9 import report
 from resnet9.analysis import model_table
-from resnet9.core import files
+from resnet9.core import files, jobcache
 from resnet9.core.errors import UsageError, exit_on_usage_error, exit_with, hydra_errors_in_one_line, in_multirun
 from resnet9.data.datasets import ImageData
 from resnet9.models.resnet9 import count_parameters
@@ -207,9 +207,15 @@ def _training_state(
         lr_source=lr_source,
     )
     if device.type == "cuda":  # for each epoch's model FLOPs utilisation
-        record.update(flops_per_image=model_table.training_flops_per_image(model),
-                      peak_flops=model_table.peak_flops(torch.cuda.get_device_name(device)))  # fmt: skip
+        record.update(**_flops(model, record["config"]["model"], device))
     return TrainState(model, optimizer, scheduler, ema, loader, record, cfg.ema.start_epoch, scaler=scaler)
+
+
+def _flops(model: torch.nn.Module, model_cfg: dict, device: torch.device) -> dict[str, float | None]:
+    """The training FLOPs per image (counted once per model setting in a process: every sweep job of it shares
+    the count) and the card's peak, from which each epoch's MFU follows."""
+    per_image = jobcache.shared.get("flops", model_cfg, lambda: model_table.training_flops_per_image(model))
+    return {"flops_per_image": per_image, "peak_flops": model_table.peak_flops(torch.cuda.get_device_name(device))}
 
 
 def _class_names(images: ImageData) -> list[str]:

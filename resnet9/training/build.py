@@ -333,12 +333,13 @@ def scheduler(
 
 
 def trained_model(
-    path: Path, device: torch.device, flag: str = "checkpoint=", config_dirs: list[str] | None = None
+    path: Path, device: torch.device, flag: str = "checkpoint=", allowed: set[str] | None = None
 ) -> tuple[nn.Module, dict]:
     """The model a training run saved (last.pt), rebuilt from the checkpoint's own config, and the checkpoint.
 
     The checkpoint is a file from disk: its model's `_target_` must be one that the package or the user's own
-    config folders (`config_dirs`, the `--config-dir` the run trained with) name, and nothing else in it is
+    config folders (the `--config-dir` the run trained with) name (`allowed`: `targets.permitted`; default: the
+    package's alone), and nothing else in it is
     imported or built. Anything else, or weights that do not fit, is a one-line UsageError naming the
     command's option for a checkpoint (`flag`).
     """
@@ -348,7 +349,7 @@ def trained_model(
     permission = "pass the --config-dir that names its model (the one it trained with)"
     try:
         model_cfg = schema.validate_model(config.get("model") if isinstance(config, dict) else None,
-                                          config_dirs or [], permission)  # fmt: skip
+                                          targets.permitted() if allowed is None else allowed, permission)  # fmt: skip
     except ConfigError as err:
         raise UsageError(f"{path}: its saved model cannot be rebuilt here ({err}); or {fix}") from None
     network = model(model_cfg.model_dump(by_alias=True, exclude_unset=True), StepSettings(device=torch.device("cpu")))

@@ -298,16 +298,17 @@ def validate(cfg: DictConfig | dict, processes: int = 1) -> TrainConfig:
     """The config as a TrainConfig, its `_target_`s imported and their keys checked against their signatures;
     a ConfigError with one line naming the first bad key otherwise. For a config a person composed (trusted):
     one read from a file goes through `validate_saved` first."""
-    checked = _validated(TrainConfig, cfg, {"processes": processes})
-    plain = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
+    plain = _plain(TrainConfig, cfg)
+    checked = _validated(TrainConfig, plain, {"processes": processes})
     targets.check_callables(plain, GROUPS)
     return checked
 
 
-def validate_saved(config: Any, config_dirs: list[str], fix: str) -> None:
-    """A config from a file (a checkpoint's): every `_target_` in it is one the package or the user's config
-    folders name, before anything in it is imported; then validated as any config."""
-    targets.check_permitted(config, targets.permitted(config_dirs), fix)
+def validate_saved(config: Any, allowed: set[str], fix: str) -> None:
+    """A config from a file (a checkpoint's): every `_target_` in it is one of `allowed` (`targets.permitted`:
+    those the package or the user's config folders name), before anything in it is imported; then validated
+    as any config."""
+    targets.check_permitted(config, allowed, fix)
     validate(config)
 
 
@@ -315,13 +316,13 @@ def validate_evaluate(cfg: DictConfig) -> EvaluateConfig:
     return _validated(EvaluateConfig, cfg, {})
 
 
-def validate_model(values: Any, config_dirs: list[str], fix: str) -> ModelConfig:
-    """A model section from a checkpoint's saved config: a target the package or the user's config folders
-    name (nothing else is imported), with keys its signature takes."""
+def validate_model(values: Any, allowed: set[str], fix: str) -> ModelConfig:
+    """A model section from a checkpoint's saved config: a target of `allowed` (`targets.permitted`; nothing
+    else is imported), with keys its signature takes."""
     if not isinstance(values, dict):
         raise ConfigError(f"model must be a mapping of settings, got {type(values).__name__}; e.g. model.width=1.0")
     values = targets.current_names(values)
-    targets.check_permitted({"model": values}, targets.permitted(config_dirs), fix)
+    targets.check_permitted({"model": values}, allowed, fix)
     checked = _validated(ModelConfig, values, {}, prefix="model.")
     targets.check_callables({"model": values}, ["model"])
     return checked
@@ -352,18 +353,25 @@ def marked(schema: type[Section], mark: str, prefix: str = "") -> list[str]:
     return found
 
 
+def _plain(schema: type[Section], cfg: DictConfig | dict, prefix: str = "") -> dict:
+    """A composed config as plain values, resolved; a missing value or a ${...} that cannot be resolved is a
+    ConfigError naming its key."""
+    if not isinstance(cfg, DictConfig):
+        return cfg
+    try:
+        missing = sorted(OmegaConf.missing_keys(cfg))
+        if missing:
+            raise ConfigError(f"{missing[0]} is missing; e.g. {missing[0]}={_example(schema, (missing[0],))}")
+        return OmegaConf.to_container(cfg, resolve=True)
+    except InterpolationResolutionError as err:  # e.g. optimizer.lr=${oops}
+        raise ConfigError(
+            f"{prefix}{err.full_key} cannot be resolved ({first_line(err)}); give a value, or a ${{...}} "
+            f"that names a key, e.g. eval_batch_size=${{batch_size}}"
+        ) from None
+
+
 def _validated(schema: type[Section], cfg: DictConfig | dict, context: dict, prefix: str = "") -> Any:
-    if isinstance(cfg, DictConfig):
-        try:
-            missing = sorted(OmegaConf.missing_keys(cfg))
-            if missing:
-                raise ConfigError(f"{missing[0]} is missing; e.g. {missing[0]}={_example(schema, (missing[0],))}")
-            cfg = OmegaConf.to_container(cfg, resolve=True)
-        except InterpolationResolutionError as err:  # e.g. optimizer.lr=${oops}
-            raise ConfigError(
-                f"{prefix}{err.full_key} cannot be resolved ({first_line(err)}); give a value, or a ${{...}} "
-                f"that names a key, e.g. eval_batch_size=${{batch_size}}"
-            ) from None
+    cfg = _plain(schema, cfg, prefix)
     try:
         return schema.model_validate(cfg, context=context)
     except ValidationError as err:
