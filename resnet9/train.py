@@ -126,12 +126,14 @@ def train(cfg: DictConfig, out_dir: Path) -> float:
         _check_fits(cfg, cifar)
         model = build.model(cfg.model, settings, reuse=cfg.compile and not world.is_parallel)
 
+        loader = build.train_loader(cfg, cifar, settings, cfg.seed, world)
+        build.check_schedule(cfg, steps_per_epoch=len(loader))  # before the range test, not after it
+
         resumed = read_resumable(out_dir / "last.pt", cfg, device)
         if resumed is not None:  # the LRs the interrupted run derived: no new range test
             lrs = saved_lrs(resumed)
         else:  # rank 0 runs the range test (if one is needed); every rank trains with its LRs
             lrs = ddp.broadcast(_derive_lrs(cfg, cifar, settings, out_dir) if world.is_main else None)
-        loader = build.train_loader(cfg, cifar, settings, cfg.seed, world)
         state = _training_state(cfg, model, loader, cifar, lrs, clock)
         if resumed is not None:
             _resume(state, resumed, out_dir / "last.pt")

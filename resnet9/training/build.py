@@ -332,6 +332,13 @@ def scheduler(
     )
 
 
+def check_schedule(cfg: DictConfig, steps_per_epoch: int) -> None:
+    """Build the run's schedule once on a stand-in optimizer: a schedule the run cannot have (a peak outside the
+    run's steps) is then refused in one line before the range test, which can take minutes, rather than after."""
+    stand_in = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    scheduler(cfg, stand_in, lr_min=0.01, lr_max=0.1, steps_per_epoch=steps_per_epoch)
+
+
 def trained_model(
     path: Path, device: torch.device, flag: str = "checkpoint=", allowed: set[str] | None = None
 ) -> tuple[nn.Module, dict]:

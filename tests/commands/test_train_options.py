@@ -18,7 +18,7 @@ from resnet9.core.errors import ConfigError, TrainingDiverged
 from resnet9.data import augment, datasets
 from resnet9.models.resnet9 import ResNet9
 from resnet9.train import train
-from resnet9.training import build, schema
+from resnet9.training import build, lr_finder, schema
 from resnet9.training.listeners import ConsoleLog, TrackerLog
 from resnet9.training.loop import StepSettings, evaluate, train_one_epoch
 from resnet9.training.state import RunRecord
@@ -52,6 +52,17 @@ def test_precision_auto_picks_what_the_card_does_fast(monkeypatch, capability, e
     assert build.autocast_dtype("auto", CPU) is None and build.autocast_dtype("fp32", cuda) is None
     assert build.autocast_dtype("bf16", CPU) is torch.bfloat16 and build.autocast_dtype("fp16", CPU) is torch.float16
     assert build.precision_name(torch.float16) == "fp16 autocast + loss scaling"
+
+
+def test_a_schedule_the_run_cannot_have_is_refused_before_the_range_test(synthetic_root, tmp_path, monkeypatch):
+    """4 steps cannot hold a peak at 5/24 of the run; the range test (minutes at full width) must not run first."""
+    tests = []
+    monkeypatch.setattr(lr_finder, "find_lr_range", lambda *args, **kwargs: tests.append(args))
+    cfg = compose_small(synthetic_root, "epochs=1", "scheduler.peak_epoch=auto", "optimizer.lr=auto",
+                        "scheduler.lr_min=auto", "lr_finder.cache=false")  # fmt: skip
+    with pytest.raises(ConfigError, match="scheduler.peak_epoch=auto .* puts the LR peak at step 0 of a 4-step run"):
+        train(cfg, tmp_path)
+    assert tests == [] and not (tmp_path / "lr_finder.json").exists()
 
 
 def test_fp16_trains_with_loss_scaling_and_checkpoints_the_scale(synthetic_root, tmp_path):
