@@ -1,141 +1,150 @@
 #!/usr/bin/env bash
-# Every GPU check in one command, for a lent GPU machine (no internet there).
+# Every GPU check in one command, for a lent GPU machine (no internet there; one call at most 600 s).
 #
-# Here, once:   mkdir -p .device && cp ../shared/cifar10/cifar10-jpeg.tar.xz ../shared/cifar10/build_batches.py .device/
-#               echo /.device/ >> .git/info/exclude && bash ../shared/tools/offline-wheels.sh .device/whl
-#               (grad-cam ships no wheel: build it into .device/whl first, as that script does for antlr4)
-#               python3 -m pip download -q --only-binary=:all: --python-version 3.12 -d .device/whl pytest
-#               (pytest and its two small dependencies, for the gpu-tests stage; the image has none)
-# There:        bash benchmarks/device_check.sh [SEEDS] [extra Hydra overrides for the full runs...]
-#               (carry .device; results land in $OUT, or in .device/out when OUT is unset)
-#               STAGES="regret" bash benchmarks/device_check.sh     # one stage alone (see below)
+# Here, once:   bash benchmarks/device_prepare.sh     (stages .device/: the data archive, the wheels, pytest)
+# There:        bash benchmarks/device_check.sh [SEEDS] [extra Hydra overrides for every training run...]
+#               (carry [".device"]; results land in $OUT, or in .device/out when OUT is unset)
+#               STAGES="attribution" bash benchmarks/device_check.sh     # one stage alone (see below)
+# Settings (environment): OUT, BUDGET_S, STAGES, <STAGE>_LIMIT (seconds), DATA_ROOT (batches to use instead of
+# building .device's), PYTHON, WHEELS (default .device/whl), RESNET9_CACHE (default .device/cache); a CPU
+# rehearsal of the plumbing: DATA_ROOT=../shared/cifar10 WHEELS=none STAGES="rules graph" bash
+# benchmarks/device_check.sh 5 device=cpu model.width=0.125 data.limit_train=1024 batch_size=128 epochs=2
 #
-# Stages, each under its own time limit so that one slow stage cannot take the others' time; STAGES names the
-# ones to run (default: "gpu-tests attribution graph sweep"; all of them do not fit one lent machine's 15 min):
-#   (always)     stage CIFAR-10 from the 18 MB JPEG archive, install the wheels the image lacks, print the GPU;
+# A plain call runs "gpu-tests rules graph attribution sweep", in that order (the order of issue 26: does it
+# run and which rule is the default, then speed, then sweeps). The whole call keeps to BUDGET_S (default 560 s)
+# so that what it measured is summarised before the call's limit: each stage runs under its own limit or
+# what is left of the budget, whichever is less, and is skipped when less than 30 s are left.
+#   (always)     stage CIFAR-10 from the 18 MB JPEG archive (≈ 10 s), install the wheels the image lacks, print the GPU;
 #   gpu-tests    every test marked `gpu` (pytest -m gpu: tests/training/test_gpu.py -- fp16 loss scaling with fused SGD, the
 #                CUDA generator's augmentation, resume, a reused model, the background writer, a cuda_graph run with
-#                checkpoint and resume -- and the captured step against the eager one), where pytest is installed;
-#   attribution  benchmarks/step_attribution.py at full width: six variants of the step, whole epochs (issue 11);
-#   graph        cuda_graph=true runs of seeds 0-2 beside one default run (seed 0), same card (issue 11);
+#                checkpoint and resume -- and the captured step against the eager one);
+#   rules        the mission's run (its defaults, 24 epochs) with lr_finder.rule=steepest (the default) and lowest,
+#                seeds 0-2, as one sweep in one process (one range test); benchmarks/rule_verdict.py applies the
+#                decision rule (steepest may be at most 0.2 points below lowest on the mean), and when steepest
+#                loses, the same three seeds with lr_finder.rule=fall_end follow as the candidate;
+#   graph        cuda_graph=true, seeds 0-2, one sweep: beside the rules stage's default runs (same seeds, same card);
+#   attribution  benchmarks/step_attribution.py at full width: six variants of the step, whole 97-step epochs;
+#   sweep        benchmarks/sweep.py: a 15-job sweep's per-job overhead and wall time, and the same sweep 3 jobs
+#                at a time on the one GPU (joblib) against one at a time;
+# and, by name only (they do not fit the same call):
 #   throughput   benchmarks/throughput.py on whole epochs (97 steps of 512) for the data paths, then SEEDS
 #                (default 5) complete 24-epoch runs with the defaults (their folders are kept under $OUT/runs);
 #   compile      one more complete run with compile=true (seed 0), to compare its training time and first step;
-#   old-path     one run with the step as it was before warm-up and whole-epoch augmentation (issue 11);
-#   sweep        benchmarks/sweep.py: a 15-job sweep's per-job overhead and wall time, and the same sweep 3 jobs
-#                at a time on the one GPU (joblib) against one at a time (issue 10);
-#   regret       benchmarks/lr_regret.py on the mission's run (issue 15): full width and data, batch 512, 24 epochs,
-#                2 seeds, today's rule (steepest) and the previous one (lowest) against the SGD grid: 16 runs,
-#                about 6-7 minutes on an H100;
-#   evidence     benchmarks/evidence.py (issue 14): the defaults beside Page's schedule and on the staged copy
-#                passed once more through JPEG q50, 3 seeds each (EVIDENCE_PARTS="schedule q50", 9 runs); the
-#                options over 5 seeds (EVIDENCE_PARTS=options, 40 runs) in a lent device run of their own. Commit
-#                $OUT/evidence/*/ under results/<date>-gpu-evidence/ and print the README's table with
+#   old-path     one run with the step as it was before warm-up and whole-epoch augmentation;
+#   regret       benchmarks/lr_regret.py on the mission's run: steepest and lowest against the SGD grid, 2 seeds
+#                (16 runs, about 6-7 minutes on an H100);
+#   evidence     benchmarks/evidence.py: the defaults beside Page's schedule and on the staged copy passed once
+#                more through JPEG q50, 3 seeds each (EVIDENCE_PARTS="schedule q50", 9 runs); the options over 5
+#                seeds (EVIDENCE_PARTS=options, 40 runs) in a call of their own. Commit $OUT/evidence/*/ under
+#                results/<date>-gpu-evidence/ and print the README's table with
 #                `python benchmarks/evidence.py --table results/<date>-gpu-evidence`.
-# Every complete run's row (accuracy, train time, epoch 1 against the median epoch, warm-up) is in summary.txt.
+# Every complete run's row (accuracy, train time, epoch 1 against the median epoch, warm-up, and for a sweep's
+# first job the seconds from its process's start) is in summary.txt.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 seeds=${1:-5}
 shift || true
 out=${OUT:-.device/out}
+data=${DATA_ROOT:-.device/data}  # the batches: built from .device's archive unless DATA_ROOT names others
+py=${PYTHON:-python3}
+wheels=${WHEELS:-.device/whl}  # what device_prepare.sh downloaded: installed into .device/site when present
 mkdir -p "$out"
 started=$(date +%s)
+deadline=$((started + ${BUDGET_S:-560}))
 stage() { echo; echo "== $1 (at $(( $(date +%s) - started )) s)"; }
-stages=" ${STAGES:-gpu-tests attribution graph sweep} "
+stages=" ${STAGES:-gpu-tests rules graph attribution sweep} "
 want() { [[ "$stages" == *" $1 "* ]]; }
+# limited SECONDS COMMAND...: run COMMAND under SECONDS or what is left of the budget, whichever is less
+limited() {
+  local left=$((deadline - $(date +%s) - 20))
+  if ((left < 30)); then echo "skipped: ${left} s left of the budget (BUDGET_S)"; return 124; fi
+  timeout "$((${1} < left ? ${1} : left))" "${@:2}"
+}
+# a sweep of complete runs with the mission's defaults: one process, its start noted for the first job's time
+mission_sweep() {
+  local folder=$1; shift
+  mkdir -p "$folder" && date +%s.%N >"$folder/process_started"
+  limited "$limit" "$py" -m resnet9.train --multirun "$@" data.root="$data" logger=none progress=false \
+    checkpoint=false hydra.sweep.dir="$folder" "${extra[@]}" >"$folder.log" 2>&1
+  grep -i "error\|warn" "$folder.log" | grep -v "^\[.*it/s" | tail -4
+  sed -n '/^Sweep summary/,$p' "$folder.log" | tail -8
+}
+extra=("$@")
 
 stage "data and packages"
-[ -d .device/data/cifar-10-batches-py ] || python3 .device/build_batches.py .device/cifar10-jpeg.tar.xz .device/data || exit 1
-if [ -d .device/whl ]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target .device/site \
-    .device/whl/*.whl || exit 1
+[ -d "$data/cifar-10-batches-py" ] || "$py" .device/build_batches.py .device/cifar10-jpeg.tar.xz "$data" || exit 1
+if [ -d "$wheels" ]; then
+  "$py" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target .device/site \
+    "$wheels"/*.whl || exit 1
   export PYTHONPATH=$PWD/.device/site:$PWD
 else
   export PYTHONPATH=$PWD
 fi
-export WANDB_MODE=offline PYTHONUNBUFFERED=1 NO_ALBUMENTATIONS_UPDATE=1 RESNET9_CACHE=$PWD/.device/cache
+export WANDB_MODE=offline PYTHONUNBUFFERED=1 NO_ALBUMENTATIONS_UPDATE=1 RESNET9_CACHE=${RESNET9_CACHE:-$PWD/.device/cache}
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1 | tee "$out/gpu.txt"
-python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), torch.cuda.get_device_name() if torch.cuda.is_available() else '')"
+"$py" -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), torch.cuda.get_device_name() if torch.cuda.is_available() else '')" | tee -a "$out/gpu.txt"
 
 if want gpu-tests; then
-stage "the GPU-only tests: pytest -m gpu (needs pytest on the machine)"
-if python3 -c "import pytest" 2>/dev/null; then
-  timeout "${TESTS_LIMIT:-240}" python3 -m pytest -q -p no:cacheprovider -m gpu tests/training/test_gpu.py tests/training/test_cuda_graph.py \
-    2>&1 | tee "$out/gpu-tests.txt" | tail -15
+stage "the GPU-only tests: pytest -m gpu"
+if "$py" -c "import pytest" 2>/dev/null; then
+  limited "${TESTS_LIMIT:-150}" "$py" -m pytest -q -p no:cacheprovider -m gpu tests/training/test_gpu.py \
+    tests/training/test_cuda_graph.py 2>&1 | tee "$out/gpu-tests.txt" | tail -15
 else
-  echo "pytest is not installed here: add its wheels to .device/whl (see this script's header)"
+  echo "pytest is not installed here: benchmarks/device_prepare.sh puts its wheels in .device/whl"
 fi
 fi
-if want attribution; then
-stage "where an epoch's time goes: six variants of the step, whole epochs, interleaved (issue 11)"
-timeout "${ATTRIBUTION_LIMIT:-200}" python3 benchmarks/step_attribution.py --width 1 --steps "${STEPS:-97}" \
-  --rounds "${ROUNDS:-3}" --data-root .device/data 2>&1 | grep -v "it/s\]" | tee "$out/attribution.txt"
+if want rules; then
+stage "the mission's run: lr_finder.rule=steepest (the default) and lowest, seeds 0-2, one sweep"
+limit=${RULES_LIMIT:-240} mission_sweep "$out/rules" seed=0,1,2 lr_finder.rule=steepest,lowest
+"$py" benchmarks/rule_verdict.py "$out/rules" | tee "$out/rules/verdict.txt"
+if [ "${PIPESTATUS[0]}" = 3 ]; then
+  stage "steepest lost: lr_finder.rule=fall_end, seeds 0-2, as the candidate"
+  limit=${CANDIDATE_LIMIT:-120} mission_sweep "$out/rules-fall_end" seed=0,1,2 lr_finder.rule=fall_end
+fi
 fi
 if want graph; then
-stage "cuda_graph=true, seeds 0-2, beside the defaults, seed 0 (issue 11: the same card)"
-for run in graph-seed0:"cuda_graph=true seed=0" graph-seed1:"cuda_graph=true seed=1" \
-           graph-seed2:"cuda_graph=true seed=2" default-seed0:"seed=0"; do
-  # shellcheck disable=SC2086
-  timeout "${GRAPH_LIMIT:-60}" python3 -m resnet9.train ${run#*:} data.root=.device/data logger=none progress=false \
-    checkpoint=false hydra.run.dir="$out/runs/${run%%:*}" "$@" 2>&1 | grep -i "warn\|error" | tail -2
-done
+stage "cuda_graph=true, seeds 0-2, one sweep (the defaults' runs: the rules stage's steepest rows)"
+limit=${GRAPH_LIMIT:-120} mission_sweep "$out/graph" seed=0,1,2 cuda_graph=true
+fi
+if want attribution; then
+stage "where an epoch's time goes: six variants of the step, whole epochs, interleaved"
+limited "${ATTRIBUTION_LIMIT:-120}" "$py" benchmarks/step_attribution.py --width 1 --steps "${STEPS:-97}" \
+  --rounds "${ROUNDS:-1}" --data-root "$data" 2>&1 | grep -v "it/s\]" | tee "$out/attribution.txt"
+fi
+if want sweep; then
+stage "sweeps: per-job overhead, 15 jobs, 3 at a time on one GPU"
+limited "${SWEEP_LIMIT:-120}" "$py" benchmarks/sweep.py --jobs 15 --parallel 3 --width 1 --images 5000 --epochs 2 \
+  --data-root "$data" device=cuda 2>&1 | tee "$out/sweep.txt"
 fi
 if want throughput; then
 stage "throughput and $seeds full runs"
-timeout "${BENCH_LIMIT:-330}" python3 benchmarks/throughput.py --steps "${STEPS:-97}" --rounds "${ROUNDS:-3}" \
-  --workers "${WORKERS:-8}" --data-root .device/data --full-run --seeds "$seeds" --out "$out/runs" checkpoint=false "$@" 2>&1 \
+limited "${BENCH_LIMIT:-330}" "$py" benchmarks/throughput.py --steps "${STEPS:-97}" --rounds "${ROUNDS:-3}" \
+  --workers "${WORKERS:-8}" --data-root "$data" --full-run --seeds "$seeds" --out "$out/runs" checkpoint=false "$@" 2>&1 \
   | grep -v "^\[\|it/s\]" | tee "$out/throughput.txt"
 fi
-
 if want compile; then
 stage "compile=true, seed 0"
-timeout "${COMPILE_LIMIT:-150}" python3 -m resnet9.train compile=true seed=0 data.root=.device/data logger=none \
+limited "${COMPILE_LIMIT:-150}" "$py" -m resnet9.train compile=true seed=0 data.root="$data" logger=none \
   progress=false checkpoint=false hydra.run.dir="$out/runs/compile-seed0" "$@" 2>&1 | tail -4
 fi
 if want old-path; then
-stage "the step before warm-up and whole-epoch augmentation, seed 0 (issue 11: the same card, side by side)"
-timeout "${OLD_PATH_LIMIT:-90}" python3 -m resnet9.train warmup=false augment.whole_epoch=false seed=0 \
-  data.root=.device/data logger=none progress=false checkpoint=false hydra.run.dir="$out/runs/old-path-seed0" "$@" \
+stage "the step before warm-up and whole-epoch augmentation, seed 0 (the same card, side by side)"
+limited "${OLD_PATH_LIMIT:-90}" "$py" -m resnet9.train warmup=false augment.whole_epoch=false seed=0 \
+  data.root="$data" logger=none progress=false checkpoint=false hydra.run.dir="$out/runs/old-path-seed0" "$@" \
   2>&1 | tail -2
 fi
-[ -d "$out/runs" ] && python3 - "$out/runs" <<'PY' | tee "$out/summary.txt"
-import json, pathlib, statistics, sys
-rows = []
-for path in sorted(pathlib.Path(sys.argv[1]).glob("*/metrics.json")):
-    m = json.loads(path.read_text())
-    if m.get("status") != "completed":
-        print(f"{path.parent.name}: {m.get('status')} {m.get('error', '')}")
-        continue
-    epochs = [r["train_time_s"] for r in m["epochs"]]
-    rows.append((path.parent.name, 100 * m["final_test_acc"], m["train_time_s"], m.get("first_step_s", float("nan")),
-                 sum(r["epoch_time_s"] for r in m["epochs"]), m["lr_min"], m["lr_max"], epochs[0],
-                 statistics.median(epochs), m["timings"].get("warmup_s", 0.0), m["precision"]))
-print("| run | final test acc (%) | train time (s) | first step (s) | with evaluation (s) | LRMIN | LRMAX "
-      "| epoch 1 (s) | median epoch (s) | warm-up (s) | precision |")
-print("|---|---|---|---|---|---|---|---|---|---|---|")
-for name, acc, train, first, total, lo, hi, first_epoch, median, warmup, precision in rows:
-    print(f"| {name} | {acc:.2f} | {train:.2f} | {first:.2f} | {total:.2f} | {lo:.4g} | {hi:.4g} "
-          f"| {first_epoch:.2f} | {median:.2f} | {warmup:.2f} | {precision} |")
-seeds = [r[1] for r in rows if r[0].startswith("seed")]
-if len(seeds) > 1:
-    print(f"\nseeds: {len(seeds)}, mean {statistics.fmean(seeds):.2f} ± {statistics.stdev(seeds):.2f} %")
-PY
-if want sweep; then
-stage "sweeps: per-job overhead, 15 jobs, 3 at a time on one GPU"
-timeout "${SWEEP_LIMIT:-200}" python3 benchmarks/sweep.py --jobs 15 --parallel 3 --width 1 --images 5000 --epochs 2 \
-  --data-root .device/data device=cuda 2>&1 | tee "$out/sweep.txt"
-fi
 if want regret; then
-stage "the range-test rules' regret at full data (issue 15)"
-timeout "${REGRET_LIMIT:-540}" python3 benchmarks/lr_regret.py --settings "model.width=1" \
+stage "the range-test rules' regret at full data"
+limited "${REGRET_LIMIT:-540}" "$py" benchmarks/lr_regret.py --settings "model.width=1" \
   --rules steepest lowest --batch 512 --images 50000 --test-images 10000 --epochs 24 --seeds 2 \
-  --data-root .device/data --out "$out/regret.json" -- device=cuda 2>&1 | grep -v "^\[" | tee "$out/regret.txt"
+  --data-root "$data" --out "$out/regret.json" -- device=cuda 2>&1 | grep -v "^\[" | tee "$out/regret.txt"
 fi
 if want evidence; then
-stage "issue 14: the defaults beside Page's schedule and on a q50 copy (3 seeds), options over 5 seeds"
-# EVIDENCE_PARTS="schedule q50" (9 runs) and "options" (40 runs) fit different lent device runs
+stage "the defaults beside Page's schedule and on a q50 copy (3 seeds), options over 5 seeds"
 # shellcheck disable=SC2086
-timeout "${EVIDENCE_LIMIT:-540}" python3 benchmarks/evidence.py --data-root .device/data --out "$out/evidence" \
+limited "${EVIDENCE_LIMIT:-540}" "$py" benchmarks/evidence.py --data-root "$data" --out "$out/evidence" \
   --work .device/evidence --parts ${EVIDENCE_PARTS:-schedule q50} -- "$@" 2>&1 | grep -v "^\[" | tail -30
 fi
+stage "every complete run"
+"$py" benchmarks/device_summary.py "$out" | tee "$out/summary.txt"
 stage "done"

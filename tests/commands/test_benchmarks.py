@@ -2,6 +2,7 @@
 
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -152,3 +153,41 @@ def test_the_evidence_runner_keeps_each_parts_summary_and_builds_the_table_from_
                            capture_output=True, text=True, timeout=60).stdout  # fmt: skip
     rows = [line for line in table.splitlines() if line.startswith(("| q50", "| options"))]
     assert len(rows) == 3 and "| eval_tta=True | 1 |" in table and "(all jobs)" in table
+
+
+def test_the_device_check_runs_its_rules_and_graph_stages_end_to_end_on_a_cpu(cifar_root, tmp_path):
+    """The lent GPU's call is rare and short: its script's plumbing (sweeps, verdict, summary) is rehearsed here."""
+    out = tmp_path / "out"
+    env = {**os.environ, "OUT": str(out), "DATA_ROOT": str(cifar_root), "PYTHON": sys.executable,
+           "WHEELS": str(tmp_path / "no-wheels"), "RESNET9_CACHE": str(tmp_path / "cache"),
+           "STAGES": "rules graph", "BUDGET_S": "400", "WANDB_MODE": "offline"}  # fmt: skip
+    small = ["device=cpu", "model.width=0.0625", "data.limit_train=512", "batch_size=128", "data.limit_test=256",
+             "epochs=2", "lr_finder.num_iter=30", "data.num_workers=0"]  # fmt: skip
+    result = subprocess.run(["bash", "benchmarks/device_check.sh", "5", *small], cwd=REPO, env=env,
+                            capture_output=True, text=True, timeout=420)  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    verdict = (out / "rules" / "verdict.txt").read_text()
+    assert "steepest: " in verdict and "lowest: " in verdict and "verdict: steepest - lowest = " in verdict
+    lost = "must not stay the default" in verdict
+    summary = (out / "summary.txt").read_text()
+    runs = [line for line in summary.splitlines() if line.startswith(("| rules", "| graph"))]
+    assert len(runs) == 9 + 3 * lost, summary  # 2 rules x 3 seeds, 3 captured seeds (+ the candidate's 3)
+    assert "| rules/0 (seed=0 lr_finder.rule=steepest) |" in summary
+    assert "| graph/2 (seed=2 cuda_graph=True) |" in summary
+    first = float(next(line for line in runs if line.startswith("| rules/0 ")).split("|")[11])
+    assert 0 < first < 400  # the fresh process's first run: from the process's start to the end of job 0
+
+
+@pytest.mark.parametrize(("steepest", "expected"), [(0.909, 0), (0.915, 0), (0.907, 3), (None, 2)])
+def test_the_rule_verdict_keeps_the_default_unless_it_loses_more_than_the_margin(tmp_path, steepest, expected):
+    """Rows made by the sweep report's own summary: lowest at 91.0 % over two seeds."""
+    from resnet9.report import summarize
+
+    jobs = {"lr_finder.rule=lowest": [{"status": "completed", "final_test_acc": a} for a in (0.909, 0.911)]}
+    if steepest is not None:
+        jobs["lr_finder.rule=steepest"] = [{"status": "completed", "final_test_acc": steepest}] * 2
+    (tmp_path / "summary.json").write_text(json.dumps(summarize(jobs)))
+    result = subprocess.run([sys.executable, "benchmarks/rule_verdict.py", str(tmp_path)], cwd=REPO,
+                            capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert result.returncode == expected, result.stdout + result.stderr
+    assert result.stdout.splitlines()[-1].startswith("verdict: ")
