@@ -125,6 +125,7 @@ def train(cfg: DictConfig, out_dir: Path) -> float:
             cifar = build.dataset(cfg.data)
         _check_fits(cfg, cifar)
         model = build.model(cfg.model, settings, reuse=cfg.compile and not world.is_parallel)
+        own_callbacks = build.callbacks(cfg) if world.is_main else []  # rank 0 alone records (and calls them)
 
         loader = build.train_loader(cfg, cifar, settings, cfg.seed, world)
         build.check_schedule(cfg, steps_per_epoch=len(loader))  # before the range test, not after it
@@ -143,7 +144,7 @@ def train(cfg: DictConfig, out_dir: Path) -> float:
 
     stop = SignalStop()
     # the user's callbacks before the recorders, so that what they add to an epoch's row is recorded
-    listeners = [stop, *(build.callbacks(cfg) + _recording_listeners(cfg, out_dir, device) if world.is_main else [])]
+    listeners = [stop, *own_callbacks, *(_recording_listeners(cfg, out_dir, device) if world.is_main else [])]
     listeners += search.trial_listeners() if world.is_main else []  # last: every other listener has the epoch
     with notifying(listeners, state, stop.flag):
         _fit(cfg, state, test_batches, settings, listeners, stop.flag)

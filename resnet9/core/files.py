@@ -202,3 +202,32 @@ class WritableOutput(Callback):
             ensure_writable(folder, key)
         except UsageError as err:
             exit_with(f"error: {err}")
+
+
+_EARLIER_HYDRA_FILES: dict[Path, dict[Path, bytes]] = {}  # run folder -> its .hydra files before this run
+
+
+class KeepEarlierRecord(Callback):
+    """Hydra callback: before Hydra rewrites <run folder>/.hydra/ (config.yaml, overrides.yaml, hydra.yaml) for
+    a single run, keep the files of the earlier run the folder holds (its metrics.json), so that a job refused
+    before it trains (a resume with other overrides, a damaged last.pt) can put them back
+    (`put_back_earlier_record`): the folder's config then still describes its results. A sweep refuses other
+    overrides before any job, so its jobs need none of this."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        folder, subdir = Path(config.hydra.run.dir).resolve(), config.hydra.output_subdir
+        if subdir is None or not (folder / "metrics.json").is_file():
+            return
+        try:
+            _EARLIER_HYDRA_FILES[folder] = {path: path.read_bytes() for path in (folder / subdir).glob("*.yaml")}
+        except OSError:  # unreadable: nothing to keep (the run itself says what is wrong with the folder)
+            pass
+
+
+def put_back_earlier_record(folder: Path) -> None:
+    """The earlier run's .hydra files, as KeepEarlierRecord found them (nothing when it kept none)."""
+    for path, content in _EARLIER_HYDRA_FILES.pop(folder.resolve(), {}).items():
+        try:
+            path.write_bytes(content)
+        except OSError:  # the error that ended the job is the one to report
+            pass

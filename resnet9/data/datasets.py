@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import pickle
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -80,6 +80,55 @@ class ImageData:
     device_copies: dict = field(default_factory=dict, compare=False, repr=False)
 
 
+def checked(data: object, source: str) -> ImageData:
+    """A data set function's result as training reads it, or a DataError naming what is wrong with it: images
+    must be (N, 32, 32, 3) uint8, labels one integer per image in 0..len(classes)-1 (any integer type: they
+    are returned as int64)."""
+    if not isinstance(data, ImageData):
+        raise DataError(
+            f"{source} returned a {type(data).__name__}, not a resnet9.data.datasets.ImageData; return "
+            f"ImageData(train_images, train_labels, test_images, test_labels, classes=...)"
+        )
+    labels = {}
+    for part in ("train", "test"):
+        images = getattr(data, f"{part}_images")
+        _check_images(images, f"{source}'s {part}_images")
+        labels[f"{part}_labels"] = _checked_labels(
+            getattr(data, f"{part}_labels"), len(images), len(data.classes), f"{source}'s {part}_labels"
+        )
+    return replace(data, **labels)
+
+
+def _check_images(images: object, what: str) -> None:
+    if not isinstance(images, np.ndarray):
+        raise DataError(f"{what} are a {type(images).__name__}; give a numpy array, (N, 32, 32, 3) uint8")
+    if images.dtype != np.uint8:
+        raise DataError(
+            f"{what} are {images.dtype}; give uint8 pixels 0-255 (for floats in 0..1: "
+            f"(images * 255).round().astype(np.uint8))"
+        )
+    if images.ndim != 4 or images.shape[1:] != (32, 32, 3) or len(images) == 0:
+        raise DataError(
+            f"{what} have the shape {images.shape}; give (N, 32, 32, 3), N > 0: height, width, then the RGB "
+            f"channels (for channels first: images.transpose(0, 2, 3, 1))"
+        )
+
+
+def _checked_labels(labels: object, images: int, classes: int, what: str) -> np.ndarray:
+    labels = np.asarray(labels)
+    if labels.shape != (images,) or not np.issubdtype(labels.dtype, np.integer):
+        raise DataError(
+            f"{what} are {labels.dtype} of shape {labels.shape}; give one integer label per image, shape ({images},)"
+        )
+    low, high = (int(labels.min()), int(labels.max())) if images else (0, 0)
+    if low < 0 or high >= classes:
+        raise DataError(
+            f"{what} run from {low} to {high}, but the data set names {classes} classes (0..{classes - 1}); give "
+            f"ImageData a name for each label in classes=..."
+        )
+    return labels.astype(np.int64, copy=False)
+
+
 def cifar10(
     root: str | Path, download: bool = True, limit_train: int | None = None, limit_test: int | None = None
 ) -> ImageData:
@@ -103,6 +152,11 @@ def _load(
     root = Path(root).expanduser()
     folder = root / layout.folder
     if not _is_folder(folder):
+        if root.name == layout.folder and _is_folder(root):  # a common slip: the batches' own folder as the root
+            raise DataError(
+                f"data.root={root} is the folder of the batches itself; give the folder that holds it: "
+                f"data.root={root.parent}"
+            )
         if not download:
             raise DataError(
                 f"{layout.name} not found: no folder {folder}; stage the official python batches there "

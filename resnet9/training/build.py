@@ -13,7 +13,7 @@ import logging
 import random
 import re
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,10 +25,11 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from resnet9.core import jobcache
-from resnet9.core.errors import ConfigError, UsageError
+from resnet9.core.errors import ConfigError, UsageError, first_line
 from resnet9.data import datasets
 from resnet9.data.augment import Stats
 from resnet9.training import schema, state, targets, tracking
+from resnet9.training.callbacks import HOOKS, Callback, SomeHooks, hooks_of
 from resnet9.training.cuda_graph import start_momentum
 from resnet9.training.distributed import World
 from resnet9.training.loop import Batches, StepSettings
@@ -202,7 +203,7 @@ def dataset(data_cfg: DictConfig) -> datasets.ImageData:
         options.pop(key, None)
     options["root"] = str(root)
     key = [options, _file_stamps(root)]
-    loaded = jobcache.shared.get("data", key, lambda: built(options))
+    loaded = jobcache.shared.get("data", key, lambda: datasets.checked(built(options), data_cfg._target_))
     if len(loaded.classes) != data_cfg.num_classes:
         raise ConfigError(
             f"data.num_classes={data_cfg.num_classes} but {data_cfg._target_} gave {len(loaded.classes)} classes; "
@@ -318,18 +319,35 @@ def ready_for_loss_scaling(opt: torch.optim.Optimizer) -> None:
     start_momentum(opt)
 
 
+@contextlib.contextmanager
+def _settings_checked_by(group: str, section: DictConfig) -> Iterator[None]:
+    """A constructor that refuses the settings it was given (torch's optimizers raise ValueError: "Nesterov
+    momentum requires a momentum and zero dampening") -> one line naming the group, not a traceback."""
+    try:
+        yield
+    except UsageError:
+        raise
+    except (ValueError, TypeError) as err:
+        raise ConfigError(
+            f"{group} ({section.get('_target_')}) refused its settings: {first_line(err)}; change the {group} "
+            f"group's keys"
+        ) from err
+
+
 def optimizer(optimizer_cfg: DictConfig, params: nn.Module, lr: float, **options: bool) -> torch.optim.Optimizer:
     """The configured optimizer over `params.parameters()`, at `lr`."""
-    return instantiate(optimizer_cfg, _convert_="all")(params.parameters(), lr=lr, **options)
+    make = instantiate(optimizer_cfg, _convert_="all")
+    with _settings_checked_by("optimizer", optimizer_cfg):
+        return make(params.parameters(), lr=lr, **options)
 
 
 def scheduler(
     cfg: DictConfig, opt: torch.optim.Optimizer, lr_min: float, lr_max: float, steps_per_epoch: int
 ) -> torch.optim.lr_scheduler.LRScheduler:
     """The `scheduler` group's schedule over the run's epochs, stepped once per batch (schedule.py: its interface)."""
-    return instantiate(cfg.scheduler)(
-        opt, lr_min=lr_min, lr_max=lr_max, epochs=cfg.epochs, steps_per_epoch=steps_per_epoch
-    )
+    make = instantiate(cfg.scheduler)
+    with _settings_checked_by("scheduler", cfg.scheduler):
+        return make(opt, lr_min=lr_min, lr_max=lr_max, epochs=cfg.epochs, steps_per_epoch=steps_per_epoch)
 
 
 def check_schedule(cfg: DictConfig, steps_per_epoch: int) -> None:
@@ -342,7 +360,8 @@ def check_schedule(cfg: DictConfig, steps_per_epoch: int) -> None:
 def trained_model(
     path: Path, device: torch.device, flag: str = "checkpoint=", allowed: set[str] | None = None
 ) -> tuple[nn.Module, dict]:
-    """The model a training run saved (last.pt), rebuilt from the checkpoint's own config, and the checkpoint.
+    """The model a training run saved (last.pt, or the run's folder holding it), rebuilt from the checkpoint's
+    own config, and the checkpoint.
 
     The checkpoint is a file from disk: its model's `_target_` must be one that the package or the user's own
     config folders (the `--config-dir` the run trained with) name (`allowed`: `targets.permitted`; default: the
@@ -350,6 +369,8 @@ def trained_model(
     imported or built. Anything else, or weights that do not fit, is a one-line UsageError naming the
     command's option for a checkpoint (`flag`).
     """
+    if path.is_dir() and (path / "last.pt").is_file():  # the run's folder: its checkpoint
+        path = path / "last.pt"
     checkpoint = state.read_trained(path, device, flag)
     fix = state.trained_fix(flag)
     config = checkpoint["config"]
@@ -358,7 +379,9 @@ def trained_model(
         model_cfg = schema.validate_model(config.get("model") if isinstance(config, dict) else None,
                                           targets.permitted() if allowed is None else allowed, permission)  # fmt: skip
     except ConfigError as err:
-        raise UsageError(f"{path}: its saved model cannot be rebuilt here ({err}); or {fix}") from None
+        # a model this command may not build names its own fix (--config-dir); any other: another checkpoint
+        other = "" if permission in str(err) else f"; or {fix}"
+        raise UsageError(f"{path}: its saved model cannot be rebuilt here ({err}){other}") from None
     network = model(model_cfg.model_dump(by_alias=True, exclude_unset=True), StepSettings(device=torch.device("cpu")))
     try:
         network.load_state_dict(checkpoint["model"])
@@ -374,9 +397,20 @@ def trained_model(
     return network.to(device), checkpoint
 
 
-def callbacks(cfg: DictConfig) -> list:
-    """The `callbacks` group's objects, in the order the config names them (resnet9/training/callbacks.py)."""
-    return [built(node) for node in (cfg.get("callbacks") or {}).values()]
+def callbacks(cfg: DictConfig) -> list[Callback]:
+    """The `callbacks` group's objects, in the order the config names them (resnet9/training/callbacks.py); one
+    with only some of the hooks is wrapped so that the others do nothing, and one with none is refused."""
+    made = []
+    for name, node in (cfg.get("callbacks") or {}).items():
+        callback = built(node)
+        hooks = hooks_of(callback)
+        if not hooks:
+            raise ConfigError(
+                f"callbacks.{name} ({node.get('_target_')}) has none of the hooks "
+                f"{', '.join(HOOKS)}; define one or more (resnet9/training/callbacks.py says how)"
+            )
+        made.append(callback if len(hooks) == len(HOOKS) else SomeHooks(callback))
+    return made
 
 
 def tracker(logger_cfg: DictConfig, **run: object) -> tracking.Tracker:

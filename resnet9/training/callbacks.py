@@ -3,7 +3,7 @@
 A callback is any object with some of the hooks below, built from a `_target_` in `conf/callbacks/<option>.yaml`
 (or a folder of your own: `--config-dir myconf callbacks=mine`). The trainer tells every callback, in the order
 given, before it records anything, so what a callback adds to an epoch's `row` lands in metrics.json, W&B and
-the console line:
+the console (a line after the epoch's):
 
     on_run_start(state)                 state: resnet9.training.state.TrainState (model, optimizer, scheduler, record)
     on_epoch_end(state, row, result)    row: the epoch's numbers (a dict: add your own keys)
@@ -24,6 +24,37 @@ from resnet9.training.loop import EpochResult
 from resnet9.training.state import TrainState
 
 __all__ = ["Callback", "WeightNorm"]
+HOOKS = ("on_run_start", "on_epoch_end", "on_stop", "on_run_end")
+
+
+class SomeHooks(Callback):
+    """A callback of the user's that has only some of the hooks (no need to derive from Callback): the trainer
+    calls every hook, so the ones it lacks do nothing here."""
+
+    def __init__(self, callback: object) -> None:
+        self.callback = callback
+
+    def on_run_start(self, state: TrainState) -> None:
+        self._call("on_run_start", state)
+
+    def on_epoch_end(self, state: TrainState, row: dict[str, Any], result: EpochResult) -> None:
+        self._call("on_epoch_end", state, row, result)
+
+    def on_stop(self, state: TrainState) -> None:
+        self._call("on_stop", state)
+
+    def on_run_end(self, state: TrainState, status: str) -> None:
+        self._call("on_run_end", state, status)
+
+    def _call(self, hook: str, *args: object) -> None:
+        method = getattr(self.callback, hook, None)
+        if method is not None:
+            method(*args)
+
+
+def hooks_of(callback: object) -> list[str]:
+    """The hooks an object has (callable attributes of those names)."""
+    return [hook for hook in HOOKS if callable(getattr(callback, hook, None))]
 
 
 class WeightNorm(Callback):

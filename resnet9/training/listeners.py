@@ -112,6 +112,7 @@ def job_record(out_dir: Path, config: Callable[[], dict[str, Any]], overrides: l
     path = out_dir / "metrics.json"
     # a resumed run's record is its own: a failure before it resumes leaves it as it was (not so a setup failure's)
     existed = path.exists() and not _setup_record(path)
+    earlier = path.read_bytes() if existed else None
 
     def stop_now(signum: int, _frame: Any) -> None:
         raise StopRequested(signum)
@@ -120,6 +121,8 @@ def job_record(out_dir: Path, config: Callable[[], dict[str, Any]], overrides: l
         with signals.handled(stop_now):
             yield
     except BaseException as err:
+        if earlier is not None and path.is_file() and path.read_bytes() == earlier:  # refused before it trained
+            files.put_back_earlier_record(out_dir)  # the folder's .hydra/ describes its run again, not this job
         ours_to_write = not path.exists() or _setup_record(path)  # (not if the run's own record began meanwhile)
         if not existed and ours_to_write and not isinstance(err, SystemExit):
             if isinstance(err, StopRequested | KeyboardInterrupt):
@@ -295,8 +298,17 @@ class TrackerLog(Listener):
         self.tracker.finish(exit_code=0 if ended else 1, preempted=status == "interrupted")
 
 
+def _briefly(value: object) -> str:
+    """A number to 4 significant digits, anything else as it prints."""
+    return f"{value:.4g}" if isinstance(value, int | float) and not isinstance(value, bool) else str(value)
+
+
 class ConsoleLog(Listener):
     """The run's story in the terminal (and train.log): what it trains with, one line per epoch, the result."""
+
+    # the row's keys the trainer writes (train.py); a callback's own keys get a line of their own
+    TRAINERS_KEYS = frozenset(("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr", "ema",
+                               "train_time_s", "epoch_time_s", "images_per_s", "mfu"))  # fmt: skip
 
     def __init__(self, out_dir: Path) -> None:
         self.out_dir, self.epochs_timed = out_dir, 0
@@ -335,6 +347,8 @@ class ConsoleLog(Listener):
             row["images_per_s"],
             f"  MFU {100 * row['mfu']:.1f}%" if "mfu" in row else "",
         )
+        if own := [f"{key} {_briefly(value)}" for key, value in row.items() if key not in self.TRAINERS_KEYS]:
+            log.info("epoch %2d callbacks: %s", row["epoch"], "  ".join(own))  # what a callback added to the row
         self.epochs_timed += 1
         remaining = state.record["config"]["epochs"] - row["epoch"]
         if self.epochs_timed == 1 and remaining > 0:  # the first epoch this process ran: how long the rest takes

@@ -380,7 +380,10 @@ def _validated(schema: type[Section], cfg: DictConfig | dict, context: dict, pre
 
 def _one_line(error: dict, schema: type[Section], given: dict) -> str:
     """pydantic's first error -> `<key> must be <what>, got <value>; e.g. <key>=<example>`."""
-    key = ".".join(_config_keys(error["loc"], given))
+    keys = _config_keys(error["loc"], given)
+    if error["type"] == "missing":  # the missing key itself is not in the config: name it after its section
+        keys.append(str(error["loc"][-1]))
+    key = ".".join(keys)
     if error["type"] == "union_tag_invalid":  # an option of a group whose _target_ has no schema
         expected = error["ctx"]["expected_tags"]
         return f"{key}._target_ must be one of {expected}, got {error['ctx']['tag']!r}; e.g. choose an option of {key}"

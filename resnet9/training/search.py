@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -65,7 +66,9 @@ def open_storage(url: str, heartbeat_s: int | None = None) -> Any:
     beat = {"heartbeat_interval": heartbeat_s, "grace_period": 2 * heartbeat_s} if heartbeat_s else {}
     for attempt in range(OPEN_ATTEMPTS):
         try:
-            return optuna.storages.RDBStorage(url, engine_kwargs=engine, **beat)
+            with warnings.catch_warnings():  # the heartbeat is experimental in Optuna, and the way to mark stale trials
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.storages.RDBStorage(url, engine_kwargs=engine, **beat)
         except ImportError as err:  # the URL's driver (psycopg2 for postgresql://): no point in trying again
             problem = err
             break
@@ -164,8 +167,10 @@ def _param(value: Any) -> str:
 def _importances(study: Any, completed: int) -> str:
     import optuna
 
+    if completed < 2:  # Optuna would split the importance evenly: a number that means nothing yet
+        return f"none yet ({completed} completed trial{'s' * (completed != 1)}; they need two or more)"
     try:
         importances = optuna.importance.get_param_importances(study)
-    except Exception as err:  # fewer than two completed trials, or a parameter that never varied
+    except Exception as err:  # a parameter that never varied, or another reason fANOVA cannot say
         return f"none yet ({completed} completed trials; {one_line(err)[:120]})"
     return ", ".join(f"{key} {value:.2f}" for key, value in importances.items())

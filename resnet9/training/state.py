@@ -287,12 +287,13 @@ def read_resumable(path: Path, cfg: DictConfig, device: torch.device) -> dict[st
         )
     if cfg.resume is False or not path.is_file():
         return None
-    fix = f"rerun with the same overrides, use a new output folder, or resume=false to start over in {path.parent}"
-    checkpoint = _load(path, fix)
+    start_over = f"use a new output folder, or resume=false to start over in {path.parent}"
+    checkpoint = _load(path, start_over)  # a file no rerun can read: only starting over helps
     if isinstance(checkpoint, dict) and "train_state" not in checkpoint and "optimizer" in checkpoint:
-        raise UsageError(f"cannot resume from {path}: it was written by an older resnet9; {fix}")
+        raise UsageError(f"cannot resume from {path}: it was written by an older resnet9; {start_over}")
     if not _resumable_shape(checkpoint) or not _is_format(checkpoint.get("format"), CHECKPOINT_FORMAT):
-        raise UsageError(f"cannot resume from {path}: it is not a resnet9 training checkpoint; {fix}")
+        raise UsageError(f"cannot resume from {path}: it is not a resnet9 training checkpoint; {start_over}")
+    fix = f"rerun with the same overrides, {start_over}"
     differences = _differences(_comparable(checkpoint["config"]), _comparable(OmegaConf.to_container(cfg)))
     kind = checkpoint.get("device_type", device.type)  # (unknown in checkpoints from before it)
     if not (isinstance(kind, str) and kind == device.type):

@@ -8,6 +8,7 @@ from PIL import Image
 
 from resnet9.core.errors import UsageError
 from resnet9.evaluate import evaluate_checkpoint
+from resnet9.training import build
 
 
 def test_evaluate_reproduces_the_runs_accuracy_and_writes_its_figures(run_cli, trained_run, tmp_path):
@@ -39,6 +40,13 @@ def test_missing_checkpoint_is_one_line(run_cli, tmp_path):
         f"error: checkpoint not found: {tmp_path}/nope.pt; pass checkpoint=<run folder>/last.pt as written by "
         "resnet9.train"
     ]
+
+
+def test_a_run_folder_names_its_last_pt(trained_run):
+    model, checkpoint = build.trained_model(trained_run, torch.device("cpu"))
+    saved = torch.load(trained_run / "last.pt", weights_only=True)
+    assert checkpoint["config"] == saved["config"]
+    assert all(torch.equal(model.state_dict()[name], weights) for name, weights in saved["model"].items())
 
 
 def test_corrupt_or_foreign_checkpoints_are_one_line(trained_run, tmp_path):

@@ -106,3 +106,16 @@ def test_a_checkpoint_write_failing_mid_run_ends_in_one_line_naming_it(cifar_roo
     assert metrics["status"] == "failed" and metrics["error"] == line.removeprefix("error: ")
     assert (out / "model_summary.txt").is_file() and (out / ".hydra" / "config.yaml").is_file()
     assert not list(out.glob(".last.pt-*"))  # no temporary file left behind
+
+
+def test_a_rerun_refused_before_training_leaves_the_folder_as_its_run_wrote_it(cifar_root, tmp_path):
+    """Hydra rewrites .hydra/ before the job starts; a refused resume puts the earlier run's files back."""
+    out = tmp_path / "run"
+    assert run_in(out, cifar_root).returncode == 0
+    written = sorted([*(out / ".hydra").glob("*.yaml"), out / "metrics.json", out / "last.pt"])
+    before = {path: path.read_bytes() for path in written}
+    command = [sys.executable, "-m", "resnet9.train", *small_run(cifar_root, *QUICK), "label_smoothing=0.1",
+               f"hydra.run.dir={out}"]  # fmt: skip
+    refused = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert refused.returncode == 2 and f"error: cannot resume from {out}/last.pt" in refused.stderr
+    assert len(before) == 5 and {path: path.read_bytes() for path in written} == before

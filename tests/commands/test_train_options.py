@@ -432,3 +432,33 @@ def test_an_epoch_reads_the_device_only_for_a_progress_bar(synthetic_root, tmp_p
     options = ("log_every=1", "epochs=2", "ema.decay=0.9", "ema.start_epoch=1")  # the EMA updates every step
     train(compose_small(synthetic_root, f"progress={str(progress).lower()}", *options), tmp_path)
     assert (len(reads) > 0) == progress  # with a bar: its running numbers every log_every steps; else none
+
+
+class OnlyTheEnd:
+    """A callback with one hook that derives from nothing (the `_target_` of a test)."""
+
+    def __init__(self) -> None:
+        self.statuses: list[str] = []
+
+    def on_run_end(self, state, status: str) -> None:
+        self.statuses.append(status)
+
+
+class MisspeltHook:
+    def on_epoch_ends(self, state, row, result) -> None:  # not a hook: the name is one letter off
+        pass
+
+
+def test_a_callback_needs_only_the_hooks_it_uses_and_one_with_none_is_refused():
+    cfg = OmegaConf.create({"callbacks": {"end": {"_target_": "test_train_options.OnlyTheEnd"}}})
+    (callback,) = build.callbacks(cfg)
+    callback.on_run_start(None)
+    callback.on_epoch_end(None, {}, None)
+    callback.on_stop(None)
+    callback.on_run_end(None, "completed")
+    assert callback.callback.statuses == ["completed"]
+
+    cfg = OmegaConf.create({"callbacks": {"typo": {"_target_": "test_train_options.MisspeltHook"}}})
+    refusal = r"^callbacks.typo \(test_train_options.MisspeltHook\) has none of the hooks on_run_start, on_epoch_end"
+    with pytest.raises(ConfigError, match=refusal + ", on_stop, on_run_end; define one or more"):
+        build.callbacks(cfg)

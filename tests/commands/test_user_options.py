@@ -63,6 +63,8 @@ def test_a_user_option_in_every_group_trains_and_is_recorded(user_run):
     assert lrs == pytest.approx([record["lr_max"]] * 2 + [max(record["lr_max"] / 2, record["lr_min"])] * 2)
     for row in record["epochs"]:  # both callbacks' values, in the order the option names them
         assert row["grad_norm"] > 0 and row["weight_norm"] > 0
+    shown = [line for line in (user_run / "train.log").read_text().splitlines() if " callbacks: " in line]
+    assert len(shown) == len(record["epochs"]) and " callbacks: grad_norm " in shown[0] and " weight_norm " in shown[0]
     assert record["final_test_acc"] >= 0.5  # two well-separated synthetic classes
 
 
@@ -78,7 +80,8 @@ def test_a_user_model_evaluates_with_its_config_folder_and_is_refused_without(la
     assert refused.returncode == 2
     (line,) = refused.stderr.strip().splitlines()
     assert "model._target_=mylab.TinyNet is named neither by resnet9 nor by your config folder" in line
-    assert "pass the --config-dir that names its model" in line and not (lab / "eval2" / "evaluation.json").exists()
+    assert line.endswith("pass the --config-dir that names its model (the one it trained with))")
+    assert not (lab / "eval2" / "evaluation.json").exists()
 
     predicted = run_in(lab, "resnet9.predict", "--config-dir", "conf", "--checkpoint", checkpoint, "--json",
                        str(REPO / "docs" / "gradcam_width025.png"))  # fmt: skip

@@ -104,6 +104,13 @@ def test_failed_download_gives_one_line_and_leaves_no_folder_behind(tmp_path, mo
     assert list(tmp_path.iterdir()) == []  # the folders the attempt created are gone again
 
 
+def test_the_batches_own_folder_as_the_root_is_answered_with_its_parent(synthetic_root):
+    with pytest.raises(DataError) as err:
+        datasets.cifar10(synthetic_root / "cifar-10-batches-py")
+    assert_one_line(err, f"data.root={synthetic_root}/cifar-10-batches-py is the folder of the batches itself; give "
+                         f"the folder that holds it: data.root={synthetic_root}")  # fmt: skip
+
+
 def test_a_folder_we_may_not_read_is_one_line(tmp_path, monkeypatch):
     def refused(self):  # what stat() raises below a folder without execute permission (tests run as root here)
         raise PermissionError(13, "Permission denied", str(self))
@@ -234,3 +241,63 @@ def test_data_cifar100_trains_a_100_class_model(cifar100_root, tmp_path):
     assert record["classes"][:2] == ["kind0", "kind1"] and len(record["classes"]) == 100
     assert accuracy > 0.05  # five times chance after 40 steps on colours
     assert record["config"]["data"]["mean"] == [0.5071, 0.4865, 0.4409]
+
+
+def small_image_data(**changes) -> datasets.ImageData:
+    rng = np.random.default_rng(0)
+    parts = {
+        "train_images": rng.integers(0, 256, (8, 32, 32, 3), dtype=np.uint8),
+        "train_labels": np.arange(8) % 2,
+        "test_images": rng.integers(0, 256, (4, 32, 32, 3), dtype=np.uint8),
+        "test_labels": np.arange(4) % 2,
+    }
+    return datasets.ImageData(**(parts | changes), classes=("a", "b"))
+
+
+def test_a_data_sets_int32_labels_are_read_as_int64_and_its_images_left_as_they_are():
+    given = small_image_data(train_labels=(np.arange(8) % 2).astype(np.int32))
+    data = datasets.checked(given, "mine.pairs")
+    assert data.train_labels.dtype == np.int64 and data.test_labels.dtype == np.int64
+    assert data.train_images is given.train_images and (data.train_labels == given.train_labels).all()
+
+
+WRONG_ARRAYS = [
+    ({"train_images": np.zeros((8, 32, 32, 3), np.float32)}, "mine.pairs's train_images are float32; give uint8"),
+    ({"test_images": np.zeros((4, 3, 32, 32), np.uint8)}, "mine.pairs's test_images have the shape (4, 3, 32, 32)"),
+    ({"train_images": np.zeros((0, 32, 32, 3), np.uint8), "train_labels": np.zeros(0, np.int64)}, "N > 0"),
+    ({"train_labels": np.arange(8)}, "mine.pairs's train_labels run from 0 to 7, but the data set names 2 classes"),
+    ({"test_labels": np.full(4, -1)}, "mine.pairs's test_labels run from -1 to -1"),
+    ({"train_labels": np.zeros(8, np.float64)}, "train_labels are float64 of shape (8,); give one integer label"),
+    ({"test_labels": np.zeros(5, np.int64)}, "test_labels are int64 of shape (5,); give one integer label per image"),
+    ({"train_images": [[0] * 3] * 8}, "mine.pairs's train_images are a list; give a numpy array"),
+]
+
+
+@pytest.mark.parametrize("changes, fragment", WRONG_ARRAYS, ids=[f for _, f in WRONG_ARRAYS])
+def test_a_data_set_of_the_wrong_arrays_is_one_line_naming_the_array_and_the_fix(changes, fragment):
+    with pytest.raises(DataError) as err:
+        datasets.checked(small_image_data(**changes), "mine.pairs")
+    assert_one_line(err, fragment)
+
+
+def float_images(root: str, **options) -> datasets.ImageData:
+    """A user's data set function that returns CIFAR's images as floats in 0..1 (the `_target_` of a test)."""
+    data = datasets.cifar10(root, **options)
+    return datasets.ImageData(data.train_images / 255, data.train_labels, data.test_images / 255, data.test_labels)
+
+
+def test_a_run_on_a_data_set_of_float_images_is_refused_before_training(synthetic_root, tmp_path):
+    """Float pixels would train to chance without a word (the augmentation and normalisation expect 0..255)."""
+    from hydra import compose, initialize_config_dir
+
+    from resnet9.core.errors import UsageError
+    from resnet9.train import train
+
+    with initialize_config_dir(config_dir=str(Path(__file__).resolve().parents[2] / "conf"), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=[
+            "data._target_=test_data.float_images", f"data.root={synthetic_root}", "model.width=0.125",
+            "batch_size=50", "epochs=2", "optimizer.lr=0.1", "scheduler.lr_min=0.01", "logger=none",
+            "device=cpu"])  # fmt: skip
+    with pytest.raises(UsageError, match=r"^test_data.float_images's train_images are float64; give uint8"):
+        train(cfg, tmp_path)
+    assert not (tmp_path / "metrics.json").exists()

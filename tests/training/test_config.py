@@ -116,6 +116,9 @@ BAD = [
     ),
     (("model._target_=mymodels.TinyNet",), "model._target_=mymodels.TinyNet cannot be imported (no module 'mymode"),
     (("data.mean=[0.5,0.5]",), "data.mean is not valid (list should have at least 3 items after validation, not 2)"),
+    (("~epochs",), "epochs is missing; e.g. epochs=24"),  # a missing key by its own name, not its section's
+    (("~scheduler.lr_min",), "scheduler.lr_min is missing; e.g. scheduler.lr_min=0.04"),
+    (("~optimizer.lr",), "optimizer.lr is missing; e.g. optimizer.lr=0.4"),
 ]
 
 
@@ -126,6 +129,18 @@ def test_bad_values_fail_validation_with_a_one_line_fix(overrides, message):
     assert message in str(err.value)
     assert "\n" not in str(err.value)
     assert "; " in str(err.value)  # what was wrong; how to fix it
+
+
+def test_settings_an_optimizer_itself_refuses_are_one_line_naming_the_group():
+    """SGD without momentum (its default, 0) but with nesterov=true: torch's own check, in one line."""
+    cfg = compose_with("~optimizer.momentum")
+    schema.validate(cfg)
+    with pytest.raises(ConfigError) as err:
+        build.optimizer(cfg.optimizer, torch.nn.Linear(2, 2), lr=0.1)
+    assert str(err.value) == (
+        "optimizer (torch.optim.SGD) refused its settings: Nesterov momentum requires a momentum and zero "
+        "dampening; change the optimizer group's keys"
+    )
 
 
 def test_every_key_of_config_yaml_has_a_typed_field_and_its_default_only_in_the_yaml():

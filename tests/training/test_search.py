@@ -77,6 +77,7 @@ def test_an_optuna_search_of_three_trials_runs_and_the_report_and_wandb_cover_it
         line.split(" | ")[1] for line in study_md.splitlines() if line.startswith("| ") and "trial" not in line
     ] == ["complete"] * 3
     assert "parameter importances: lr_finder." in study_md
+    assert "ExperimentalWarning" not in result.stderr  # Optuna's note on the heartbeat we use on purpose
     runs = [read_run(wandb_run_files(sweep / str(n))[0])["run"] for n in range(3)]
     for run, row in zip(runs, rows, strict=True):  # named after the trial's multipliers, 4 digits each
         max_scale, min_scale = (float(part.split("=")[1]) for part in row["setting"].split())
@@ -230,3 +231,13 @@ def test_optuna_dashboard_answers_on_localhost_with_the_study(tmp_path):
     assert listed["study_name"] == "lr_range"
     assert [trial["values"] for trial in detail["trials"]][0] == [1.0] and len(detail["trials"]) == 2
     assert "<html" in page.lower()
+
+
+def test_importances_wait_for_two_completed_trials(tmp_path):
+    """With one trial Optuna splits the importance evenly (0.50, 0.50): a number that says nothing."""
+    study = optuna.create_study(direction="maximize")
+    study.enqueue_trial({"a": 1.0, "b": 2.0})
+    study.optimize(lambda trial: trial.suggest_float("a", 0, 4) + trial.suggest_float("b", 0, 4), n_trials=1)
+    assert search._importances(study, 1) == "none yet (1 completed trial; they need two or more)"
+    study.optimize(lambda trial: trial.suggest_float("a", 0, 4) + trial.suggest_float("b", 0, 4), n_trials=4)
+    assert search._importances(study, 5).startswith(("a ", "b "))

@@ -137,6 +137,18 @@ def test_a_resume_may_change_only_what_changes_no_number(saved, kind, now, devic
             read_resumable(tmp_path / "last.pt", now_cfg, torch.device(device))
 
 
+def test_an_unreadable_last_pt_is_answered_by_starting_over_not_by_the_same_overrides(tmp_path):
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose(config_name="config")
+    (tmp_path / "last.pt").write_bytes(b"cut short")
+    with pytest.raises(UsageError) as err:
+        read_resumable(tmp_path / "last.pt", cfg, CPU)
+    assert str(err.value) == (
+        f"{tmp_path}/last.pt is not a readable checkpoint (UnpicklingError); use a new output folder, or "
+        f"resume=false to start over in {tmp_path}"
+    )
+
+
 def test_resume_true_demands_a_checkpoint_and_last_pt_must_be_a_file(tmp_path):
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         demand, auto = (compose(config_name="config", overrides=[f"resume={r}"]) for r in ("true", "auto"))
