@@ -19,7 +19,7 @@ from pathlib import Path
 
 HEADER = (
     "| run | final test acc (%) | train time (s) | first step (s) | with evaluation (s) | LRMIN | LRMAX "
-    "| epoch 1 (s) | median epoch (s) | warm-up (s) | process start to end (s) | precision |"
+    "| epoch 1 (s) | median epoch (s) | warm-up (s) | process start to end (s) | precision | CUDA graph (capture s) |"
 )
 
 
@@ -41,6 +41,13 @@ def since_process_start(path: Path) -> float:
         return math.nan
 
 
+def captured(metrics: dict) -> str:
+    """Whether cuda_graph=true captured the step (a failed capture trains eagerly, with one warning line)."""
+    if "cuda_graph" not in metrics:
+        return "—"
+    return f"{'yes' if metrics['cuda_graph'] else 'no, eager'} ({metrics.get('capture_s', math.nan):.1f})"
+
+
 def row(path: Path, metrics: dict, root: Path, shared: set[str]) -> str:
     epochs = [epoch["train_time_s"] for epoch in metrics["epochs"]]
     cells = [
@@ -56,6 +63,7 @@ def row(path: Path, metrics: dict, root: Path, shared: set[str]) -> str:
         f"{metrics.get('timings', {}).get('warmup_s', 0.0):.2f}",
         f"{since_process_start(path):.1f}",
         str(metrics.get("precision", "")),
+        captured(metrics),
     ]
     return "| " + " | ".join(cells) + " |"
 

@@ -60,8 +60,10 @@ def sweep(checkout: Path, seeds: int, args: argparse.Namespace, folder: Path, *l
     env = {**os.environ, "PYTHONPATH": path, "WANDB_MODE": "offline", "WANDB_SILENT": "true",
            "RESNET9_CACHE": str(folder.parent / "cache")}  # fmt: skip
     started = time.perf_counter()
-    subprocess.run(command, cwd=checkout, env=env, check=True, capture_output=True)
+    result = subprocess.run(command, cwd=checkout, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - started
+    if result.returncode:  # what went wrong, from the sweep's own output, not just its exit status
+        sys.exit(f"error: the sweep in {folder} ended with status {result.returncode}:\n{result.stderr[-3000:]}")
     jobs = [json.loads(path.read_text()) for path in folder.glob("*/metrics.json")]
     assert len(jobs) == seeds and all(job["status"] == "completed" for job in jobs), folder
     train_eval = [sum(row["epoch_time_s"] for row in job["epochs"]) for job in jobs]
@@ -80,16 +82,15 @@ def measure(name: str, checkout: Path, args: argparse.Namespace, scratch: Path, 
             "setup_s": many.get("setup_s", float("nan")), "write_s": many.get("write_s", float("nan"))}  # fmt: skip
 
 
-def concurrent(args: argparse.Namespace, scratch: Path) -> None:
-    """The N-job sweep run K jobs at a time (joblib), against one at a time: wall time and images/s over all jobs."""
+def concurrent(args: argparse.Namespace, scratch: Path, one_at_a_time: float) -> None:
+    """The N-job sweep run K jobs at a time (joblib), against one at a time (this checkout's N-job sweep, timed
+    above): wall time and images/s over all jobs."""
     images = args.jobs * args.images * args.epochs
-    rows = []
-    for label, launcher in (("one at a time", ()), (f"{args.parallel} at a time (joblib)", (
-            "hydra/launcher=joblib", f"hydra.launcher.n_jobs={args.parallel}"))):  # fmt: skip
-        result = sweep(REPO, args.jobs, args, scratch / f"concurrent-{len(rows)}", *launcher)
-        rows.append(f"| {label} | {result['wall']:.1f} | {images / result['wall']:,.0f} |")
+    launcher = ("hydra/launcher=joblib", f"hydra.launcher.n_jobs={args.parallel}")
+    together = sweep(REPO, args.jobs, args, scratch / "concurrent", *launcher)["wall"]
     print(f"\n| {args.jobs}-job sweep | wall (s) | training images/s, all jobs |\n|---|---|---|")
-    print("\n".join(rows))
+    for label, wall in (("one at a time", one_at_a_time), (f"{args.parallel} at a time (joblib)", together)):
+        print(f"| {label} | {wall:.1f} | {images / wall:,.0f} |")
 
 
 def main() -> None:
@@ -104,7 +105,7 @@ def main() -> None:
               f"W&B offline, median of {args.repeats}\n")  # fmt: skip
         table(args, results)
         if args.parallel:
-            concurrent(args, Path(scratch))
+            concurrent(args, Path(scratch), statistics.median(r["many"] for r in results["this checkout"]))
 
 
 def table(args: argparse.Namespace, results: dict[str, list[dict]]) -> None:

@@ -32,7 +32,7 @@ from resnet9.models.resnet9 import count_parameters
 
 # `ddp`, not `distributed`: submitit's launcher pickles this module's functions by value, and cloudpickle
 # would take a module-level name `distributed` for the unpicklable torch.distributed.
-from resnet9.training import build, cuda_graph, lr_finder, schema, search, sweep, tracking
+from resnet9.training import build, callbacks, cuda_graph, lr_finder, schema, search, sweep, tracking
 from resnet9.training import distributed as ddp
 from resnet9.training.ema import WeightEMA
 from resnet9.training.listeners import (
@@ -125,7 +125,7 @@ def train(cfg: DictConfig, out_dir: Path) -> float:
             cifar = build.dataset(cfg.data)
         _check_fits(cfg, cifar)
         model = build.model(cfg.model, settings, reuse=cfg.compile and not world.is_parallel)
-        own_callbacks = build.callbacks(cfg) if world.is_main else []  # rank 0 alone records (and calls them)
+        own_callbacks = callbacks.from_config(cfg) if world.is_main else []  # rank 0 alone records (and calls them)
 
         loader = build.train_loader(cfg, cifar, settings, cfg.seed, world)
         build.check_schedule(cfg, steps_per_epoch=len(loader))  # before the range test, not after it

@@ -75,3 +75,27 @@ def test_only_signals_py_installs_signal_handlers():
         if isinstance(node, ast.Call) and ast.unparse(node.func) == "signal.signal"
     }
     assert installers == {"core.signals"}
+
+
+def test_every_module_imports_first_without_an_import_cycle():
+    """A launcher's worker (submitit, joblib) may import any module first, e.g. unpickling a listener: each one,
+    imported first in a fresh interpreter, must not meet a partly initialised module."""
+    import subprocess
+    import sys
+
+    names = [".".join(path.relative_to(PACKAGE.parent).with_suffix("").parts) for path in sorted(PACKAGE.rglob("*.py"))]
+    script = (
+        "import importlib, sys\n"
+        "failed = []\n"
+        "for name in sys.argv[1:]:\n"
+        "    for loaded in [m for m in sys.modules if m == 'resnet9' or m.startswith('resnet9.')]:\n"
+        "        del sys.modules[loaded]\n"
+        "    try:\n"
+        "        importlib.import_module(name)\n"
+        "    except ImportError as err:\n"
+        "        failed.append(f'{name}: {err}')\n"
+        "print('\\n'.join(failed))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script, *names], capture_output=True, text=True, timeout=300,
+                            cwd=PACKAGE.parent)  # fmt: skip
+    assert result.returncode == 0 and result.stdout.strip() == "", result.stdout + result.stderr[-2000:]

@@ -29,7 +29,6 @@ from resnet9.core.errors import ConfigError, UsageError, first_line
 from resnet9.data import datasets
 from resnet9.data.augment import Stats
 from resnet9.training import schema, state, targets, tracking
-from resnet9.training.callbacks import HOOKS, Callback, SomeHooks, hooks_of
 from resnet9.training.cuda_graph import start_momentum
 from resnet9.training.distributed import World
 from resnet9.training.loop import Batches, StepSettings
@@ -395,22 +394,6 @@ def trained_model(
             bad,
         )
     return network.to(device), checkpoint
-
-
-def callbacks(cfg: DictConfig) -> list[Callback]:
-    """The `callbacks` group's objects, in the order the config names them (resnet9/training/callbacks.py); one
-    with only some of the hooks is wrapped so that the others do nothing, and one with none is refused."""
-    made = []
-    for name, node in (cfg.get("callbacks") or {}).items():
-        callback = built(node)
-        hooks = hooks_of(callback)
-        if not hooks:
-            raise ConfigError(
-                f"callbacks.{name} ({node.get('_target_')}) has none of the hooks "
-                f"{', '.join(HOOKS)}; define one or more (resnet9/training/callbacks.py says how)"
-            )
-        made.append(callback if len(hooks) == len(HOOKS) else SomeHooks(callback))
-    return made
 
 
 def tracker(logger_cfg: DictConfig, **run: object) -> tracking.Tracker:

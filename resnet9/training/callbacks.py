@@ -18,7 +18,10 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from omegaconf import DictConfig
 
+from resnet9.core.errors import ConfigError
+from resnet9.training import build
 from resnet9.training.listeners import Listener as Callback
 from resnet9.training.loop import EpochResult
 from resnet9.training.state import TrainState
@@ -64,3 +67,19 @@ class WeightNorm(Callback):
         with torch.no_grad():
             norms = torch.stack([p.detach().float().norm() for p in state.model.parameters()])
             row["weight_norm"] = float(torch.linalg.vector_norm(norms))
+
+
+def from_config(cfg: DictConfig) -> list[Callback]:
+    """The `callbacks` group's objects, in the order the config names them (resnet9/training/callbacks.py); one
+    with only some of the hooks is wrapped so that the others do nothing, and one with none is refused."""
+    made = []
+    for name, node in (cfg.get("callbacks") or {}).items():
+        callback = build.built(node)
+        hooks = hooks_of(callback)
+        if not hooks:
+            raise ConfigError(
+                f"callbacks.{name} ({node.get('_target_')}) has none of the hooks "
+                f"{', '.join(HOOKS)}; define one or more (resnet9/training/callbacks.py says how)"
+            )
+        made.append(callback if len(hooks) == len(HOOKS) else SomeHooks(callback))
+    return made

@@ -5,6 +5,7 @@ import math
 import os
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -156,9 +157,10 @@ def test_the_evidence_runner_keeps_each_parts_summary_and_builds_the_table_from_
 
 
 def test_the_device_check_runs_its_rules_and_graph_stages_end_to_end_on_a_cpu(cifar_root, tmp_path):
-    """The lent GPU's call is rare and short: its script's plumbing (sweeps, verdict, summary) is rehearsed here."""
-    out = tmp_path / "out"
-    env = {**os.environ, "OUT": str(out), "DATA_ROOT": str(cifar_root), "PYTHON": sys.executable,
+    """The lent GPU's call is rare and short: its script's plumbing (sweeps, verdict, summary, what comes back
+    from the machine: at most 8 files, none deeper than 2 folders) is rehearsed here."""
+    out, work = tmp_path / "out", tmp_path / "work"
+    env = {**os.environ, "OUT": str(out), "WORK": str(work), "DATA_ROOT": str(cifar_root), "PYTHON": sys.executable,
            "WHEELS": str(tmp_path / "no-wheels"), "RESNET9_CACHE": str(tmp_path / "cache"),
            "STAGES": "rules graph", "BUDGET_S": "400", "WANDB_MODE": "offline"}  # fmt: skip
     small = ["device=cpu", "model.width=0.0625", "data.limit_train=512", "batch_size=128", "data.limit_test=256",
@@ -166,7 +168,8 @@ def test_the_device_check_runs_its_rules_and_graph_stages_end_to_end_on_a_cpu(ci
     result = subprocess.run(["bash", "benchmarks/device_check.sh", "5", *small], cwd=REPO, env=env,
                             capture_output=True, text=True, timeout=420)  # fmt: skip
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
-    verdict = (out / "rules" / "verdict.txt").read_text()
+    assert {path.name for path in out.iterdir()} == {"log.txt", "summary.txt", "verdict.txt", "runs.tgz"}
+    verdict = (out / "verdict.txt").read_text()
     assert "steepest: " in verdict and "lowest: " in verdict and "verdict: steepest - lowest = " in verdict
     lost = "must not stay the default" in verdict
     summary = (out / "summary.txt").read_text()
@@ -176,6 +179,10 @@ def test_the_device_check_runs_its_rules_and_graph_stages_end_to_end_on_a_cpu(ci
     assert "| graph/2 (seed=2 cuda_graph=True) |" in summary
     first = float(next(line for line in runs if line.startswith("| rules/0 ")).split("|")[11])
     assert 0 < first < 400  # the fresh process's first run: from the process's start to the end of job 0
+    assert "== every complete run" in (out / "log.txt").read_text()
+    with tarfile.open(out / "runs.tgz") as archive:
+        names = set(archive.getnames())
+    assert {"./rules/0/metrics.json", "./graph/2/metrics.json", "./rules/summary.md", "./rules.log"} <= names
 
 
 @pytest.mark.parametrize(("steepest", "expected"), [(0.909, 0), (0.915, 0), (0.907, 3), (None, 2)])

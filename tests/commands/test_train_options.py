@@ -18,7 +18,7 @@ from resnet9.core.errors import ConfigError, TrainingDiverged
 from resnet9.data import augment, datasets
 from resnet9.models.resnet9 import ResNet9
 from resnet9.train import train
-from resnet9.training import build, lr_finder, schema
+from resnet9.training import build, callbacks, lr_finder, schema
 from resnet9.training.listeners import ConsoleLog, TrackerLog
 from resnet9.training.loop import StepSettings, evaluate, train_one_epoch
 from resnet9.training.state import RunRecord
@@ -451,7 +451,7 @@ class MisspeltHook:
 
 def test_a_callback_needs_only_the_hooks_it_uses_and_one_with_none_is_refused():
     cfg = OmegaConf.create({"callbacks": {"end": {"_target_": "test_train_options.OnlyTheEnd"}}})
-    (callback,) = build.callbacks(cfg)
+    (callback,) = callbacks.from_config(cfg)
     callback.on_run_start(None)
     callback.on_epoch_end(None, {}, None)
     callback.on_stop(None)
@@ -461,4 +461,4 @@ def test_a_callback_needs_only_the_hooks_it_uses_and_one_with_none_is_refused():
     cfg = OmegaConf.create({"callbacks": {"typo": {"_target_": "test_train_options.MisspeltHook"}}})
     refusal = r"^callbacks.typo \(test_train_options.MisspeltHook\) has none of the hooks on_run_start, on_epoch_end"
     with pytest.raises(ConfigError, match=refusal + ", on_stop, on_run_end; define one or more"):
-        build.callbacks(cfg)
+        callbacks.from_config(cfg)
