@@ -108,9 +108,10 @@ def _check_images(images: object, what: str) -> None:
             f"(images * 255).round().astype(np.uint8))"
         )
     if images.ndim != 4 or images.shape[1:] != (32, 32, 3) or len(images) == 0:
+        channels_first = images.ndim == 4 and images.shape[1] == 3
         raise DataError(
             f"{what} have the shape {images.shape}; give (N, 32, 32, 3), N > 0: height, width, then the RGB "
-            f"channels (for channels first: images.transpose(0, 2, 3, 1))"
+            f"channels" + (" (for channels first: images.transpose(0, 2, 3, 1))" if channels_first else "")
         )
 
 
@@ -120,7 +121,7 @@ def _checked_labels(labels: object, images: int, classes: int, what: str) -> np.
         raise DataError(
             f"{what} are {labels.dtype} of shape {labels.shape}; give one integer label per image, shape ({images},)"
         )
-    low, high = (int(labels.min()), int(labels.max())) if images else (0, 0)
+    low, high = int(labels.min()), int(labels.max())  # images > 0: _check_images came first
     if low < 0 or high >= classes:
         raise DataError(
             f"{what} run from {low} to {high}, but the data set names {classes} classes (0..{classes - 1}); give "

@@ -12,6 +12,7 @@ import contextlib
 import logging
 import random
 import re
+import traceback
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -318,15 +319,21 @@ def ready_for_loss_scaling(opt: torch.optim.Optimizer) -> None:
     start_momentum(opt)
 
 
+TORCH_FOLDER = str(Path(torch.__file__).parent)
+
+
 @contextlib.contextmanager
 def _settings_checked_by(group: str, section: DictConfig) -> Iterator[None]:
-    """A constructor that refuses the settings it was given (torch's optimizers raise ValueError: "Nesterov
-    momentum requires a momentum and zero dampening") -> one line naming the group, not a traceback."""
+    """torch refusing the settings it was given (its optimizers and schedulers raise ValueError: "Nesterov
+    momentum requires a momentum and zero dampening") -> one line naming the group, not a traceback. An error
+    raised anywhere else (a bug in a schedule of one's own) keeps its traceback."""
     try:
         yield
     except UsageError:
         raise
     except (ValueError, TypeError) as err:
+        if not traceback.extract_tb(err.__traceback__)[-1].filename.startswith(TORCH_FOLDER):
+            raise
         raise ConfigError(
             f"{group} ({section.get('_target_')}) refused its settings: {first_line(err)}; change the {group} "
             f"group's keys"
@@ -352,7 +359,7 @@ def scheduler(
 def check_schedule(cfg: DictConfig, steps_per_epoch: int) -> None:
     """Build the run's schedule once on a stand-in optimizer: a schedule the run cannot have (a peak outside the
     run's steps) is then refused in one line before the range test, which can take minutes, rather than after."""
-    stand_in = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    stand_in = optimizer(cfg.optimizer, nn.Linear(1, 1), lr=1.0)  # the configured optimizer: a schedule may read it
     scheduler(cfg, stand_in, lr_min=0.01, lr_max=0.1, steps_per_epoch=steps_per_epoch)
 
 

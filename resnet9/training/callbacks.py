@@ -76,10 +76,12 @@ def from_config(cfg: DictConfig) -> list[Callback]:
     for name, node in (cfg.get("callbacks") or {}).items():
         callback = build.built(node)
         hooks = hooks_of(callback)
-        if not hooks:
+        strangers = [attr for attr in dir(callback) if attr.startswith("on_") and attr not in HOOKS]
+        if not hooks or strangers:  # a misspelt hook would never be called, without a word
+            found = f"has {', '.join(strangers)}, not a hook" if strangers else "has none of the hooks"
             raise ConfigError(
-                f"callbacks.{name} ({node.get('_target_')}) has none of the hooks "
-                f"{', '.join(HOOKS)}; define one or more (resnet9/training/callbacks.py says how)"
+                f"callbacks.{name} ({node.get('_target_')}) {found}; the hooks are {', '.join(HOOKS)} "
+                f"(resnet9/training/callbacks.py says what each receives)"
             )
         made.append(callback if len(hooks) == len(HOOKS) else SomeHooks(callback))
     return made

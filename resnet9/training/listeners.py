@@ -112,7 +112,10 @@ def job_record(out_dir: Path, config: Callable[[], dict[str, Any]], overrides: l
     path = out_dir / "metrics.json"
     # a resumed run's record is its own: a failure before it resumes leaves it as it was (not so a setup failure's)
     existed = path.exists() and not _setup_record(path)
-    earlier = path.read_bytes() if existed else None
+    try:
+        earlier = path.read_bytes() if existed else None
+    except OSError:  # not a readable file (a folder, another user's): the run says so in one line as it writes
+        earlier = None
 
     def stop_now(signum: int, _frame: Any) -> None:
         raise StopRequested(signum)

@@ -355,6 +355,10 @@ def _load(path: Path, fix: str, device: torch.device | str = "cpu") -> Any:
         with warnings.catch_warnings():  # torch's own warnings about a foreign file: the error line says enough
             warnings.simplefilter("ignore")
             return torch.load(path, map_location=device, weights_only=True)
+    except OSError as err:  # the file may be sound: what stops the read is the system's (permissions, a disk)
+        raise UsageError(
+            f"cannot read {path} ({err.strerror or type(err).__name__}); make it readable and rerun"
+        ) from None
     except Exception as err:  # truncated, foreign, or holding objects we do not load
         raise UsageError(f"{path} is not a readable checkpoint ({type(err).__name__}); {fix}") from None
 

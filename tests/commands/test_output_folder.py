@@ -119,3 +119,12 @@ def test_a_rerun_refused_before_training_leaves_the_folder_as_its_run_wrote_it(c
     refused = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert refused.returncode == 2 and f"error: cannot resume from {out}/last.pt" in refused.stderr
     assert len(before) == 5 and {path: path.read_bytes() for path in written} == before
+
+
+def test_a_folder_where_metrics_json_goes_is_one_line(cifar_root, tmp_path):
+    out = tmp_path / "run"
+    (out / "metrics.json").mkdir(parents=True)
+    result = run_in(out, cifar_root)
+    assert result.returncode == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith(f"error: cannot write {out}/metrics.json"), line

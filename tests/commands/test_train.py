@@ -44,6 +44,7 @@ def test_train_writes_every_result_and_a_readable_offline_wandb_run(run_cli, cif
     log = (out / "train.log").read_text()
     assert "LR range test: 30 training steps, LR 1e-05 to 10, to derive LRMIN/LRMAX (no cached result" in log
     assert "LR range test:" not in result.stderr and "See the graph" not in result.stdout + result.stderr
+    assert " callbacks: " not in log  # every key of the trainer's own epoch row is known to the console line
     # files and folders as the umask says (readable by the team), not private to their owner
     cache_entry = next((tmp_path / "cache" / "lr_find").iterdir())
     assert {oct(path.stat().st_mode & 0o777) for path in (out / "metrics.json", out / "last.pt")} == {"0o644"}

@@ -149,6 +149,21 @@ def test_an_unreadable_last_pt_is_answered_by_starting_over_not_by_the_same_over
     )
 
 
+def test_a_last_pt_the_system_will_not_let_us_read_is_not_called_damaged(tmp_path, monkeypatch):
+    """resume=false would delete a checkpoint that may be sound: a permission problem says to fix that instead."""
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose(config_name="config")
+    (tmp_path / "last.pt").write_bytes(b"sound, as far as anyone knows")
+
+    def refused(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(torch, "load", refused)
+    with pytest.raises(UsageError) as err:
+        read_resumable(tmp_path / "last.pt", cfg, CPU)
+    assert str(err.value) == f"cannot read {tmp_path}/last.pt (Permission denied); make it readable and rerun"
+
+
 def test_resume_true_demands_a_checkpoint_and_last_pt_must_be_a_file(tmp_path):
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         demand, auto = (compose(config_name="config", overrides=[f"resume={r}"]) for r in ("true", "auto"))
