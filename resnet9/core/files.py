@@ -204,30 +204,38 @@ class WritableOutput(Callback):
             exit_with(f"error: {err}")
 
 
-_EARLIER_HYDRA_FILES: dict[Path, dict[Path, bytes]] = {}  # run folder -> its .hydra files before this run
+_EARLIER_RECORDS: dict[Path, dict[Path, bytes]] = {}  # run folder -> its metrics.json and .hydra files, as found
 
 
 class KeepEarlierRecord(Callback):
     """Hydra callback: before Hydra rewrites <run folder>/.hydra/ (config.yaml, overrides.yaml, hydra.yaml) for
-    a single run, keep the files of the earlier run the folder holds (its metrics.json), so that a job refused
-    before it trains (a resume with other overrides, a damaged last.pt) can put them back
+    a single run, keep the files of the earlier run the folder holds (its metrics.json and .hydra/), so that a job
+    refused before it trains (a resume with other overrides, a damaged last.pt) can put them back
     (`put_back_earlier_record`): the folder's config then still describes its results. A sweep refuses other
     overrides before any job, so its jobs need none of this."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         folder, subdir = Path(config.hydra.run.dir).resolve(), config.hydra.output_subdir
-        if subdir is None or not (folder / "metrics.json").is_file():
+        record = folder / "metrics.json"
+        if subdir is None or not record.is_file():
             return
         try:
-            _EARLIER_HYDRA_FILES[folder] = {path: path.read_bytes() for path in (folder / subdir).glob("*.yaml")}
+            found = [record, *(folder / subdir).glob("*.yaml")]
+            _EARLIER_RECORDS[folder] = {path: path.read_bytes() for path in found}
         except OSError:  # unreadable: nothing to keep (the run itself says what is wrong with the folder)
             pass
 
 
 def put_back_earlier_record(folder: Path) -> None:
-    """The earlier run's .hydra files, as KeepEarlierRecord found them (nothing when it kept none)."""
-    for path, content in _EARLIER_HYDRA_FILES.pop(folder.resolve(), {}).items():
-        try:
-            path.write_bytes(content)
-        except OSError:  # the error that ended the job is the one to report
-            pass
+    """For a job that failed: where its folder's metrics.json is still the earlier run's, byte for byte (the job
+    was refused before it trained), the earlier .hydra files as KeepEarlierRecord found them."""
+    kept = _EARLIER_RECORDS.pop(folder.resolve(), {})
+    record = folder.resolve() / "metrics.json"
+    try:
+        if record not in kept or record.read_bytes() != kept[record]:  # none kept, or the job began its own record
+            return
+        for path, content in kept.items():
+            if path != record:
+                path.write_bytes(content)
+    except OSError:  # the error that ended the job is the one to report
+        pass

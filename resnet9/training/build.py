@@ -329,8 +329,6 @@ def _settings_checked_by(group: str, section: DictConfig) -> Iterator[None]:
     raised anywhere else (a bug in a schedule of one's own) keeps its traceback."""
     try:
         yield
-    except UsageError:
-        raise
     except (ValueError, TypeError) as err:
         if not traceback.extract_tb(err.__traceback__)[-1].filename.startswith(TORCH_FOLDER):
             raise

@@ -27,7 +27,7 @@ from resnet9.training.loop import EpochResult
 from resnet9.training.state import TrainState
 
 __all__ = ["Callback", "WeightNorm"]
-HOOKS = ("on_run_start", "on_epoch_end", "on_stop", "on_run_end")
+HOOKS = tuple(name for name in vars(Callback) if name.startswith("on_"))  # the trainer's hooks, as Listener has them
 
 
 class SomeHooks(Callback):

@@ -112,10 +112,6 @@ def job_record(out_dir: Path, config: Callable[[], dict[str, Any]], overrides: l
     path = out_dir / "metrics.json"
     # a resumed run's record is its own: a failure before it resumes leaves it as it was (not so a setup failure's)
     existed = path.exists() and not _setup_record(path)
-    try:
-        earlier = path.read_bytes() if existed else None
-    except OSError:  # not a readable file (a folder, another user's): the run says so in one line as it writes
-        earlier = None
 
     def stop_now(signum: int, _frame: Any) -> None:
         raise StopRequested(signum)
@@ -124,8 +120,7 @@ def job_record(out_dir: Path, config: Callable[[], dict[str, Any]], overrides: l
         with signals.handled(stop_now):
             yield
     except BaseException as err:
-        if earlier is not None and path.is_file() and path.read_bytes() == earlier:  # refused before it trained
-            files.put_back_earlier_record(out_dir)  # the folder's .hydra/ describes its run again, not this job
+        files.put_back_earlier_record(out_dir)  # refused before it trained: .hydra/ describes the earlier run again
         ours_to_write = not path.exists() or _setup_record(path)  # (not if the run's own record began meanwhile)
         if not existed and ours_to_write and not isinstance(err, SystemExit):
             if isinstance(err, StopRequested | KeyboardInterrupt):
