@@ -1,4 +1,5 @@
-"""How long a command takes to answer before any work: --help, --cfg job, --info, a TAB press, the imports.
+"""How long a command takes to answer before any work: --help, --version, --cfg job, --info, a TAB press, the
+imports.
 
     python benchmarks/startup.py                                # this checkout
     python benchmarks/startup.py --baseline /tmp/old-checkout   # and another checkout, side by side
@@ -33,7 +34,9 @@ def commands(has_console_scripts: bool) -> dict[str, list[str]]:
         "--cfg job": [*train, "--cfg", "job"],
         "--info": [*train, "--info"],
         "TAB (-sc query=bash)": [*train, "-sc", "query=bash"],
+        "--version": [*train, "--version"],
         "python -m resnet9.train --help": [sys.executable, "-m", "resnet9.train", "--help"],
+        "python -m resnet9.train --version": [sys.executable, "-m", "resnet9.train", "--version"],
         "import resnet9.train": [sys.executable, "-c", "import resnet9.train"],
     }
 

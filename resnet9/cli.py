@@ -1,9 +1,10 @@
 """The console commands (`resnet9-train`, `resnet9-lr-find`, ...; see pyproject.toml's [project.scripts]).
 
-Each runs its module's `main`, as `python -m resnet9.<module>` does. One thing differs: when the command line
-only asks Hydra something — `--help`, `--cfg job`, `--info`, tab completion (`-sc`) — Hydra answers from the
-configs alone, without importing the trainer and its libraries (torch, albumentations, wandb, ...). That is
-what makes `--help` and every press of TAB take about a second instead of four.
+Each runs its module's `main`, as `python -m resnet9.<module>` does. When the command line only asks something
+— `--version`, or Hydra's `--help`, `--cfg job`, `--info`, tab completion (`-sc`) — `answer_if_asked` answers
+from the configs alone, without importing the trainer and its libraries (torch, albumentations, wandb, ...).
+That is what makes `--help` and every press of TAB take about a second instead of four. `python -m
+resnet9.<module>` calls it too, before its module imports anything heavy.
 """
 
 from __future__ import annotations
@@ -15,15 +16,31 @@ from importlib import import_module
 import hydra
 from omegaconf import OmegaConf
 
+from resnet9 import __version__
+
 # Hydra's flags that print something and exit before the task runs (`--cfg`: print the config instead).
 ANSWERED_BY_HYDRA = {"--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "-i", "--shell-completion", "-sc"}
 
 
 def _run(module: str, config_name: str | None) -> None:
-    if config_name is not None and ANSWERED_BY_HYDRA & set(sys.argv[1:]):
+    answer_if_asked(config_name)
+    import_module(f"resnet9.{module}").main()
+
+
+def answer_if_asked(config_name: str | None) -> None:
+    """When the command line only asks something (`--version`; `--help`, `--cfg`, ... of a Hydra command with
+    config `config_name`), answer it and exit; otherwise return, and the command runs."""
+    asked = set(sys.argv[1:])
+    if "--version" in asked:
+        print(version_line())
+        sys.exit(0)
+    if config_name is not None and ANSWERED_BY_HYDRA & asked:
         _answer_from_configs(config_name)
-    else:
-        import_module(f"resnet9.{module}").main()
+        sys.exit(0)
+
+
+def version_line() -> str:
+    return f"resnet9 {__version__} (Hydra {hydra.__version__})"
 
 
 def _answer_from_configs(config_name: str) -> None:
@@ -64,6 +81,7 @@ def evaluate() -> None:
 
 
 def predict() -> None:
+    answer_if_asked(None)
     sys.exit(import_module("resnet9.predict").main())
 
 

@@ -6,6 +6,11 @@ auto (resnet9/training/lr_finder.py), and prints LRMIN/LRMAX and every rule's LR
 
 from __future__ import annotations
 
+if __name__ == "__main__":  # `python -m resnet9.lr_find --version` (or --help): answered before torch is imported
+    from resnet9.cli import answer_if_asked
+
+    answer_if_asked("lr_find")
+
 from pathlib import Path
 
 import hydra

@@ -10,6 +10,11 @@ with a note. Files that are not readable images stop with a one-line error and e
 
 from __future__ import annotations
 
+if __name__ == "__main__":  # `python -m resnet9.predict --version` (or --help): answered before torch is imported
+    from resnet9.cli import answer_if_asked
+
+    answer_if_asked(None)
+
 import argparse
 import json
 import logging
@@ -21,6 +26,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from resnet9 import cli
 from resnet9.core.errors import UsageError, exit_on_usage_error, first_line
 from resnet9.data import augment
 from resnet9.data.datasets import CLASSES
@@ -133,6 +139,7 @@ def _as_option(argv: list[str]) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("inputs", nargs="+", help="image files and/or folders of images")
+    parser.add_argument("--version", action="version", version=cli.version_line())
     parser.add_argument(
         "--checkpoint", type=Path,
         help="a last.pt from resnet9.train (default: newest in outputs/); checkpoint=PATH works too, as in "

@@ -8,6 +8,11 @@ Every training run also saves it as `model_summary.txt` in its output folder.
 
 from __future__ import annotations
 
+if __name__ == "__main__":  # `python -m resnet9.summary --version` (or --help): answered before torch is imported
+    from resnet9.cli import answer_if_asked
+
+    answer_if_asked("summary")
+
 import hydra
 from omegaconf import DictConfig
 
