@@ -20,6 +20,11 @@ the sweep's own summary, which it leaves as it was.
 
 from __future__ import annotations
 
+if __name__ == "__main__":  # `python -m resnet9.report --version` (or --help): answered before torch is imported
+    from resnet9.cli import answer_if_asked
+
+    answer_if_asked(None)
+
 import argparse
 import csv
 import io
@@ -37,6 +42,7 @@ from omegaconf import DictConfig
 from pydantic import BaseModel, ConfigDict, ValidationError
 from tabulate import tabulate
 
+from resnet9 import cli
 from resnet9.analysis import plots
 from resnet9.core import files, signals
 from resnet9.core.errors import ConfigError, TrialPruned, UsageError, exit_on_usage_error, exit_with, first_line
@@ -225,10 +231,7 @@ def write_report(
     summary, figure_name = output_names(by)
     files.write_json(sweep_dir / f"{summary}.json", rows)
     intro = f"# Sweep {sweep_dir}\n\nper setting: mean ± std and the 95 % interval of the mean over its seeds"
-    files.replace_atomically(
-        sweep_dir / f"{summary}.md",
-        lambda tmp: Path(tmp).write_text(f"{intro}\n\n{table}\n\n![test accuracy]({figure_name})\n"),
-    )
+    files.write_text(sweep_dir / f"{summary}.md", f"{intro}\n\n{table}\n\n![test accuracy]({figure_name})\n")
     draw = (plots.sweep_accuracy, groups, sweep_dir / figure_name, f"Test accuracy, {sweep_dir.name}")
     if figure == "now":
         draw[0](*draw[1:])
@@ -357,7 +360,7 @@ def study_report(sweep_dir: Path) -> str | None:
         text = search.describe_study(study["storage"], study["name"])
     except Exception as err:  # the database gone or unreachable: the rest of the report still stands
         return f"(study {study['name']}: {listeners.one_line(err)})"
-    files.replace_atomically(sweep_dir / "study.md", lambda tmp: Path(tmp).write_text(text))
+    files.write_text(sweep_dir / "study.md", text)
     return text
 
 
@@ -411,6 +414,7 @@ def main(argv: list[str] | None = None) -> None:
     """`python -m resnet9.report <sweep folder> [--by KEY ...] [--metric NAME] [--csv] [--tracker none]`."""
     parser = argparse.ArgumentParser(prog="python -m resnet9.report", description=__doc__.split("\n\n")[0])
     parser.add_argument("folder", type=Path, help="a sweep folder, e.g. multirun/2026-11-26/14-00-00")
+    parser.add_argument("--version", action="version", version=cli.version_line())
     parser.add_argument("--by", action="append", metavar="KEY", help="group by this key only (repeatable)")
     parser.add_argument("--metric", default="final_test_acc", choices=NUMBERS, help="the number summarised first")
     parser.add_argument("--csv", action="store_true", help="print CSV instead of a Markdown table")

@@ -21,6 +21,8 @@ import matplotlib.ticker
 import numpy as np
 from matplotlib.figure import Figure
 
+from resnet9.core import files
+
 log = logging.getLogger(__name__)
 
 
@@ -89,7 +91,7 @@ def lr_range_test(found: dict[str, Any], skip_start: int, skip_end: int, title: 
     ax.legend(fontsize="small", loc="lower left")  # the curve starts high on the left: that corner is free
     ax.grid(True, which="both", alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    files.save_figure(fig, path, dpi=120)
     return path
 
 
@@ -129,7 +131,7 @@ def training_curves(metrics: dict[str, Any], path: Path) -> Path:
         ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     # Fixed margins, not tight_layout: that lays the figure out by drawing it twice (0.3 of 0.5 s per job).
     fig.subplots_adjust(left=0.05, right=0.99, bottom=0.12, top=0.92, wspace=0.22)
-    fig.savefig(path, dpi=110)
+    files.save_figure(fig, path, dpi=110)
     return path
 
 
@@ -156,7 +158,7 @@ def confusion_matrix(matrix: np.ndarray, classes: tuple[str, ...], path: Path, t
     ax.set_yticks(range(len(classes)), classes)
     ax.set(xlabel="predicted class", ylabel="true class", title=title)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    files.save_figure(fig, path, dpi=110)
     return path
 
 
@@ -172,7 +174,7 @@ def image_gallery(images: np.ndarray, captions: list[str], path: Path, title: st
         ax.set_title(caption, fontsize=8)
     fig.suptitle(title)
     fig.tight_layout(rect=(0, 0, 1, 0.97))  # keep the first row's captions clear of the title
-    fig.savefig(path, dpi=110)
+    files.save_figure(fig, path, dpi=110)
     return path
 
 
@@ -205,5 +207,5 @@ def sweep_accuracy(groups: dict[str, list[dict[str, Any]]], path: Path, title: s
     if ax.get_legend_handles_labels()[0]:
         ax.legend(title="setting: mean ± std over its jobs", fontsize=8)
     fig.subplots_adjust(left=0.08, right=0.98, bottom=0.1, top=0.93)
-    fig.savefig(path, dpi=110)
+    files.save_figure(fig, path, dpi=110)
     return path

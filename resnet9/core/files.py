@@ -74,12 +74,17 @@ def _short_reason(err: Exception) -> str:
     return type(err).__name__
 
 
-def write_json(path: Path, obj: Any) -> None:
-    def write(tmp: str) -> None:
-        with open(tmp, "w") as f:
-            json.dump(obj, f, indent=1)
+def write_json(path: Path, obj: Any, indent: int | None = 1) -> None:
+    write_text(path, json.dumps(obj, indent=indent) + ("\n" if indent is not None else ""))
 
-    replace_atomically(path, write)
+
+def write_text(path: Path, text: str) -> None:
+    replace_atomically(path, lambda tmp: Path(tmp).write_text(text))
+
+
+def save_figure(figure: Any, path: Path, dpi: int) -> None:
+    """A matplotlib figure, in the format its name's suffix says (the temporary name has none)."""
+    replace_atomically(path, lambda tmp: figure.savefig(tmp, dpi=dpi, format=path.suffix.lstrip(".")))
 
 
 # what fsync answers where a file system cannot sync at all (some FUSE, 9p and SMB mounts): no failure of ours

@@ -223,7 +223,7 @@ class SummaryAndCurves(Listener):
 
     def on_run_start(self, state: TrainState) -> None:
         text = jobcache.shared.get("summary", self.model_cfg, lambda: model_table.describe(state.model))
-        (self.out_dir / "model_summary.txt").write_text(text + "\n")
+        files.write_text(self.out_dir / "model_summary.txt", text + "\n")
 
     def on_run_end(self, state: TrainState, status: str) -> None:
         if status == "completed":

@@ -161,7 +161,7 @@ def find_lr_range(
         if finder_cfg.cache:
             _write_cache(cache_entry, result.history)
     result.cache_key = key
-    (out_dir / JSON_NAME).write_text(json.dumps(asdict(result), indent=1))
+    files.write_json(out_dir / JSON_NAME, asdict(result))
     plots.in_background(draw, result, finder_cfg, out_dir / PLOT_NAME)
     return result
 
@@ -241,7 +241,7 @@ def _write_cache(entry: Path, history: dict[str, list[float]]) -> None:
         entry.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(dir=entry.parent, prefix=f".{entry.name}-"))
         files.shared_as_umask_says(staging, folder=True)
-        (staging / CURVE_NAME).write_text(json.dumps(history))
+        files.write_json(staging / CURVE_NAME, history, indent=None)
     except OSError as err:
         log.warning("LR range test: cannot cache the curve in %s (%s); later runs test again", entry.parent, err)
         if staging is not None:

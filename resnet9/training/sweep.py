@@ -17,6 +17,7 @@ from typing import Any
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
+from resnet9.core import files
 from resnet9.core.errors import UsageError
 
 FILE = "sweep.json"
@@ -57,7 +58,7 @@ def write(sweep_dir: Path, config: DictConfig) -> None:
             f"{sweep_dir} holds the jobs of a sweep with other overrides ({shown or 'none'}); rerun those to resume "
             f"it, or choose a new hydra.sweep.dir (job folders of two sweeps would mix, and so would their results)"
         )
-    (sweep_dir / FILE).write_text(json.dumps(description, indent=1) + "\n")
+    files.write_json(sweep_dir / FILE, description)
 
 
 def study_of(sweep_dir: Path, config: DictConfig) -> dict[str, Any]:
