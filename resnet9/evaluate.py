@@ -12,6 +12,11 @@ confusion_matrix.png, misclassified.png and gradcam.png into its output folder (
 
 from __future__ import annotations
 
+if __name__ == "__main__":  # `python -m resnet9.evaluate --version` (or --help): answered before torch is imported
+    from resnet9.cli import answer_if_asked
+
+    answer_if_asked("evaluate")
+
 import logging
 import sys
 from pathlib import Path
@@ -42,7 +47,7 @@ def evaluate_checkpoint(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     allowed = targets.permitted(user_config_dirs())  # what a checkpoint may name: read once, used twice
     model, checkpoint = build.trained_model(path, device, allowed=allowed)
     run = _run_config(checkpoint, cfg, path, allowed)
-    cifar = build.dataset(run.data)
+    cifar = runs_data_set(run, checkpoint.get("test_digest"), path, check=cfg.data.limit_test is None)
     settings = build.step_settings(run, device)
     model = model.to(memory_format=settings.memory_format)
     loader = build.test_loader(run, cifar, settings)
@@ -53,6 +58,20 @@ def evaluate_checkpoint(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     _draw(model, cifar, results, logits, cfg, out_dir, build.normalization(run.data))
     files.write_json(out_dir / "evaluation.json", results)
     return results
+
+
+def runs_data_set(run: DictConfig, recorded_digest: Any, path: Path, check: bool = True) -> ImageData:
+    """The data set as the run loaded it: the same arguments after the same seeding (a data set function may
+    draw its split from them, or from the random state), checked against the test images the run recorded."""
+    build.seed_everything(run.seed)
+    images = build.dataset(run.data)
+    if check and isinstance(recorded_digest, str) and images.test_digest() != recorded_digest:
+        raise UsageError(
+            f"{run.data._target_} gave other test images than the run in {path.parent} was scored on; make its "
+            f"test split depend only on its arguments and the seed (and check data.root), or pass "
+            f"data.limit_test=<n> to score another subset knowingly"
+        )
+    return images
 
 
 def user_config_dirs() -> list[str]:
@@ -73,7 +92,7 @@ def _run_config(checkpoint: dict, cfg: DictConfig, path: Path, allowed: set[str]
         schema.validate_saved(OmegaConf.to_container(run), allowed, how)  # before reading anything from it
         run.data.root = cfg.data.root or run.data.root  # the same test images as the run, unless told otherwise
         run.data.limit_test = cfg.data.limit_test if cfg.data.limit_test is not None else run.data.limit_test
-        run.data.download, run.data.limit_train = cfg.data.download, None
+        run.data.download = cfg.data.download  # limit_train as in the run: a test split may depend on it
         run.eval_batch_size = cfg.batch_size or run.eval_batch_size  # the run's own batches: the same numbers
         if run.augment.get("engine") is not None:  # the mission's augmentation: evaluate on the device engine
             run.augment.engine = "device"

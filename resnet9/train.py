@@ -12,6 +12,11 @@ range test, evaluates and writes (see distributed.py).
 
 from __future__ import annotations
 
+if __name__ == "__main__":  # `python -m resnet9.train --version` (or --help): answered before torch is imported
+    from resnet9.cli import answer_if_asked
+
+    answer_if_asked("config")
+
 import contextlib
 import logging
 import time
@@ -203,6 +208,7 @@ def _training_state(
         processes=ddp.world().size,  # torchrun's data-parallel processes; batch_size is the global batch
         n_train=len(cifar.train_labels),
         n_test=len(cifar.test_labels),
+        test_digest=cifar.test_digest(),  # evaluate checks it scores these very images
         classes=_class_names(cifar),  # what predict names the outputs
         steps_per_epoch=len(loader),
         lr_min=lr_min,

@@ -241,6 +241,7 @@ class TrainState:
             "lr_max": self.record["lr_max"],
             "test_acc": self.record.get("final_test_acc"),
             "classes": self.record.get("classes"),  # the outputs' names, for predict
+            "test_digest": self.record.get("test_digest"),  # the test images it was scored on, for evaluate
             "train_state": self.state_dict(),
         }
 

@@ -1,4 +1,7 @@
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -70,3 +73,60 @@ def test_corrupt_or_foreign_checkpoints_are_one_line(trained_run, tmp_path):
         message = str(err.value)
         assert message.startswith(str(path)) and fragment in message and "\n" not in message, message
     assert not (tmp_path / "out").exists()  # nothing was written
+
+
+DRIFTING = '''
+import numpy as np
+from resnet9.data.datasets import ImageData
+
+COLOURS = np.array([[230, 25, 75], [60, 180, 75], [0, 130, 200], [245, 130, 48]], dtype=np.int16)
+
+
+def images(labels):
+    noise = np.random.randint(-90, 91, size=(len(labels), 32, 32, 3))
+    return np.clip(COLOURS[labels][:, None, None, :] + noise, 0, 255).astype(np.uint8)
+
+
+def drifting(root, download=True, limit_train=None, limit_test=None):
+    """A user's data set whose test split depends on its arguments and on the random state the training split
+    leaves: called otherwise than the run called it, it gives other test images."""
+    train_labels = np.random.randint(0, 4, size=limit_train or 640)
+    train = images(train_labels)
+    pool = np.random.randint(0, 4, size=2000)
+    keep = np.random.permutation(2000)[(limit_train or 0) % 97 :][: limit_test or 400]
+    test_labels = pool[keep]
+    return ImageData(train, train_labels, images(test_labels), test_labels, classes=("a", "b", "c", "d"))
+'''
+
+
+def test_evaluate_scores_the_runs_own_test_images_whatever_the_data_function_does(tmp_path):
+    """A data set function whose test images follow limit_train and the random state: evaluate calls it as the
+    run did (same arguments, same seeding) and reproduces the run's final test accuracy exactly."""
+    (tmp_path / "drift.py").write_text(DRIFTING)
+    (tmp_path / "conf" / "data").mkdir(parents=True)
+    (tmp_path / "conf" / "data" / "drifting.yaml").write_text(
+        "_target_: drift.drifting\nroot: unused\ndownload: false\nlimit_train: 480\nlimit_test: null\n"
+        "num_workers: 0\nnum_classes: 4\nmean: [0.5, 0.5, 0.5]\nstd: [0.25, 0.25, 0.25]\n"
+    )
+    env = {**os.environ, "WANDB_MODE": "offline", "PYTHONPATH": ".", "RESNET9_CACHE": str(tmp_path / "cache")}
+
+    def run(module: str, *args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", module, "--config-dir", "conf", *args], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=600)  # fmt: skip
+
+    trained = run("resnet9.train", "data=drifting", "model.width=0.0625", "batch_size=32", "epochs=2",
+                  "optimizer.lr=0.05", "scheduler.lr_min=0.005", "logger=none", "progress=false", "device=cpu",
+                  "seed=3", "hydra.run.dir=run")  # fmt: skip
+    assert trained.returncode == 0, trained.stderr[-2000:]
+    evaluated = run("resnet9.evaluate", "checkpoint=run/last.pt", "device=cpu", "hydra.run.dir=eval")
+    assert evaluated.returncode == 0, evaluated.stderr[-2000:]
+    record = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    evaluation = json.loads((tmp_path / "eval" / "evaluation.json").read_text())
+    assert evaluation["n_test"] == record["n_test"] == 400
+    assert 0.3 < evaluation["test_acc"] < 1 and evaluation["test_acc"] == record["final_test_acc"]
+
+    # The same function drawing from another state gives other test images: one line, nothing scored.
+    (tmp_path / "drift.py").write_text(DRIFTING.replace("(limit_train or 0) % 97", "(limit_train or 0) % 89"))
+    refused = run("resnet9.evaluate", "checkpoint=run/last.pt", "device=cpu", "hydra.run.dir=eval2")
+    assert refused.returncode == 2 and "gave other test images than the run" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1 and not (tmp_path / "eval2" / "evaluation.json").exists()
