@@ -39,7 +39,7 @@ from hydra.core.utils import JobStatus
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 from tabulate import tabulate
 
 from resnet9 import cli
@@ -47,6 +47,7 @@ from resnet9.analysis import plots
 from resnet9.core import files, signals
 from resnet9.core.errors import ConfigError, TrialPruned, UsageError, exit_on_usage_error, exit_with, first_line
 from resnet9.training import build, listeners, schema, search, sweep
+from resnet9.training.state import METRICS_FORMAT
 
 NUMBERS = ("final_test_acc", "best_test_acc", "lr_min", "lr_max", "train_time_s")
 LABELS = {
@@ -68,6 +69,7 @@ class JobRecord(BaseModel):
     """What the report reads of a job's metrics.json (a file from disk: checked, never trusted)."""
 
     model_config = ConfigDict(extra="allow", allow_inf_nan=False)
+    format: int = 1  # (metrics.json of resnet9 0.1.0 has no format key)
     status: str = "unknown"
     error: str | None = None
     overrides: list[str] = []
@@ -78,6 +80,16 @@ class JobRecord(BaseModel):
     lr_min: float | None = None
     lr_max: float | None = None
     train_time_s: float | None = None
+
+    @field_validator("format")
+    @classmethod
+    def _known(cls, found: int) -> int:
+        if found > METRICS_FORMAT:
+            raise ValueError(
+                f"written by a newer resnet9 (metrics format {found}; this one reads up to {METRICS_FORMAT}); "
+                f"upgrade resnet9 to report on it"
+            )
+        return found
 
 
 def load_jobs(sweep_dir: Path) -> list[dict[str, Any]]:
@@ -105,6 +117,8 @@ def _job(folder: Path) -> dict[str, Any]:
 def _first_problem(err: Exception) -> str:
     if isinstance(err, ValidationError):
         problem = err.errors()[0]
+        if problem["type"] == "value_error":  # one of ours: its message says it all
+            return str(problem["ctx"]["error"])
         return f"{'.'.join(map(str, problem['loc'])) or 'the file'}: {problem['msg']}"
     return first_line(err, "not JSON", 100)
 

@@ -35,12 +35,16 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.optim.swa_utils import AveragedModel
 
+from resnet9 import __version__
 from resnet9.core.errors import UsageError, in_multirun
 from resnet9.training import schema, targets
 from resnet9.training.loop import EpochSums
 
 DEVICE_ENGINE = "resnet9.data.augment.Augmentation"  # runs on the training device unless engine=albumentations
+# The layouts of the files a run writes, bumped when a reader of the old layout could not read the new one.
+# A file of a newer format is refused in one line; older ones are read (tests/fixtures/old_runs keeps one of each).
 CHECKPOINT_FORMAT = 2  # 1: before the TrainState (no "format" key)
+METRICS_FORMAT = 2  # 1: before metrics.json had a "format" key (resnet9 0.1.0)
 
 # Settings that may differ between a run and its resumption: they change no result (the schema marks them, so
 # a new key says it in one place). `device` may name another device of the kind the run trained on (auto for
@@ -98,7 +102,8 @@ class RunRecord:
 
     def __init__(self, clock: Stopwatch | None = None, **facts: Any) -> None:
         self.clock = clock or Stopwatch()
-        self.data: dict[str, Any] = {"status": "running", **facts, "epochs": [], "lr_per_step": []}
+        self.data: dict[str, Any] = {"format": METRICS_FORMAT, "status": "running", **facts, "epochs": [],
+                                     "lr_per_step": []}  # fmt: skip
 
     def document(self) -> dict[str, Any]:
         """metrics.json as of now, with the job's timings."""
@@ -233,6 +238,7 @@ class TrainState:
         """last.pt: the state, plus what evaluate and predict read (the weights evaluated, the config)."""
         return {
             "format": CHECKPOINT_FORMAT,
+            "version": __version__,  # a resume continues only under the same major.minor version
             "device_type": self.device().type,  # cpu or cuda: what a resume must match
             "model": self.evaluated_model().state_dict(),
             "epoch": self.epoch,
@@ -292,8 +298,10 @@ def read_resumable(path: Path, cfg: DictConfig, device: torch.device) -> dict[st
     checkpoint = _load(path, start_over)  # a file no rerun can read: only starting over helps
     if isinstance(checkpoint, dict) and "train_state" not in checkpoint and "optimizer" in checkpoint:
         raise UsageError(f"cannot resume from {path}: it was written by an older resnet9; {start_over}")
+    _check_not_newer(checkpoint, path, start_over)
     if not _resumable_shape(checkpoint) or not _is_format(checkpoint.get("format"), CHECKPOINT_FORMAT):
         raise UsageError(f"cannot resume from {path}: it is not a resnet9 training checkpoint; {start_over}")
+    _check_same_minor_version(checkpoint, path)
     fix = f"rerun with the same overrides, {start_over}"
     differences = _differences(_comparable(checkpoint["config"]), _comparable(OmegaConf.to_container(cfg)))
     kind = checkpoint.get("device_type", device.type)  # (unknown in checkpoints from before it)
@@ -333,12 +341,41 @@ def read_trained(path: Path, device: torch.device, flag: str = "checkpoint=") ->
     checkpoint = _load(path, fix, device)
     if not isinstance(checkpoint, dict) or not {"model", "config"} <= checkpoint.keys():
         raise UsageError(f"{path} holds no model weights and config; {fix}")
+    _check_not_newer(checkpoint, path, fix)
     if not _is_format(checkpoint.get("format", 1), 1, CHECKPOINT_FORMAT):
         raise UsageError(
             f"{path} has checkpoint format {_as_shown(checkpoint['format'])}, which this resnet9 does not know (it "
             f"reads 1 and {CHECKPOINT_FORMAT}); read it with the resnet9 that wrote it, or {fix}"
         )
     return checkpoint
+
+
+def _check_not_newer(checkpoint: Any, path: Path, fix: str) -> None:
+    """A checkpoint of a format after this code's: one line saying to upgrade."""
+    found = checkpoint.get("format") if isinstance(checkpoint, dict) else None
+    if type(found) is int and found > CHECKPOINT_FORMAT:
+        by = checkpoint.get("version")
+        by = f"resnet9 {by}" if isinstance(by, str) and len(by) < 20 else "a newer resnet9"
+        raise UsageError(
+            f"{path} was written by {by} (checkpoint format {found}; resnet9 {__version__} reads up to "
+            f"{CHECKPOINT_FORMAT}); upgrade resnet9 to read it, or {fix}"
+        )
+
+
+def _check_same_minor_version(checkpoint: dict[str, Any], path: Path) -> None:
+    """A resume continues exactly only under the code that began the run (the same major.minor version)."""
+    written_by = checkpoint.get("version")
+    if isinstance(written_by, str) and _minor(written_by) == _minor(__version__):
+        return
+    shown = f"resnet9 {written_by}" if isinstance(written_by, str) and len(written_by) < 20 else "a resnet9 before 0.2"
+    raise UsageError(
+        f"cannot resume from {path}: it was written by {shown}, and this is resnet9 {__version__}, whose training "
+        f"may differ; evaluate it (resnet9-evaluate checkpoint={path}), or continue in a new output folder"
+    )
+
+
+def _minor(version: str) -> tuple[str, ...]:
+    return tuple(version.split(".")[:2])
 
 
 def _is_format(value: Any, *known: int) -> bool:

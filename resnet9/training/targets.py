@@ -119,14 +119,20 @@ def _nested(node: dict, key: str) -> Iterator[tuple[str, dict]]:
                     yield f"{key}.{name}[{i}]", item
 
 
-# The package's own targets as configs saved before its modules moved into folders name them (checkpoints,
-# metrics.json): read back under their current names.
+# The package's own targets under the names configs saved before its modules moved into folders (resnet9 0.1.0:
+# checkpoints, metrics.json) give them: read back under their current names (tests/fixtures/old_runs).
 MOVED = {
-    "resnet9.models.resnet9.ResNet9": "resnet9.models.resnet9.ResNet9",
-    "resnet9.data.augment.Augmentation": "resnet9.data.augment.Augmentation",
-    "resnet9.training.schedule.one_cycle": "resnet9.training.schedule.one_cycle",
-    "resnet9.training.tracking.WandbTracker": "resnet9.training.tracking.WandbTracker",
-    "resnet9.training.tracking.NullTracker": "resnet9.training.tracking.NullTracker",
+    "resnet9.model.ResNet9": "resnet9.models.resnet9.ResNet9",
+    "resnet9.augment.Augmentation": "resnet9.data.augment.Augmentation",
+    "resnet9.augment.Pipeline": "resnet9.data.augment.Pipeline",
+    "resnet9.data.cifar10": "resnet9.data.datasets.cifar10",
+    "resnet9.data.cifar100": "resnet9.data.datasets.cifar100",
+    "resnet9.schedule.one_cycle": "resnet9.training.schedule.one_cycle",
+    "resnet9.schedule.piecewise_linear": "resnet9.training.schedule.piecewise_linear",
+    "resnet9.schedule.warmup_cosine": "resnet9.training.schedule.warmup_cosine",
+    "resnet9.tracking.WandbTracker": "resnet9.training.tracking.WandbTracker",
+    "resnet9.tracking.NullTracker": "resnet9.training.tracking.NullTracker",
+    "resnet9.callbacks.WeightNorm": "resnet9.training.callbacks.WeightNorm",
 }
 
 

@@ -8,7 +8,6 @@ which one it talks to. `WandbTracker` imports wandb only when it is chosen (`log
 from __future__ import annotations
 
 import functools
-import importlib.metadata
 import logging
 import os
 import subprocess
@@ -19,6 +18,7 @@ from typing import Any, Protocol
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 
+from resnet9 import __version__
 from resnet9.core.errors import UsageError, first_line
 from resnet9.training import sweep
 
@@ -29,10 +29,7 @@ log = logging.getLogger(__name__)
 def code_version() -> dict[str, Any]:
     """The code a run trains with, for its records (metrics.json, the W&B config): the installed package's
     version, and where it runs from a git checkout, the commit and whether the tree had uncommitted changes."""
-    try:
-        found: dict[str, Any] = {"package": importlib.metadata.version("resnet9")}
-    except importlib.metadata.PackageNotFoundError:
-        found = {"package": None}
+    found: dict[str, Any] = {"package": __version__}
     checkout = Path(__file__).resolve().parents[2]
     git = ["git", "-C", str(checkout)]
     try:

@@ -19,6 +19,7 @@ from recorded_runs import assert_as_recorded, recorded_command, same_machine_kin
 from test_resume import env, metrics, start_and_wait_for_first_epoch
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
+from resnet9 import __version__
 from resnet9.core.errors import UsageError
 from resnet9.data import augment, datasets
 from resnet9.training import build
@@ -124,8 +125,8 @@ def test_a_resume_may_change_only_what_changes_no_number(saved, kind, now, devic
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         saved_cfg, now_cfg = (compose(config_name="config", overrides=o) for o in (saved, now))
     checkpoint = {
-        "format": CHECKPOINT_FORMAT, "config": OmegaConf.to_container(saved_cfg), "lr_min": 0.01, "lr_max": 0.1,
-        "train_state": {"record": {"lr_source": "config"}},
+        "format": CHECKPOINT_FORMAT, "version": __version__, "config": OmegaConf.to_container(saved_cfg),
+        "lr_min": 0.01, "lr_max": 0.1, "train_state": {"record": {"lr_source": "config"}},
     }  # fmt: skip
     if kind is not None:
         checkpoint["device_type"] = kind
