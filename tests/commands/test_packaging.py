@@ -3,14 +3,18 @@ folder, Hydra's tab completion, the project's own --help, and a user's own confi
 
 import configparser
 import os
+import re
 import shutil
 import subprocess
 import sys
 import zipfile
 from pathlib import Path
 
+import hydra
 import pytest
 from conftest import REPO
+
+import resnet9
 
 COMMANDS = {"resnet9-train", "resnet9-lr-find", "resnet9-evaluate", "resnet9-predict", "resnet9-report",
             "resnet9-summary"}  # fmt: skip
@@ -104,3 +108,28 @@ def test_a_users_own_config_folder_joins_the_search_path(tmp_path):
                              "--cfg", "job"], cwd=tmp_path, capture_output=True, text=True)  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
     assert "width: 2.0" in result.stdout and "epochs: 7" in result.stdout
+
+
+def test_every_command_prints_the_version_that_pyproject_and_the_changelog_give(wheel):
+    """One version: resnet9/__init__.py's, which the wheel's metadata, `--version` of every command (console
+    script and `python -m`) and the newest heading of CHANGELOG.md all say."""
+    assert wheel.name.startswith(f"resnet9-{resnet9.__version__}-")
+    newest = re.search(r"^## \[?(\d+\.\d+\.\d+)\]?", (REPO / "CHANGELOG.md").read_text(), re.MULTILINE)
+    assert newest is not None and newest.group(1) == resnet9.__version__
+    expected = f"resnet9 {resnet9.__version__} (Hydra {hydra.__version__})"
+    for command in sorted(COMMANDS):
+        module = command.removeprefix("resnet9-").replace("-", "_")
+        for argv in ([BIN / command, "--version"], [sys.executable, "-m", f"resnet9.{module}", "--version"]):
+            answer = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=60)
+            assert (answer.returncode, answer.stdout.strip()) == (0, expected), (argv, answer.stderr[-500:])
+
+
+def test_python_dash_m_answers_help_from_the_configs_without_importing_torch():
+    """`python -m resnet9.train --help` (the mission's own command) is answered before torch is imported."""
+    program = ("import runpy, sys; sys.argv = ['resnet9.train', '--help']\ntry:\n"
+               "    runpy.run_module('resnet9.train', run_name='__main__')\nexcept SystemExit:\n    pass\n"
+               "print('torch imported:', 'torch' in sys.modules)")  # fmt: skip
+    result = subprocess.run([sys.executable, "-c", program], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "resnet9-train: train the mission's ResNet-9" in result.stdout
+    assert result.stdout.rstrip().endswith("torch imported: False")
