@@ -161,13 +161,21 @@ def summarize(groups: dict[str, list[dict[str, Any]]], metric: str = "final_test
         for key in dict.fromkeys((metric, *NUMBERS)):
             values = [job[key] for job in done if isinstance(job.get(key), int | float)]
             if values:
-                row[key], row[f"{key}_std"], row[f"{key}_ci95"] = _mean_std_interval(values)
+                row[key], row[f"{key}_std"], row[f"{key}_ci95"] = _mean_std_interval(values, BOUNDS.get(key, (0, None)))
         rows.append(row)
     return rows
 
 
-def _mean_std_interval(values: list[float]) -> tuple[float, float | None, list[float] | None]:
-    """Mean, standard deviation and the 95 % t-interval of the mean (no spread from a single value)."""
+# What each number can be: its 95 % interval is clipped to that range (accuracies are fractions; LRs and times
+# are positive). A t-interval from 2 or 3 seeds is wide, and unclipped it claimed accuracies below 0 or above 100 %.
+BOUNDS: dict[str, tuple[float, float | None]] = {"final_test_acc": (0.0, 1.0), "best_test_acc": (0.0, 1.0)}
+
+
+def _mean_std_interval(
+    values: list[float], bounds: tuple[float, float | None] = (0.0, None)
+) -> tuple[float, float | None, list[float] | None]:
+    """Mean, standard deviation and the 95 % t-interval of the mean, clipped to `bounds` (no spread from a
+    single value)."""
     mean = statistics.fmean(values)
     if len(values) < 2:
         return mean, None, None
@@ -175,7 +183,8 @@ def _mean_std_interval(values: list[float]) -> tuple[float, float | None, list[f
 
     std = statistics.stdev(values)
     half = stats.t.ppf(0.975, len(values) - 1) * std / math.sqrt(len(values))
-    return mean, std, [mean - half, mean + half]
+    low, high = bounds
+    return mean, std, [max(mean - half, low), mean + half if high is None else min(mean + half, high)]
 
 
 def _number(key: str, value: float) -> str:

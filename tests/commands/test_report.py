@@ -206,3 +206,13 @@ def test_a_signal_between_a_sweeps_jobs_ends_it_with_its_summary_and_how_to_resu
         f"hydra.sweep.dir={tmp_path}"
     )
     assert signal.getsignal(signal.SIGTERM) == before
+
+
+def test_the_interval_of_an_accuracy_stays_within_0_and_100_percent(tmp_path):
+    """Two seeds far apart: the t-interval (t = 12.7 for 1 degree of freedom) would reach -73.9 % to 106.5 %."""
+    for job, (seed, acc) in enumerate([(0, 0.10), (1, 0.95)]):
+        fake_job(tmp_path / str(job), ["optimizer=sgd", f"seed={seed}"], acc=acc)
+    (row,) = summarize(group_jobs(tmp_path, load_jobs(tmp_path)))
+    half = 12.706205 * row["final_test_acc_std"] / 2**0.5
+    assert row["final_test_acc"] - half < 0 and row["final_test_acc"] + half > 1  # what a plain t-interval says
+    assert row["final_test_acc_ci95"] == [0.0, 1.0] and row["lr_max_ci95"][0] >= 0
