@@ -4,7 +4,16 @@
 Hydra's own optuna sweeper (hydra-optuna-sweeper 1.3.0, the last release) holds Optuna at 2.10.1, whose RDB
 storage fails with SQLAlchemy 2: no study could outlive its process. This one is small and ours:
 
-- the study lives in a database (`storage`, default `sqlite:///<sweep folder>/study.db`; resnet9/training/search.py);
+- the study lives in a database (`storage`, default `sqlite:///<sweep folder>/study.db`; resnet9/training/search.py),
+  and a search's sweep folder is multirun/optuna/<study name> (conf/hparams_search/optuna.yaml): the same command
+  again finds its study;
+- a password in `storage` is never written down: the sweeper keeps it in its environment for itself and its jobs,
+  and masks it (`***`) in the config, the overrides and the command line before Hydra or W&B records them;
+- each process holds one storage (one engine and its connections) and closes it at the end; every call to the
+  database rides out an outage of up to `storage_retry_s`, and a longer one ends the search in one line, its trials
+  left to the next invocation (resnet9/training/study_storage.py);
+- with a fixed sampler seed, each trial's sampler is seeded from (seed, trial number): workers started together
+  draw different values, and one worker's search is reproducible (resnet9/training/study_sampler.py);
 - `n_trials` is the study's total: a rerun of the same command, or another worker started on the same storage,
   asks for trials only until the study holds `n_trials` that are done, pruned, failed in training or running;
 - every trial runs in the folder named after its number (`<sweep folder>/<trial>`), so workers never collide;
@@ -23,6 +32,8 @@ The search space is Hydra's override grammar, in `params` or on the command line
 import contextlib
 import json
 import logging
+import os
+import sys
 import threading
 import warnings
 from collections.abc import Iterator, Sequence
@@ -36,7 +47,7 @@ from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, Overrid
 from hydra.core.utils import JobReturn, JobStatus
 from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +62,7 @@ class OptunaSweeperConf:
     n_jobs: int = 1  # trials per batch handed to the launcher (joblib, submitit: run at once)
     max_failure_rate: float = 0.5  # of n_trials failed in training, above which the search stops
     heartbeat_s: int = 60  # a trial without a heartbeat for 2 x this is taken for killed
+    storage_retry_s: int = 60  # a database that does not answer is tried again this long, then the search stops
     sampler: Any = field(default_factory=lambda: {"_target_": "optuna.samplers.TPESampler", "seed": None})
     pruner: Any = field(default_factory=lambda: {"_target_": "optuna.pruners.MedianPruner"})
     params: Dict[str, str] = field(default_factory=dict)  # noqa: UP006
@@ -139,43 +151,79 @@ class OptunaSweeper(Sweeper):
         self.hydra_context: HydraContext | None = None
         self.storage: Any = None
         self.study_id: int | None = None
+        self.masked_storage: str | None = None  # hydra.sweeper.storage with its password masked, when it had one
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         from hydra.core.plugins import Plugins
 
+        self._keep_password_off_disk(config)  # before the launcher takes the config: jobs are composed from it
         self.config, self.hydra_context, self.settings = config, hydra_context, config.hydra.sweeper
         self.launcher = Plugins.instance().instantiate_launcher(
             hydra_context=hydra_context, task_function=task_function, config=config
         )
 
     def sweep(self, arguments: list[str]) -> Any:
+        from resnet9.core.errors import exit_with
         from resnet9.training import search
+        from resnet9.training.study_storage import StudyUnavailable
 
         space, fixed = self._check_settings(arguments)
         # Optuna's heartbeat is meant for Study.optimize; this sweeper beats for its trials itself (`heartbeats`)
         warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
         sweep_dir = Path(self.config.hydra.sweep.dir)
-        study = self._open_study(search.storage_url(self.settings.storage, sweep_dir))
-        sweep_dir.mkdir(parents=True, exist_ok=True)
-        OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
-        self._fail_killed_trials(study)
-        returns = []
-        while batch := self._ask(study, space, sweep_dir):
-            jobs = [
-                [*fixed, *(as_override(key, value) for key, value in trial.params.items()),
-                 f"hydra.sweeper.trial={trial.number}", f"hydra.sweep.subdir={trial.number}"]
-                for trial in batch
-            ]  # fmt: skip
-            with self._given_back_if_not_run(study, batch):
-                self.validate_batch_is_legal(jobs)
-                with heartbeats(self.storage, [self._trial_id(t.number) for t in batch], self.settings.heartbeat_s):
-                    results = self.launcher.launch(jobs, initial_job_idx=batch[0].number)
-            for trial, result in zip(batch, results, strict=True):
-                self._tell(study, trial, result)
-            returns.append(results)
-            self._check_failures(study)
-        self._log_best(study)
+        # (a password given in a config file rather than on the command line: each job's config masks it too)
+        masked = [f"hydra.sweeper.storage='{self.masked_storage}'"] if self.masked_storage else []
+        try:
+            study = self._open_study(search.storage_url(self.settings.storage, sweep_dir))
+            sweep_dir.mkdir(parents=True, exist_ok=True)
+            OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
+            self._fail_killed_trials(study)
+            returns = []
+            while batch := self._ask(study, space, sweep_dir):
+                jobs = [
+                    [*fixed, *(as_override(key, value) for key, value in trial.params.items()), *masked,
+                     f"hydra.sweeper.trial={trial.number}", f"hydra.sweep.subdir={trial.number}"]
+                    for trial in batch
+                ]  # fmt: skip
+                with self._given_back_if_not_run(study, batch):
+                    self.validate_batch_is_legal(jobs)
+                    with heartbeats(self.storage, [self._trial_id(t.number) for t in batch], self.settings.heartbeat_s):
+                        results = self.launcher.launch(jobs, initial_job_idx=batch[0].number)
+                for trial, result in zip(batch, results, strict=True):
+                    self._tell(study, trial, result)
+                returns.append(results)
+                self._check_failures(study)
+            self._log_best(study)
+        except StudyUnavailable as err:  # one line, not Hydra's report of an error (the message and a hint)
+            exit_with(f"error: {err}")
+        finally:  # this process's connections given back (the report opens its own at the end)
+            search.close_storages()
         return returns
+
+    def _keep_password_off_disk(self, config: DictConfig) -> None:
+        """A password in hydra.sweeper.storage: kept in this process's environment (RESNET9_STORAGE_PASSWORD, which
+        jobs inherit in this process or a launcher's), and masked (`***`) in the config, its overrides (each job's
+        config is composed from them) and the command line as this process shows it (W&B records it), before Hydra
+        writes multirun.yaml and each job's .hydra/. (A URL without one: libpq reads PGPASSWORD or ~/.pgpass.)"""
+        from resnet9.training import search
+
+        storage = config.hydra.sweeper.storage
+        masked, password = search.hide_password(storage) if isinstance(storage, str) else (storage, None)
+        if password is None:
+            return
+        os.environ[search.PASSWORD_ENV] = password
+        self.masked_storage = masked
+
+        def without_password(line: str) -> str:
+            key = line.partition("=")[0]
+            if key.lstrip("+~") == "hydra.sweeper.storage":
+                return f"{key}='{masked}'"
+            return line.replace(storage, masked)
+
+        with read_write(config), open_dict(config):
+            config.hydra.sweeper.storage = masked
+            config.hydra.overrides.hydra = [without_password(line) for line in config.hydra.overrides.hydra]
+        sys.argv = [without_password(arg) for arg in sys.argv]
 
     @contextlib.contextmanager
     def _given_back_if_not_run(self, study: Any, batch: list[Any]) -> Iterator[None]:
@@ -198,7 +246,7 @@ class OptunaSweeper(Sweeper):
         settings = self.settings
         if settings.direction not in ("maximize", "minimize"):
             raise UsageError(f"hydra.sweeper.direction={settings.direction}: give maximize or minimize")
-        for key in ("n_trials", "n_jobs", "heartbeat_s"):
+        for key in ("n_trials", "n_jobs", "heartbeat_s", "storage_retry_s"):
             if not isinstance(settings[key], int) or settings[key] < 1:
                 raise UsageError(f"hydra.sweeper.{key}={settings[key]}: give a whole number >= 1")
         if not 0 <= settings.max_failure_rate <= 1:
@@ -219,7 +267,9 @@ class OptunaSweeper(Sweeper):
 
         from resnet9.training import search
 
-        self.storage = search.open_storage(url, heartbeat_s=self.settings.heartbeat_s)
+        self.storage = search.open_storage(
+            url, heartbeat_s=self.settings.heartbeat_s, retry_s=self.settings.storage_retry_s
+        )
         study = optuna.create_study(
             study_name=self.settings.study_name, storage=self.storage, sampler=self._sampler(),
             pruner=search.make_pruner(self.settings.pruner), direction=self.settings.direction, load_if_exists=True,
@@ -231,8 +281,9 @@ class OptunaSweeper(Sweeper):
         return study
 
     def _sampler(self) -> Any:
-        """The sampler, its seed moved on by the trials the study holds: a rerun that continues a study draws new
-        values, not the first invocation's again. (Workers started together on one study: give each its own seed.)"""
+        """The sampler. With a seed: a new one for each trial, seeded from (seed, trial number), so that workers
+        started together draw different values and one worker's search repeats (resnet9/training/study_sampler.py).
+        Without (`seed: null`): one for this invocation, seeded at random by Optuna."""
         from hydra.utils import instantiate
 
         spec = self.settings.sampler
@@ -241,11 +292,9 @@ class OptunaSweeper(Sweeper):
         seed = spec.get("seed")
         if seed is None:
             return instantiate(spec)
-        try:
-            held = len(self.storage.get_all_trials(self.storage.get_study_id_from_name(self.settings.study_name)))
-        except KeyError:  # a new study
-            held = 0
-        return instantiate(spec, seed=seed + held)
+        from resnet9.training.study_sampler import TrialSeededSampler
+
+        return TrialSeededSampler(lambda trial_seed: instantiate(spec, seed=trial_seed), seed)
 
     def _trial_id(self, number: int) -> int:
         return self.storage.get_trial_id_from_study_id_trial_number(self.study_id, number)
@@ -294,10 +343,15 @@ class OptunaSweeper(Sweeper):
         import math
 
         from resnet9.core.errors import TrialPruned
+        from resnet9.training.study_storage import StudyUnavailable
 
         error = result._return_value if result.status == JobStatus.FAILED else None  # (not raised again here)
         if isinstance(error, TrialPruned):
             study.tell(trial, state=optuna_state("PRUNED"))
+            return
+        if isinstance(error, StudyUnavailable):  # not the trial's failure: another trial takes its place, if the
+            trial.set_user_attr("note", "not finished: its database did not answer")  # database answers by now
+            study.tell(trial, state=optuna_state("FAIL"))
             return
         value = result._return_value if error is None else None
         if isinstance(value, int | float) and math.isfinite(value):

@@ -2,9 +2,13 @@
 optuna_sweeper.py): where the study lives, how to open it, the pruner, a job's trial, and the study as text.
 
 The study lives in a database: `hydra.sweeper.storage` (any SQLAlchemy URL, e.g. postgresql://user@host/db for
-workers on several machines), by default `sqlite:///<sweep folder>/study.db`. The sweeper asks the study for a
-trial and launches a job with `hydra.sweeper.trial=<its number>`; the job's `TrialReporter` reports the test
-accuracy after every epoch and ends the job when the pruner says so (metrics.json: "status": "pruned").
+workers on several machines), by default `sqlite:///<sweep folder>/study.db`, where the sweep folder of a search is
+multirun/optuna/<study name> unless hydra.sweep.dir says otherwise: the same command again finds its study. A
+password in the URL is never written down: files hold the URL with `***` in its place (`hide_password`), and the
+sweeper keeps the password in RESNET9_STORAGE_PASSWORD for its own process and its jobs' (`connect_url`).
+The sweeper asks the study for a trial and launches a job with `hydra.sweeper.trial=<its number>`; the job's
+`TrialReporter` reports the test accuracy after every epoch and ends the job when the pruner says so
+(metrics.json: "status": "pruned").
 
 Optuna is the `search` extra, not the core install (the GPU carry skips it): imported only where a search needs it.
 """
@@ -12,8 +16,7 @@ Optuna is the `search` extra, not the core install (the GPU carry skips it): imp
 from __future__ import annotations
 
 import logging
-import time
-import warnings
+import os
 from pathlib import Path
 from typing import Any
 
@@ -25,10 +28,11 @@ from resnet9.training.listeners import Listener, one_line
 from resnet9.training.loop import EpochResult
 from resnet9.training.state import TrainState
 
-log = logging.getLogger("resnet9.training.search")
+log = logging.getLogger(__name__)
 SQLITE_FILE = "study.db"
-OPEN_ATTEMPTS = 3
-SQLITE_TIMEOUT_S = 60  # workers sharing one SQLite file wait for its lock this long, not fail at once
+MASK = "***"  # a password as every file the search writes shows it
+PASSWORD_ENV = "RESNET9_STORAGE_PASSWORD"  # where the sweeper keeps a password given in the URL, for it and its jobs
+RETRY_S = 60  # how long a call waits for a database that does not answer (hydra.sweeper.storage_retry_s)
 
 
 def storage_url(storage: str | None, sweep_dir: Path) -> str:
@@ -46,40 +50,57 @@ def shown_url(url: str) -> str:
         return url
 
 
-def open_storage(url: str, heartbeat_s: int | None = None) -> Any:
-    """Optuna's RDB storage on `url` (created on first use), or a one-line UsageError before any trial trains.
+def hide_password(url: str) -> tuple[str, str | None]:
+    """`url` as files may hold it (its password masked) and the password it held (None: none, or masked already)."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        parsed = make_url(url)
+    except Exception:  # not a URL: nothing to hide (opening it says what is wrong)
+        return url, None
+    if parsed.password is None or parsed.password == MASK:
+        return url, None
+    return parsed.render_as_string(hide_password=True), str(parsed.password)
+
+
+def connect_url(url: str) -> str:
+    """The URL to connect with. A masked password (`***`: the sweeper writes URLs down so) is the one the sweeper
+    keeps in RESNET9_STORAGE_PASSWORD for itself and its jobs; without that variable it is left out, and the driver
+    looks for one itself (libpq, PostgreSQL's: PGPASSWORD, then ~/.pgpass)."""
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url)
+    if parsed.password != MASK:
+        return url
+    # (`_replace`, the URL being a named tuple: `set(password=None)` would keep the mask)
+    return parsed._replace(password=os.environ.get(PASSWORD_ENV)).render_as_string(hide_password=False)
+
+
+def open_storage(url: str, heartbeat_s: int | None = None, retry_s: float | None = None) -> Any:
+    """Optuna's storage on `url`, one per process and URL (resnet9/training/study_storage.py), or a one-line
+    UsageError before any trial trains. Its calls ride out a database that does not answer for up to `retry_s`.
 
     `heartbeat_s`: the sweeper's storage records a heartbeat for its running trials; a trial whose heartbeat
     stopped for 2 x that (its process was killed) is stale, and the next sweeper marks it failed."""
-    import optuna
-    from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ArgumentError
 
     try:
-        backend = make_url(url).get_backend_name()
+        real = connect_url(url)
     except ArgumentError:
         raise UsageError(
             f"hydra.sweeper.storage={url} is not a database URL; give an SQLAlchemy URL such as "
-            f"sqlite:///study.db or postgresql://user:password@host/database, or null for <sweep folder>/{SQLITE_FILE}"
+            f"sqlite:///study.db or postgresql://user@host/database, or null for <sweep folder>/{SQLITE_FILE}"
         ) from None
-    engine = {"connect_args": {"timeout": SQLITE_TIMEOUT_S}} if backend == "sqlite" else {"pool_pre_ping": True}
-    beat = {"heartbeat_interval": heartbeat_s, "grace_period": 2 * heartbeat_s} if heartbeat_s else {}
-    for attempt in range(OPEN_ATTEMPTS):
-        try:
-            with warnings.catch_warnings():  # the heartbeat is experimental in Optuna, and the way to mark stale trials
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                return optuna.storages.RDBStorage(url, engine_kwargs=engine, **beat)
-        except ImportError as err:  # the URL's driver (psycopg2 for postgresql://): no point in trying again
-            problem = err
-            break
-        except Exception as err:  # unreachable server, unwritable file, not a study database, or a race
-            problem = err  # (workers started together both create the tables: one of them may lose once)
-            if attempt + 1 < OPEN_ATTEMPTS:
-                time.sleep(0.5 * (attempt + 1))
-    raise UsageError(
-        f"cannot open the study's database hydra.sweeper.storage={shown_url(url)} ({one_line(problem)[:300]}); "
-        f"check the URL, that its server answers and that its driver is installed"
-    )
+    from resnet9.training import study_storage
+
+    return study_storage.cached(real, shown_url(url), heartbeat_s, RETRY_S if retry_s is None else retry_s)
+
+
+def close_storages() -> None:
+    """The storages this process opened, closed (their connections given back): the sweeper's end."""
+    from resnet9.training import study_storage
+
+    study_storage.close_all()
 
 
 def make_pruner(spec: Any) -> Any:
@@ -125,7 +146,8 @@ def trial_listeners() -> list[Listener]:
     import optuna
 
     sweeper = hydra_cfg.sweeper
-    storage = open_storage(storage_url(sweeper.storage, Path(hydra_cfg.sweep.dir)))
+    url = storage_url(sweeper.storage, Path(hydra_cfg.sweep.dir))
+    storage = open_storage(url, heartbeat_s=sweeper.get("heartbeat_s"), retry_s=sweeper.get("storage_retry_s"))
     study = optuna.load_study(study_name=sweeper.study_name, storage=storage, pruner=make_pruner(sweeper.pruner))
     study_id = storage.get_study_id_from_name(sweeper.study_name)
     trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, number)

@@ -62,13 +62,15 @@ def write(sweep_dir: Path, config: DictConfig) -> None:
 
 
 def study_of(sweep_dir: Path, config: DictConfig) -> dict[str, Any]:
-    """An Optuna search's study (its database and name, for the report), or nothing for other sweeps."""
+    """An Optuna search's study (its database, password masked, and its name, for the report), or nothing else."""
     sweeper = config.hydra.sweeper
     if not str(sweeper.get("_target_", "")).endswith("optuna_sweeper.OptunaSweeper"):
         return {}
-    from resnet9.training.search import storage_url
+    from resnet9.training.search import hide_password, storage_url
 
-    return {"study": {"storage": storage_url(sweeper.storage, sweep_dir), "name": sweeper.study_name}}
+    # (its password masked: the report finds it where the sweeper keeps it, or where libpq looks for one)
+    storage, _ = hide_password(storage_url(sweeper.storage, sweep_dir))
+    return {"study": {"storage": storage, "name": sweeper.study_name}}
 
 
 def _changed(earlier: dict[str, Any], now: dict[str, Any]) -> bool:

@@ -19,24 +19,27 @@ CORE = [req for req in OURS if req.marker is None]
 
 def test_the_search_extra_is_pinned_and_installed_as_pinned():
     pins = SEARCH
-    assert {pin.name for pin in pins} == {"optuna", "optuna-dashboard", "sqlalchemy", "alembic"}
+    assert {pin.name for pin in pins} == {"optuna", "optuna-dashboard", "sqlalchemy", "alembic", "psycopg"}
+    assert next(pin for pin in pins if pin.name == "psycopg").extras == {"binary"}  # (no C compiler or libpq needed)
     for pin in pins:
         assert re.fullmatch(r"==[0-9.]+", str(pin.specifier)), f"{pin}: pin one version (tested together)"
         assert metadata.version(pin.name) in pin.specifier, f"installed {pin.name} {metadata.version(pin.name)}"
 
 
 def test_the_pinned_packages_requirements_are_met_by_each_other():
-    for name in ("optuna", "optuna-dashboard", "alembic"):
+    extras = {"psycopg": "binary"}  # the extra our pin asks for (psycopg-binary, of psycopg's own version)
+    for name in ("optuna", "optuna-dashboard", "alembic", "psycopg"):
         for spec in metadata.requires(name) or []:
             requirement = Requirement(spec)
-            if requirement.marker is not None and not requirement.marker.evaluate({"extra": ""}):
+            if requirement.marker is not None and not requirement.marker.evaluate({"extra": extras.get(name, "")}):
                 continue  # an optional extra of theirs
             installed = metadata.version(requirement.name)
             assert requirement.specifier.contains(installed, prereleases=True), f"{name} needs {spec}: {installed}"
 
 
 def test_the_core_install_does_not_pull_in_the_search_packages():
-    assert CORE and not {req.name.lower() for req in CORE} & {"optuna", "optuna-dashboard", "sqlalchemy", "alembic"}
+    search = {"optuna", "optuna-dashboard", "sqlalchemy", "alembic", "psycopg"}
+    assert CORE and not {req.name.lower() for req in CORE} & search
 
 
 def test_a_study_in_an_sqlite_file_survives_its_storage(tmp_path):
