@@ -26,11 +26,15 @@ if __name__ == "__main__":  # `python -m resnet9.report --version` (or --help): 
     answer_if_asked(None)
 
 import argparse
+import contextlib
 import csv
 import io
 import json
 import math
+import re
+import signal
 import statistics
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +42,7 @@ import yaml
 from hydra.core.utils import JobStatus
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 from tabulate import tabulate
 
@@ -327,8 +331,12 @@ class SweepSummary(Callback):
     def stop_between_jobs(self, signum: int, _frame: Any) -> None:
         end_unfinished_sweep()
         sweep_dir = self.config.hydra.sweep.dir
-        message = f"stopped by signal {signum} between jobs; resume the sweep by rerunning the same command with "
-        exit_with(message + f"hydra.sweep.dir={sweep_dir}", 128 + signum)
+        rerun = f"resume the sweep by rerunning the same command with hydra.sweep.dir={sweep_dir}"
+        # under hydra/launcher=slurm the jobs run on the cluster, not in this process: they go on without it
+        if str(OmegaConf.select(self.config, "hydra.launcher._target_", default="")).endswith("SlurmLauncher"):
+            message = f"stopped by signal {signum}; the sweep's SLURM jobs go on without it (squeue; scancel stops "
+            exit_with(message + f"them); once none is left in squeue, {rerun}", 128 + signum)
+        exit_with(f"stopped by signal {signum} between jobs; {rerun}", 128 + signum)
 
     def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
         if config.hydra.mode != RunMode.MULTIRUN:
@@ -391,6 +399,42 @@ def end_unfinished_sweep() -> None:
     """The final summary of a sweep that Hydra left without its end (a failed job, a signal)."""
     if SweepSummary.unfinished is not None:
         SweepSummary.unfinished.end()
+
+
+@contextlib.contextmanager
+def cluster_job_errors_in_one_line() -> Iterator[None]:
+    """Around a sweep: a submitit job that ended without a result (`scancel`, a node lost, a requeue declined)
+    raises submitit's UncompletedJobError in the sweep's process, its message the job's whole stderr; the sweep
+    then ends with its summary (which has the job's own line), one line naming the job and where its log is, and
+    exit status 128 + SIGTERM for a cancelled job (1 otherwise)."""
+    try:
+        yield
+    except Exception as err:
+        if not type(err).__module__.startswith("submitit."):
+            raise
+        sweep_dir = SweepSummary.unfinished.config.hydra.sweep.dir if SweepSummary.unfinished else None
+        end_unfinished_sweep()
+        job, state = _job_and_state(str(err))
+        resume = (  # (its other jobs may still run: a rerun meanwhile would start them twice)
+            f"; once none of its jobs is left in squeue, resume the sweep by rerunning the same command with "
+            f"hydra.sweep.dir={sweep_dir}"
+            if sweep_dir
+            else ""
+        )
+        status = 128 + signal.SIGTERM if state.startswith("CANCELLED") else 1
+        exit_with(f"error: the cluster's job {job} ended without a result ({state}){resume}", status)
+
+
+def _job_and_state(message: str) -> tuple[str, str]:
+    """submitit's job id, log folder and final state out of its UncompletedJobError message (several lines: the
+    id, the result's path, the state, then the job's stderr)."""
+    job = re.search(r"Job (\S+) \(task: \d+\) with path (\S+)", message)
+    state = re.search(r"\(state: ([^)]*)\)", message)
+    where = f"{job.group(1)} (log in {Path(job.group(2)).parent})" if job else "of the sweep"
+    if state is None:  # the job failed outside resnet9's task (e.g. in submitit's own code): its last line
+        lines = [line for line in message.splitlines() if line.strip()]
+        return where, first_line(lines[-1] if lines else "", "no reason given", 200)
+    return where, state.group(1)
 
 
 def check_sweep_folder(folder: Path) -> None:

@@ -19,8 +19,10 @@ if __name__ == "__main__":  # `python -m resnet9.train --version` (or --help): a
 
 import contextlib
 import logging
+import sys
 import time
 from pathlib import Path
+from typing import NoReturn
 
 import hydra
 import torch
@@ -30,8 +32,15 @@ from tqdm import tqdm
 
 from resnet9 import report
 from resnet9.analysis import model_table
-from resnet9.core import files, jobcache
-from resnet9.core.errors import UsageError, exit_on_usage_error, exit_with, hydra_errors_in_one_line, in_multirun
+from resnet9.core import files, jobcache, signals
+from resnet9.core.errors import (
+    UsageError,
+    exit_on_usage_error,
+    exit_with,
+    hydra_errors_in_one_line,
+    in_multirun,
+    to_log_files,
+)
 from resnet9.data.datasets import ImageData
 from resnet9.models.resnet9 import count_parameters
 
@@ -49,7 +58,9 @@ from resnet9.training.listeners import (
     SummaryAndCurves,
     TrackerLog,
     job_record,
+    not_requeued,
     notifying,
+    one_line,
 )
 from resnet9.training.loop import (
     Batches,
@@ -67,16 +78,17 @@ from resnet9.training.state import RunRecord, Stopwatch, TrainState, read_resuma
 
 def main() -> None:
     """The command: join torchrun's processes if started by it (before Hydra names the output folder), run."""
+    ddp.refuse_copies_without_torchrun()
     ddp.register_resolvers()
     ddp.init()
     try:
-        with hydra_errors_in_one_line():
+        with hydra_errors_in_one_line(), report.cluster_job_errors_in_one_line():
             hydra_main()
     finally:
         try:  # a sweep Hydra stopped early (a failed job, a signal) still gets its summary
             report.end_unfinished_sweep()
         except Exception as err:  # ...but never in place of how the command ends
-            logging.getLogger("resnet9").warning("could not write the sweep's summary: %s", err)
+            logging.getLogger(__name__).warning("could not write the sweep's summary: %s", err)
         ddp.finish()
 
 
@@ -95,8 +107,31 @@ def hydra_main(cfg: DictConfig) -> float:
             if ddp.world().is_parallel and in_multirun():
                 raise UsageError("--multirun under torchrun is not supported; start one torchrun per job instead")
             return train(cfg, out_dir)
-    except StopRequested as stopped:  # SIGTERM/SIGINT: last.pt holds what a resume needs; say so, exit
-        exit_with(f"{stopped}; {_how_to_resume(out_dir)}", 128 + stopped.signal)
+    except StopRequested as stopped:  # a stop signal: last.pt holds what a resume needs
+        _end_stopped(stopped, out_dir)
+
+
+def _end_stopped(stopped: StopRequested, out_dir: Path) -> NoReturn:
+    """The job saved and recorded its stop: a SIGUSR2 now goes on to submitit's handler, which requeues the job
+    and exits; else one line -- the cluster requeues it, or how to resume -- and exit status 128 + the signal."""
+    resumes = f"resumes from {out_dir / 'last.pt'}"
+    if stopped.requeued and stopped.signal == signals.REQUEUE_SIGNAL:
+        to_log_files(message := f"{stopped}; saved for submitit to requeue the job, which then {resumes}")
+        print(message, file=sys.stderr)
+    try:
+        signals.pass_on(stopped.signal)  # submitit's requeuer exits in there, once the job is requeued
+    except Exception as declined:  # submitit's UncompletedJobError: timed out max_num_timeout times
+        reason = one_line(declined)
+        if ddp.world().is_main:
+            not_requeued(out_dir, reason)
+        exit_with(f"{stopped}; not requeued ({reason}); {_how_to_resume(out_dir)}", 128 + stopped.signal)
+    # a SIGUSR2 handler that returned did not requeue; after SIGTERM, SLURM requeues the job itself
+    requeued = bool(stopped.requeued) and stopped.signal != signals.REQUEUE_SIGNAL
+    if requeued:  # SLURM requeues it (scontrol requeue, a pre-emption): the rerun resumes from last.pt by itself
+        exit_with(f"{stopped}; SLURM requeues the job, which {resumes}", 128 + stopped.signal)
+    if ddp.world().is_main:
+        not_requeued(out_dir)  # (a stop during a requeued run's setup: its record no longer waits)
+    exit_with(f"{stopped}; {_how_to_resume(out_dir)}", 128 + stopped.signal)
 
 
 def _how_to_resume(out_dir: Path) -> str:
@@ -130,7 +165,7 @@ def train(cfg: DictConfig, out_dir: Path) -> float:
             cifar = build.dataset(cfg.data)
         _check_fits(cfg, cifar)
         model = build.model(cfg.model, settings, reuse=cfg.compile and not world.is_parallel)
-        own_callbacks = callbacks.from_config(cfg) if world.is_main else []  # rank 0 alone records (and calls them)
+        own_callbacks = callbacks.from_config(cfg) if world.is_main else {}  # rank 0 alone records (and calls them)
 
         loader = build.train_loader(cfg, cifar, settings, cfg.seed, world)
         build.check_schedule(cfg, steps_per_epoch=len(loader))  # before the range test, not after it
@@ -141,6 +176,7 @@ def train(cfg: DictConfig, out_dir: Path) -> float:
         else:  # rank 0 runs the range test (if one is needed); every rank trains with its LRs
             lrs = ddp.broadcast(_derive_lrs(cfg, cifar, settings, out_dir) if world.is_main else None)
         state = _training_state(cfg, model, loader, cifar, lrs, clock)
+        state.callbacks = own_callbacks  # their state is checkpointed, and given back on a resume
         if resumed is not None:
             _resume(state, resumed, out_dir / "last.pt")
         if state.scaler is not None:  # after the resume: a checkpoint may hold no momentum yet
@@ -149,7 +185,7 @@ def train(cfg: DictConfig, out_dir: Path) -> float:
 
     stop = SignalStop()
     # the user's callbacks before the recorders, so that what they add to an epoch's row is recorded
-    listeners = [stop, *own_callbacks, *(_recording_listeners(cfg, out_dir, device) if world.is_main else [])]
+    listeners = [stop, *own_callbacks.values(), *(_recording_listeners(cfg, out_dir, device) if world.is_main else [])]
     listeners += search.trial_listeners() if world.is_main else []  # last: every other listener has the epoch
     with notifying(listeners, state, stop.flag):
         _fit(cfg, state, test_batches, settings, listeners, stop.flag)
@@ -171,7 +207,7 @@ def _derive_lrs(cfg: DictConfig, cifar: ImageData, settings: StepSettings, out_d
     probe = build.range_test_probe(cfg, cifar, settings)
     return lr_finder.lrs_for_run(
         cfg.optimizer.lr,
-        cfg.scheduler.lr_min,
+        cfg.scheduler.get("lr_min"),  # (a torch schedule may have none)
         cfg.lr_finder,
         range_test=lambda: lr_finder.find_lr_range(cfg.lr_finder, probe, settings.device, out_dir, cfg.progress),
     )
@@ -210,21 +246,31 @@ def _training_state(
         n_test=len(cifar.test_labels),
         test_digest=cifar.test_digest(),  # evaluate checks it scores these very images
         classes=_class_names(cifar),  # what predict names the outputs
+        image_shape=list(cifar.image_shape),  # (height, width, channels): what predict resizes and converts to
         steps_per_epoch=len(loader),
         lr_min=lr_min,
         lr_max=lr_max,
         lr_source=lr_source,
     )
     if device.type == "cuda":  # for each epoch's model FLOPs utilisation
-        record.update(**_flops(model, record["config"]["model"], device))
+        record.update(**_flops(model, record["config"]["model"], device, _input_shape(record)))
     return TrainState(model, optimizer, scheduler, ema, loader, record, cfg.ema.start_epoch, scaler=scaler)
 
 
-def _flops(model: torch.nn.Module, model_cfg: dict, device: torch.device) -> dict[str, float | None]:
-    """The training FLOPs per image (counted once per model setting in a process: every sweep job of it shares
-    the count) and the card's peak, from which each epoch's MFU follows."""
-    per_image = jobcache.shared.get("flops", model_cfg, lambda: model_table.training_flops_per_image(model))
+def _flops(
+    model: torch.nn.Module, model_cfg: dict, device: torch.device, input_shape: tuple[int, int, int]
+) -> dict[str, float | None]:
+    """The training FLOPs per image (counted once per model setting and image shape in a process: every sweep job
+    of it shares the count) and the card's peak, from which each epoch's MFU follows."""
+    key = [model_cfg, list(input_shape)]
+    per_image = jobcache.shared.get("flops", key, lambda: model_table.training_flops_per_image(model, input_shape))
     return {"flops_per_image": per_image, "peak_flops": model_table.peak_flops(torch.cuda.get_device_name(device))}
+
+
+def _input_shape(record: RunRecord) -> tuple[int, int, int]:
+    """(channels, height, width) of the run's images, as a model takes them."""
+    height, width, channels = record["image_shape"]
+    return channels, height, width
 
 
 def _class_names(images: ImageData) -> list[str]:
@@ -288,9 +334,12 @@ def _fit(
     if cfg.warmup is True or (cfg.warmup == "auto" and settings.device.type == "cuda"):
         with clock.phase("warmup"), state.untouched():
             eval_batches = [cfg.eval_batch_size, state.record["n_test"] % cfg.eval_batch_size or cfg.eval_batch_size]
-            warm_up(trained, state.optimizer, settings, cfg.batch_size // ddp.world().size, eval_batches)
+            batch = cfg.batch_size // ddp.world().size
+            warm_up(trained, state.optimizer, settings, batch, eval_batches, _input_shape(state.record))
     step = _captured_step(cfg, state, trained, settings) if cfg.cuda_graph and state.epoch < cfg.epochs else None
     for epoch in range(state.epoch + 1, cfg.epochs + 1):
+        if ddp.broadcast(state.record.get("stopped_early")) is not None:  # a callback ended the run (every rank)
+            break
         started = time.perf_counter()
         steps_before = len(state.epoch_sums.lrs) if state.epoch_sums is not None else 0  # an epoch a stop cut short
         with clock.phase("train"):
@@ -315,6 +364,7 @@ def _fit(
         if state.record.get("peak_flops"):  # CUDA, a card of known peak: the model FLOPs utilisation
             row["mfu"] = row["images_per_s"] * state.record["flops_per_image"] / state.record["peak_flops"]
         state.record.add_epoch(row, result.lrs)
+        state.scheduler.after_epoch(row)  # a schedule stepped per epoch (interval: epoch; ReduceLROnPlateau)
         with clock.phase("write"):
             for listener in listeners:
                 listener.on_epoch_end(state, row, result)
@@ -329,7 +379,7 @@ def _captured_step(
         world = ddp.world()
         step = cuda_graph.capture_step(
             trained, state.optimizer, settings, cfg.batch_size // world.size, state.scaler, world.is_parallel,
-            cycles_momentum=cfg.scheduler.get("cycle_momentum", False),
+            cycles_momentum=cfg.scheduler.get("cycle_momentum", False), input_shape=_input_shape(state.record),
         )  # fmt: skip
         state.record.update(cuda_graph=step is not None, capture_s=time.perf_counter() - started)
     return step

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
@@ -32,6 +33,7 @@ import torch.distributed as dist
 from omegaconf import OmegaConf
 from torch import nn
 
+from resnet9.core.errors import USAGE_EXIT, exit_with
 from resnet9.training.loop import EpochSums
 
 # Rank 0's range test (≈ 10 min at full width on a small CPU) and its evaluations keep the others waiting
@@ -59,6 +61,25 @@ class World:
 def world() -> World:
     env = os.environ
     return World(int(env.get("RANK", 0)), int(env.get("LOCAL_RANK", 0)), int(env.get("WORLD_SIZE", 1)))
+
+
+def refuse_copies_without_torchrun() -> None:
+    """`srun -n2 python -m resnet9.train` starts two whole copies of the command, each training the job alone into
+    one output folder (neither knows of the other): refuse it in one line, from SLURM's first task only (the
+    others leave without a word), before anything is written. srun names its tasks in SLURM_STEP_NUM_TASKS
+    (sbatch's batch script, one process, has SLURM_NTASKS but no step); torchrun's processes know their world
+    (WORLD_SIZE), which must then take in every task of the step."""
+    tasks = os.environ.get("SLURM_STEP_NUM_TASKS", "1")
+    if not tasks.isdigit() or int(tasks) <= 1 or world().size >= int(tasks):
+        return
+    if os.environ.get("SLURM_PROCID", "0") != "0":
+        sys.exit(USAGE_EXIT)
+    alone = "without torchrun" if "WORLD_SIZE" not in os.environ else f"each in a torchrun world of {world().size}"
+    exit_with(
+        f"error: srun started {tasks} tasks of this command {alone}: each would train the whole job alone, into one "
+        f"output folder; let torchrun start the processes, one srun task per node: srun --ntasks-per-node=1 torchrun "
+        f"--nproc_per_node=<GPUs per node> -m resnet9.train ... (docs/cluster.md#data-parallel-srun-and-torchrun)"
+    )
 
 
 def is_active() -> bool:

@@ -1,6 +1,6 @@
 """What happens around the epochs: listeners the trainer notifies, each owning one concern.
 
-    SignalStop        SIGTERM/SIGINT raise a flag that the loop checks after every step
+    SignalStop        SIGTERM/SIGINT/SIGUSR2 raise a flag that the loop checks after every step
     CheckpointWriter  last.pt after every epoch (and at the step where a stop came, where that can resume)
     SummaryAndCurves          model_summary.txt, and curves.png at the end (drawn on the figure thread)
     TrackerLog        the experiment tracker (W&B): every step's loss and LR, epoch rows, figures, summary
@@ -9,7 +9,8 @@
 
 The trainer calls, in list order: `on_run_start` before the first epoch, `on_epoch_end` after each evaluated
 epoch, `on_stop` when a signal stopped training mid-epoch, and `on_run_end` with the final status
-(completed, failed, interrupted, or pruned by a search) however the run ends. `notifying` wraps the epochs and
+(completed, failed, interrupted, requeued -- stopped, and going back to the cluster's queue to resume by itself --,
+or pruned by a search) however the run ends. `notifying` wraps the epochs and
 turns what happened into that status.
 """
 
@@ -31,7 +32,7 @@ from resnet9.training import distributed, lr_finder
 from resnet9.training.loop import EpochResult, StopFlag, StopRequested
 from resnet9.training.state import TrainState
 
-log = logging.getLogger("resnet9.train")
+log = logging.getLogger(__name__)
 LONG_ON_A_CPU = 200_000  # images to train on (all epochs) above which a CPU run is worth a word
 EXPLODED = 3  # a test loss above 3 x ln 10 (3 x a uniform guess's loss) counts as exploded
 
@@ -70,7 +71,7 @@ def notifying(listeners: list[Listener], state: TrainState, stop: StopFlag) -> I
         state.record.update(stopped=str(pruned))
         raise
     except StopRequested as stop_request:
-        status = "interrupted"
+        status = stop_status(stop_request)
         state.record.update(stopped=str(stop_request))
         with clock.phase("write"):
             for listener in listeners:
@@ -107,7 +108,7 @@ def _tell_run_end(listeners: list[Listener], state: TrainState, status: str) -> 
 def job_record(out_dir: Path, config: Callable[[], dict[str, Any]], overrides: list[str]) -> Iterator[None]:
     """Every job leaves a metrics.json, even one that ends before its run record exists (a bad value, unreadable
     data, a signal during setup): then a short one, with the final status, the error line and the overrides, so
-    that a sweep's report counts the job under its setting. A SIGTERM/SIGINT before training ends the job at
+    that a sweep's report counts the job under its setting. A stop signal before training ends the job at
     once (nothing to save yet); from the first epoch on, `SignalStop` takes over."""
     path = out_dir / "metrics.json"
     # a resumed run's record is its own: a failure before it resumes leaves it as it was (not so a setup failure's)
@@ -120,17 +121,42 @@ def job_record(out_dir: Path, config: Callable[[], dict[str, Any]], overrides: l
         with signals.handled(stop_now):
             yield
     except BaseException as err:
+        if isinstance(err, StopRequested):  # (a stop in setup is decided here; one in training already was)
+            stop_status(err)
         files.put_back_earlier_record(out_dir)  # refused before it trained: .hydra/ describes the earlier run again
         ours_to_write = not path.exists() or _setup_record(path)  # (not if the run's own record began meanwhile)
         if not existed and ours_to_write and not isinstance(err, SystemExit):
             if isinstance(err, StopRequested | KeyboardInterrupt):
-                record = {"status": "interrupted", "stopped": one_line(err)}
+                status = stop_status(err) if isinstance(err, StopRequested) else "interrupted"
+                record = {"status": status, "stopped": one_line(err)}
             else:
                 record = {"status": "failed", "error": one_line(err)}
             record |= {"ended_in": "setup", "overrides": overrides}
             with contextlib.suppress(Exception):  # the record must never hide the error itself
                 files.write_json(path, {**record, "config": config(), "epochs": []})
         raise
+
+
+def stop_status(stop: StopRequested) -> str:
+    """How a stopped job is recorded: `requeued` when it goes back to the queue and resumes from last.pt by itself
+    (SIGUSR2 with submitit's requeuer behind it, or SIGTERM from SLURM requeuing the job), else `interrupted` (a
+    rerun resumes it). Decided once, when the run stops; `stop.requeued` carries it to the command's last line."""
+    if stop.requeued is None:
+        stop.requeued = signals.requeued_after(stop.signal)
+    return "requeued" if stop.requeued else "interrupted"
+
+
+def not_requeued(out_dir: Path, reason: str | None = None) -> None:
+    """A job whose record says `requeued` that nothing will requeue after all (submitit's requeuer declined: the
+    job reached its time limit `max_num_timeout` times; or a later stop, during a resumed run's setup, that no
+    requeue follows) is `interrupted` again, with the reason, so that the sweep's summary says so."""
+    path = out_dir / "metrics.json"
+    with contextlib.suppress(OSError, ValueError, AttributeError):  # the record must never hide the stop itself
+        record = json.loads(path.read_text())
+        if record.get("status") != "requeued":
+            return
+        stopped = record.get("stopped", "stopped") + (f"; not requeued: {reason}" if reason else "")
+        files.write_json(path, {**record, "status": "interrupted", "stopped": stopped})
 
 
 def _setup_record(path: Path) -> bool:
@@ -148,7 +174,7 @@ def one_line(err: BaseException) -> str:
 
 
 class SignalStop(Listener):
-    """SIGTERM/SIGINT set `flag` instead of killing the process; the previous handlers come back at the end.
+    """SIGTERM/SIGINT/SIGUSR2 set `flag` instead of killing the process; the previous handlers come back at the end.
 
     The loop checks the flag after every step, a safe point: the run then saves what it can and exits with
     128 + the signal number. Without a main thread (some launchers) there are no handlers and no flag.
@@ -222,7 +248,11 @@ class SummaryAndCurves(Listener):
         self.out_dir, self.model_cfg = out_dir, model_cfg
 
     def on_run_start(self, state: TrainState) -> None:
-        text = jobcache.shared.get("summary", self.model_cfg, lambda: model_table.describe(state.model))
+        height, width, channels = state.record.get("image_shape", (32, 32, 3))  # (a record made without data: CIFAR's)
+        shape = (channels, height, width)
+        text = jobcache.shared.get(
+            "summary", [self.model_cfg, list(shape)], lambda: model_table.describe(state.model, shape)
+        )
         files.write_text(self.out_dir / "model_summary.txt", text + "\n")
 
     def on_run_end(self, state: TrainState, status: str) -> None:
@@ -288,12 +318,15 @@ class TrackerLog(Listener):
                     {"lr_finder": self.out_dir / lr_finder.PLOT_NAME}, len(state.record["lr_per_step"]) - 1
                 )
             self.tracker.summary({key: state.record[key] for key in self.SUMMARY})
+            if state.record.get("stopped_early"):  # a callback ended it: at which epoch, and why
+                early = state.record["stopped_early"]
+                self.tracker.summary({"stopped_early_epoch": early["epoch"], "stopped_early": early["reason"]})
             if (self.out_dir / "last.pt").is_file():
                 self.tracker.log_checkpoint_file(self.out_dir / "last.pt")
         if status == "pruned":  # W&B shows it finished, with its state and the epoch it was stopped after
             self.tracker.summary({"status": "pruned", "pruned_at_epoch": state.record.get("pruned_at_epoch")})
         ended = status in ("completed", "pruned")
-        self.tracker.finish(exit_code=0 if ended else 1, preempted=status == "interrupted")
+        self.tracker.finish(exit_code=0 if ended else 1, preempted=status in ("interrupted", "requeued"))
 
 
 def _briefly(value: object) -> str:
@@ -314,13 +347,13 @@ class ConsoleLog(Listener):
     def on_run_start(self, state: TrainState) -> None:
         r = state.record
         log.info(
-            "%d train / %d test images on %s (%s); %s parameters; LRMIN=%.4g LRMAX=%.4g (%s)",
+            "%d train / %d test images on %s (%s); %s parameters; LRMIN=%s LRMAX=%.4g (%s)",
             r["n_train"],
             r["n_test"],
             r["device"],
             r["precision"],
             f"{r['parameters']:,}",
-            r["lr_min"],
+            "none" if r["lr_min"] is None else f"{r['lr_min']:.4g}",
             r["lr_max"],
             r["lr_source"],
         )
@@ -358,6 +391,8 @@ class ConsoleLog(Listener):
             return
         r = state.record
         self._warn_if_exploded(r)
+        if r.get("stopped_early"):
+            log.info("stopped early after epoch %d: %s", r["stopped_early"]["epoch"], r["stopped_early"]["reason"])
         log.info(
             "final test accuracy %.2f%% (best %.2f%% at epoch %d); training time %.1fs; results in %s",
             100 * r["final_test_acc"],

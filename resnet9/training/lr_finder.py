@@ -16,6 +16,7 @@ The command `python -m resnet9.lr_find [overrides]` (resnet9/lr_find.py) runs (o
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import functools
 import hashlib
 import io
@@ -37,9 +38,9 @@ from torch.utils.data import DataLoader
 from resnet9.analysis import plots
 from resnet9.core import files
 from resnet9.core.errors import ConfigError, UsageError
-from resnet9.training import build, lr_rules
+from resnet9.training import lr_rules
 
-log = logging.getLogger("resnet9.lr_find")
+log = logging.getLogger(__name__)
 
 JSON_NAME, PLOT_NAME = "lr_finder.json", "lr_finder.png"
 CURVE_NAME = "curve.json"  # a cache entry: the recorded curve alone
@@ -47,6 +48,15 @@ CURVE_NAME = "curve.json"  # a cache entry: the recorded curve alone
 
 class LRFinderError(UsageError):
     """The range test produced a curve too short to read."""
+
+
+@dataclass
+class RangeTestSetup:
+    """What an LR range test trains, built only when the cache has no answer (build.range_test_probe makes it),
+    and what keys that cache."""
+
+    key: dict  # everything that shapes the curve
+    build: Callable[[], tuple[nn.Module, torch.optim.Optimizer, Iterable]]
 
 
 @dataclass
@@ -132,7 +142,7 @@ def draw(result: LRRange, finder_cfg: DictConfig, path: Path) -> Path:
 
 
 def find_lr_range(
-    finder_cfg: DictConfig, probe: build.RangeTestSetup, device: torch.device, out_dir: Path, progress: bool = True
+    finder_cfg: DictConfig, probe: RangeTestSetup, device: torch.device, out_dir: Path, progress: bool = True
 ) -> LRRange:
     """LRMIN/LRMAX for this probe, read off the curve of an identical earlier test if the cache has one, else
     off a new test's.
@@ -141,45 +151,99 @@ def find_lr_range(
     sweep trains with the same LRMIN/LRMAX from one shared test, and seed statistics measure training noise,
     not range-test noise. Writes lr_finder.json now and lr_finder.png (on the figure thread) into `out_dir`.
     """
-    key = hashlib.sha256(json.dumps(probe.key, sort_keys=True).encode()).hexdigest()[:16]
-    cache_entry = Path(os.path.expanduser(finder_cfg.cache_dir)) / key
-    if finder_cfg.cache:
-        _check_cache_folder(cache_entry.parent)
-    history = _read_cache(cache_entry) if finder_cfg.cache else None
-    if history is not None:
-        log.info("LR range test: the curve of an identical earlier test (%s)", cache_entry)
-        result = derive_lr_range(history, finder_cfg)
-        result.cached = True
+    cache_entry = cache_entry_of(finder_cfg, probe)
+    if not finder_cfg.cache:
+        result = _new_test(finder_cfg, probe, device, progress, why="lr_finder.cache=false")
     else:
-        why = _why_no_cached_curve(finder_cfg.cache, cache_entry)
-        log.info(
-            "LR range test: %d training steps, LR %g to %g, to derive LRMIN/LRMAX (%s)",
-            finder_cfg.num_iter, finder_cfg.start_lr, finder_cfg.end_lr, why,
-        )  # fmt: skip
-        model, optimizer, loader = probe.build()
-        result = run_range_test(model, optimizer, loader, device, finder_cfg, progress)
-        if finder_cfg.cache:
-            _write_cache(cache_entry, result.history)
-    result.cache_key = key
+        _check_cache_folder(cache_entry.parent)
+        history = _read_cache(cache_entry)
+        if history is None:  # one job runs the test; the jobs started with it wait here, then read its curve
+            with _entry_locked(cache_entry):
+                history = _read_cache(cache_entry)
+                if history is None:
+                    why = _why_no_cached_curve(cache_entry)
+                    result = _new_test(finder_cfg, probe, device, progress, why)
+                    _write_cache(cache_entry, result.history)
+        if history is not None:
+            log.info("LR range test: the curve of an identical earlier test (%s)", cache_entry)
+            result = derive_lr_range(history, finder_cfg)
+            result.cached = True
+    result.cache_key = cache_entry.name
     files.write_json(out_dir / JSON_NAME, asdict(result))
     plots.in_background(draw, result, finder_cfg, out_dir / PLOT_NAME)
     return result
 
 
+def cache_entry_of(finder_cfg: DictConfig, probe: RangeTestSetup) -> Path:
+    """The cache entry (a folder) of this probe's curve: `lr_finder.cache_dir`/<a digest of the setup>."""
+    key = hashlib.sha256(json.dumps(probe.key, sort_keys=True).encode()).hexdigest()[:16]
+    return Path(os.path.expanduser(finder_cfg.cache_dir)) / key
+
+
+def _new_test(finder_cfg: DictConfig, probe: RangeTestSetup, device: torch.device, progress: bool, why: str) -> LRRange:
+    log.info(
+        "LR range test: %d training steps, LR %g to %g, to derive LRMIN/LRMAX (%s)",
+        finder_cfg.num_iter, finder_cfg.start_lr, finder_cfg.end_lr, why,
+    )  # fmt: skip
+    model, optimizer, loader = probe.build()
+    return run_range_test(model, optimizer, loader, device, finder_cfg, progress)
+
+
+@contextlib.contextmanager
+def _entry_locked(entry: Path) -> Iterator[None]:
+    """The cache entry's lock (an flock on `<entry>.lock` beside it) for the block: jobs of a sweep that start
+    together on a cold cache (a SLURM array, joblib) would otherwise each run the same test. The lock goes with
+    the process, however it ends, so a killed job never leaves the others waiting; the lock file goes with the
+    block. A cache folder that cannot hold the lock file (read-only, full) is used without it: at worst the test
+    runs twice, as before."""
+    lock_path = entry.with_name(f"{entry.name}.lock")
+    descriptor = _lock(lock_path)
+    try:
+        yield
+    finally:
+        if descriptor is not None:
+            with contextlib.suppress(OSError):  # removed while locked: a later job locks a file of its own
+                lock_path.unlink()
+            os.close(descriptor)  # (releases the lock)
+
+
+def _lock(path: Path) -> int | None:
+    """An open descriptor holding the exclusive flock on `path`, waiting for it if another process holds it; None
+    where the file cannot be made. A holder removes the file before it unlocks, so a lock won on a file no longer
+    at `path` is stale: then the new file is locked instead."""
+    while True:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)  # (the umask decides who shares it)
+        except OSError:
+            return None
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.info("LR range test: another job is running it for this setup; waiting for its curve (%s)", path)
+            fcntl.flock(descriptor, fcntl.LOCK_EX)
+        with contextlib.suppress(OSError):
+            held, named = os.fstat(descriptor), os.stat(path)
+            if (held.st_dev, held.st_ino) == (named.st_dev, named.st_ino):
+                return descriptor
+        os.close(descriptor)
+
+
 def lrs_for_run(
-    lr_max: float | str, lr_min: float | str, finder_cfg: DictConfig, range_test: Callable[[], LRRange]
-) -> tuple[float, float, str]:
+    lr_max: float | str, lr_min: float | str | None, finder_cfg: DictConfig, range_test: Callable[[], LRRange]
+) -> tuple[float | None, float, str]:
     """(LRMIN, LRMAX, where they came from): numbers from the config where given; where "auto", the range
-    test's (run only then) times `lr_finder.scale` and `lr_finder.max_scale` / `min_scale`."""
+    test's (run only then) times `lr_finder.scale` and `lr_finder.max_scale` / `min_scale`. A schedule without
+    `lr_min` (a torch scheduler) gets LRMIN from the range test when one runs for LRMAX, else none."""
     if lr_max != "auto" and lr_min != "auto":
-        return float(lr_min), float(lr_max), "config"
+        return None if lr_min is None else float(lr_min), float(lr_max), "config"
     found = range_test()
     max_scale, min_scale = finder_cfg.scale * finder_cfg.max_scale, finder_cfg.scale * finder_cfg.min_scale
     source = "range test (cached)" if found.cached else "range test"
     if (max_scale, min_scale) != (1, 1):
         source += f" x {max_scale:g}" if max_scale == min_scale else f" x {min_scale:g} (LRMIN), {max_scale:g} (LRMAX)"
     lr_max = found.lr_max * max_scale if lr_max == "auto" else float(lr_max)
-    lr_min = found.lr_min * min_scale if lr_min == "auto" else float(lr_min)
+    lr_min = found.lr_min * min_scale if lr_min in ("auto", None) else float(lr_min)
     history = found.history
     curve = lr_rules.Curve.trimmed(history["lr"], history["loss"], finder_cfg.skip_start, finder_cfg.skip_end)
     for doubt in lr_rules.doubts(curve, lr_min, lr_max):
@@ -208,9 +272,7 @@ def _check_cache_folder(folder: Path) -> None:
             return
 
 
-def _why_no_cached_curve(cache: bool, entry: Path) -> str:
-    if not cache:
-        return "lr_finder.cache=false"
+def _why_no_cached_curve(entry: Path) -> str:
     with contextlib.suppress(OSError):  # (a folder on the way we may not search: as if there were none)
         if (entry / CURVE_NAME).exists():
             return f"the cached curve {entry / CURVE_NAME} is unreadable or damaged; this test replaces it"

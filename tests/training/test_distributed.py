@@ -20,7 +20,7 @@ from test_resume import assert_same_run, metrics
 from resnet9.core.errors import ConfigError
 from resnet9.data import augment
 from resnet9.models.resnet9 import ResNet9
-from resnet9.training import schema
+from resnet9.training import distributed, schema
 
 WORKER = REPO / "tests" / "ddp_worker.py"
 
@@ -172,3 +172,33 @@ def test_albumentations_loader_ranks_split_the_same_shuffled_batches():
     for whole, *parts in zip(single, *halves, strict=True):
         assert [len(part) for part in parts] == [10, 10, 10]
         assert torch.equal(torch.cat(parts), whole)
+
+
+def test_srun_tasks_without_torchrun_are_refused_in_one_line_by_the_first_task(run_cli, tmp_path, monkeypatch):
+    """`srun -n2 python -m resnet9.train` would train two whole copies into one folder: refused before any work,
+    task 0 saying why and how (srun ... torchrun), the other task without a word."""
+    slurm_step = {"SLURM_JOB_ID": "7", "SLURM_NTASKS": "2", "SLURM_STEP_NUM_TASKS": "2", "SLURM_PROCID": "0"}
+    for key, value in slurm_step.items():
+        monkeypatch.setenv(key, value)
+    for key in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
+        monkeypatch.delenv(key, raising=False)
+    refused = run_cli("resnet9.train", f"hydra.run.dir={tmp_path / 'run'}")
+    assert refused.returncode == 2
+    (line,) = refused.stderr.strip().splitlines()
+    assert line.startswith("error: srun started 2 tasks of this command without torchrun: each would train the whole")
+    assert "srun --ntasks-per-node=1 torchrun --nproc_per_node=<GPUs per node> -m resnet9.train" in line
+    assert not (tmp_path / "run").exists()  # nothing written
+
+    monkeypatch.setenv("SLURM_PROCID", "1")  # the other task: the same refusal, silently
+    with pytest.raises(SystemExit) as ended:
+        distributed.refuse_copies_without_torchrun()
+    assert ended.value.code == 2
+    monkeypatch.setenv("WORLD_SIZE", "1")  # each task with a torchrun of its own: still two copies
+    monkeypatch.setenv("SLURM_PROCID", "0")
+    with pytest.raises(SystemExit):
+        distributed.refuse_copies_without_torchrun()
+    monkeypatch.setenv("WORLD_SIZE", "8")  # one torchrun per node, joined into one world: fine
+    distributed.refuse_copies_without_torchrun()
+    monkeypatch.delenv("WORLD_SIZE")
+    monkeypatch.delenv("SLURM_STEP_NUM_TASKS")  # sbatch -n2's batch script itself (SLURM_NTASKS=2, no step): one copy
+    distributed.refuse_copies_without_torchrun()

@@ -1,9 +1,15 @@
+import fcntl
 import json
 import logging
+import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import REPO
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from PIL import Image
@@ -187,3 +193,39 @@ def test_cli_runs_the_test_once_then_answers_from_the_cache(run_cli, synthetic_r
     second = run_cli("resnet9.lr_find", *args, "seed=5", f"hydra.run.dir={tmp_path}/b")
     assert second.returncode == 0 and "(cached curve;" in second.stdout  # a run seed does not change the test
     assert "every rule's LRMAX (lr_finder.rule=...): steepest " in second.stdout
+
+
+def test_jobs_started_together_on_a_cold_cache_run_one_range_test(synthetic_root, tmp_path, monkeypatch):
+    """Two jobs of a sweep start at once (a SLURM array, joblib) with the same setup and no cached curve: one runs
+    the test, the other waits for its lock and reads its curve. The test holds the lock itself until both are
+    waiting, so that they really arrive together."""
+    monkeypatch.setenv("RESNET9_CACHE", str(tmp_path / "cache"))
+    args = [f"data.root={synthetic_root}", "data.limit_train=400", "batch_size=40", "model.width=0.125",
+            "lr_finder.num_iter=30", "device=cpu", "progress=false"]  # fmt: skip
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        cfg = compose(config_name="lr_find", overrides=args)
+    settings = build.step_settings(cfg, torch.device("cpu"))
+    entry = lr_finder.cache_entry_of(cfg.lr_finder, build.range_test_probe(cfg, None, settings))
+    entry.parent.mkdir(parents=True)
+    held = os.open(entry.with_name(f"{entry.name}.lock"), os.O_RDWR | os.O_CREAT)
+    fcntl.flock(held, fcntl.LOCK_EX)
+    jobs = []
+    for name in ("a", "b"):
+        log = open(tmp_path / f"{name}.log", "w")  # noqa: SIM115 (closed with the process)
+        command = [sys.executable, "-m", "resnet9.lr_find", *args, f"hydra.run.dir={tmp_path / name}"]
+        jobs.append((subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT), log))
+    try:
+        deadline = time.monotonic() + 120
+        while not all("waiting for its curve" in (tmp_path / f"{n}.log").read_text() for n in "ab"):
+            if time.monotonic() > deadline or any(p.poll() is not None for p, _ in jobs):
+                pytest.fail("a job did not wait: " + " | ".join((tmp_path / f"{n}.log").read_text() for n in "ab"))
+            time.sleep(0.1)
+    finally:
+        os.close(held)  # both wait: let them go
+        for process, log in jobs:
+            process.wait(timeout=120)
+            log.close()
+    outputs = [(tmp_path / f"{n}.log").read_text() for n in "ab"]
+    assert sorted("(new test;" in text for text in outputs) == [False, True], outputs  # one test ran...
+    assert sum("(cached curve;" in text for text in outputs) == 1  # ...and the other job read its curve
+    assert [p.name for p in entry.parent.iterdir()] == [entry.name]  # the lock file went with the lock
