@@ -1,12 +1,15 @@
-"""A researcher's own parts for resnet9: a model, a schedule, a data set and a callback.
+"""A researcher's own parts for resnet9: a model, a schedule, data sets and a callback.
 
 Each is plain Python; a YAML file in conf/ names it with `_target_`, and resnet9 builds it. Run from this folder:
 
     PYTHONPATH=. resnet9-train --config-dir conf model=tiny scheduler=step data=cats_dogs callbacks=grad_norm
+    PYTHONPATH=. resnet9-train --config-dir conf data=upscaled64     # 64x64 RGB images
+    PYTHONPATH=. resnet9-train --config-dir conf data=grey28         # 28x28 grey images, one channel
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -18,14 +21,15 @@ from resnet9.data.datasets import ImageData, cifar10
 
 
 class TinyNet(nn.Module):
-    """Two convolutions and a linear head: a model of your own (any nn.Module taking (N, 3, 32, 32) images).
-    `width` scales its 32 and 64 channels, as model.width does ResNet9's."""
+    """Two convolutions and a linear head: a model of your own (any nn.Module taking (N, C, H, W) images; its
+    config gives it the data set's channels). `width` scales its 32 and 64 channels, as model.width does
+    ResNet9's; its global pooling takes any image size."""
 
-    def __init__(self, num_classes: int, width: float = 1.0) -> None:
+    def __init__(self, num_classes: int, width: float = 1.0, in_channels: int = 3) -> None:
         super().__init__()
         width = max(1, round(32 * width))
         self.features = nn.Sequential(
-            nn.Conv2d(3, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(in_channels, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(), nn.MaxPool2d(2),
             nn.Conv2d(width, 2 * width, 3, padding=1, bias=False), nn.BatchNorm2d(2 * width), nn.ReLU(),
             nn.AdaptiveMaxPool2d(1), nn.Flatten(),
         )  # fmt: skip
@@ -66,6 +70,33 @@ def cats_dogs(
 
     return ImageData(*pick(full.train_images, full.train_labels), *pick(full.test_images, full.test_labels),
                      classes=("cat", "dog"))  # fmt: skip
+
+
+def upscaled64(
+    root: str | Path, download: bool = True, limit_train: int | None = None, limit_test: int | None = None
+) -> ImageData:
+    """A data set at another size: CIFAR-10 with every pixel repeated 2x2, 64x64x3 images (Tiny-ImageNet's
+    size; the mean and std stay CIFAR-10's)."""
+    full = cifar10(root, download, limit_train, limit_test)
+
+    def upscaled(images: np.ndarray) -> np.ndarray:
+        return images.repeat(2, axis=1).repeat(2, axis=2)
+
+    return replace(full, train_images=upscaled(full.train_images), test_images=upscaled(full.test_images))
+
+
+def grey28(
+    root: str | Path, download: bool = True, limit_train: int | None = None, limit_test: int | None = None
+) -> ImageData:
+    """A one-channel data set: CIFAR-10's central 28x28 pixels in grey (MNIST's size), (N, 28, 28, 1) images."""
+    full = cifar10(root, download, limit_train, limit_test)
+
+    def grey(images: np.ndarray) -> np.ndarray:
+        # Pillow's luma in its own fixed-point arithmetic: resnet9-predict turns a colour photo grey with Pillow
+        red, green, blue = (images[:, 2:30, 2:30, i].astype(np.uint32) for i in range(3))
+        return ((red * 19595 + green * 38470 + blue * 7471 + 0x8000) >> 16).astype(np.uint8)[..., None]
+
+    return replace(full, train_images=grey(full.train_images), test_images=grey(full.test_images))
 
 
 class GradNorm:

@@ -104,10 +104,13 @@ def _run_config(checkpoint: dict, cfg: DictConfig, path: Path, allowed: set[str]
 
 def _upgraded(config: Any) -> Any:
     """A config saved by an earlier resnet9: its targets under their current names; before the `data` group,
-    CIFAR-10 as then, with that option's keys."""
+    CIFAR-10 as then, with that option's keys; before data options stated their images' shape, CIFAR's (the only
+    one then)."""
     config = targets.current_names(config)
-    if not isinstance(config, dict) or not isinstance(config.get("data"), dict) or "_target_" in config["data"]:
+    if not isinstance(config, dict) or not isinstance(config.get("data"), dict):
         return config
+    if "_target_" in config["data"]:
+        return {**config, "data": {"channels": 3, "image_size": 32, **config["data"]}}
     cifar10 = OmegaConf.to_container(OmegaConf.load(targets.PACKAGE_CONF / "data" / "cifar10.yaml"))
     return {**config, "data": {**cifar10, **config["data"]}}
 
@@ -161,11 +164,12 @@ def _draw(
     )
     from resnet9.analysis import gradcam  # grad-cam brings torchvision's models: 3.5 s of imports, paid only here
 
-    layer = gradcam.target_layer(model)
+    height, width, channels = cifar.image_shape
+    layer = gradcam.target_layer(model.float(), (channels, height, width))
     if layer is None:
-        logging.getLogger("resnet9").warning("GradCAM is not available for this model: it has no convolution")
+        logging.getLogger(__name__).warning("GradCAM is not available for this model: it has no convolution")
         return
-    maps = gradcam.class_activation_maps(model.float(), cifar.test_images[wrong], predicted[wrong].tolist(), stats)
+    maps = gradcam.class_activation_maps(model, cifar.test_images[wrong], predicted[wrong].tolist(), stats, layer)
     plots.image_gallery(  # an empty grid when there is no mistake to explain
         gradcam.overlays(cifar.test_images[wrong], maps),
         captions,

@@ -4,8 +4,10 @@
     python -m resnet9.predict --checkpoint run/last.pt photos/    # every image in a folder
     python -m resnet9.predict --top-k 5 --json cat.png            # machine-readable
 
-Images are converted to RGB; any size other than 32x32 is resized to it (area averaging when shrinking),
-with a note. Files that are not readable images stop with a one-line error and exit status 2.
+Images are converted to what the run trained on (RGB, or grey for a one-channel data set) and resized to its
+image size (`image_shape` in its last.pt: 32x32 for CIFAR and for checkpoints from before it was recorded; area
+averaging when shrinking), with a note. Files that are not readable images stop with a one-line error and exit
+status 2.
 """
 
 from __future__ import annotations
@@ -57,8 +59,9 @@ def image_paths(inputs: list[str]) -> list[Path]:
     return paths
 
 
-def load_image(path: Path) -> tuple[np.ndarray, str | None]:
-    """(32x32x3 uint8 image, a note on what was changed to get it: frames, depth, transparency, size)."""
+def load_image(path: Path, shape: tuple[int, int, int] = (32, 32, 3)) -> tuple[np.ndarray, str | None]:
+    """(uint8 image of `shape` (height, width, channels), a note on what was changed to get it: frames, depth,
+    transparency, size, colour)."""
     fix = "pass PNG/JPEG files"
     try:
         with warnings.catch_warnings():
@@ -71,11 +74,17 @@ def load_image(path: Path) -> tuple[np.ndarray, str | None]:
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as err:
         reason = first_line(err)
         raise UsageError(f"{path}: not a readable image ({reason}); {fix}") from None
-    if rgb.size != (32, 32):
-        notes.append(f"resized from {rgb.size[0]}x{rgb.size[1]} to 32x32")
-        shrinking = rgb.size[0] > 32 or rgb.size[1] > 32
-        rgb = rgb.resize((32, 32), Image.Resampling.BOX if shrinking else Image.Resampling.BILINEAR)
-    return np.asarray(rgb, dtype=np.uint8), "; ".join(notes) or None
+    height, width, channels = shape
+    if rgb.size != (width, height):  # (Pillow's sizes are width x height)
+        notes.append(f"resized from {rgb.size[0]}x{rgb.size[1]} to {width}x{height}")
+        shrinking = rgb.size[0] > width or rgb.size[1] > height
+        rgb = rgb.resize((width, height), Image.Resampling.BOX if shrinking else Image.Resampling.BILINEAR)
+    pixels = np.asarray(rgb, dtype=np.uint8)
+    if channels == 1:  # Pillow's grey (ITU-R 601-2 luma), as examples/mylab.py's grey data set is made
+        if not (pixels == pixels[..., :1]).all():
+            notes.append("converted to grey")
+        pixels = np.asarray(rgb.convert("L"), dtype=np.uint8)[..., None]
+    return pixels, "; ".join(notes) or None
 
 
 def _as_rgb(image: Image.Image, path: Path) -> tuple[Image.Image, list[str]]:
@@ -106,7 +115,7 @@ def _as_rgb(image: Image.Image, path: Path) -> tuple[Image.Image, list[str]]:
 def classify(
     model: torch.nn.Module, images: np.ndarray, device: torch.device, stats: augment.Stats = augment.CIFAR10_STATS
 ) -> np.ndarray:
-    """(N, 32, 32, 3) uint8 -> (N, classes) probabilities (the SoftMax), normalized exactly like the test images."""
+    """(N, H, W, C) uint8 -> (N, classes) probabilities (the SoftMax), normalized exactly like the test images."""
     model.eval()
     with torch.no_grad():
         logits = model(augment.normalize_images(images, stats).to(device))
@@ -120,6 +129,22 @@ def class_names(checkpoint: dict, count: int) -> tuple[str, ...]:
     if not (isinstance(names, list) and len(names) == count and all(isinstance(n, str) for n in names)):
         names = CLASSES if count == len(CLASSES) else [f"class {i}" for i in range(count)]
     return tuple(n[:40] for n in names)
+
+
+def image_shape(checkpoint: dict, path: Path) -> tuple[int, int, int]:
+    """(height, width, channels) of the images the run trained on (a file from disk: checked); 32x32 RGB for a
+    checkpoint from before it was saved, the only shape then."""
+    shape = checkpoint.get("image_shape")
+    if shape is None:
+        return 32, 32, 3
+    if isinstance(shape, list | tuple) and len(shape) == 3 and all(type(n) is int for n in shape):
+        height, width, channels = shape
+        if 8 <= height <= 4096 and 8 <= width <= 4096 and channels in (1, 3):  # no huge image from a crafted file
+            return height, width, channels
+    raise UsageError(
+        f"{path}: its image_shape {str(shape)[:60]} is no (height, width, channels) of 8..4096 pixels and 1 or 3 "
+        f"channels; pass a last.pt written by resnet9.train"
+    )
 
 
 def normalization(checkpoint: dict) -> augment.Stats:
@@ -164,7 +189,8 @@ def main(argv: list[str] | None = None) -> int:
             Path(checkpoint), device, "--checkpoint ", targets.permitted(args.config_dir)
         )
         paths = image_paths(args.inputs)
-        loaded = [load_image(path) for path in paths]
+        shape = image_shape(saved, Path(checkpoint))
+        loaded = [load_image(path, shape) for path in paths]
     probabilities = classify(model, np.stack([image for image, _ in loaded]), device, normalization(saved))
     classes = class_names(saved, probabilities.shape[1])
     if args.json:

@@ -3,7 +3,8 @@
     python -m resnet9.summary                 # the configured model (6,573,130 parameters at width 1.0)
     python -m resnet9.summary model.width=0.25
 
-Every training run also saves it as `model_summary.txt` in its output folder.
+The output sizes are for the data option's images (`data.image_size`, `data.channels`: CIFAR's 32x32 RGB by
+default). Every training run also saves it as `model_summary.txt` in its output folder.
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ def main() -> None:
 def _hydra_main(cfg: DictConfig) -> None:
     with exit_on_usage_error():
         schema.validate(cfg)
-        print(describe(build.built(cfg.model)))
+        height, width, channels = build.stated_shape(cfg.data)
+        print(describe(build.built(cfg.model, "model"), (channels, height, width)))
 
 
 if __name__ == "__main__":

@@ -16,13 +16,13 @@ PEAK_FLOPS = {"H200": 989e12, "H100 SXM": 989e12, "H100 PCIe": 756e12, "H100": 9
               "L40S": 362e12, "L4": 121e12, "A10G": 70e12, "V100": 125e12, "T4": 65e12}  # fmt: skip
 
 
-def describe(model: nn.Module) -> str:
-    """The table for one 3x32x32 image, computed on a CPU copy in eval mode: the model itself is untouched
-    (no BatchNorm statistics updated, no random numbers drawn)."""
+def describe(model: nn.Module, input_shape: tuple[int, int, int] = (3, 32, 32)) -> str:
+    """The table for one image of `input_shape` (channels, height, width), computed on a CPU copy in eval mode:
+    the model itself is untouched (no BatchNorm statistics updated, no random numbers drawn)."""
     probe = copy.deepcopy(model).float().to("cpu", memory_format=torch.contiguous_format)
     stats = summary(
         probe,
-        input_data=torch.zeros(1, 3, 32, 32),
+        input_data=torch.zeros(1, *input_shape),
         col_names=("output_size", "num_params", "kernel_size"),
         depth=4,
         mode="eval",
@@ -31,11 +31,11 @@ def describe(model: nn.Module) -> str:
     return str(stats)
 
 
-def training_flops_per_image(model: nn.Module) -> float:
-    """FLOPs of one training step per 32x32 image (forward and backward), counted by torch's FlopCounterMode on
-    a CPU copy (the model itself is untouched)."""
+def training_flops_per_image(model: nn.Module, input_shape: tuple[int, int, int] = (3, 32, 32)) -> float:
+    """FLOPs of one training step per image of `input_shape` (channels, height, width; forward and backward),
+    counted by torch's FlopCounterMode on a CPU copy (the model itself is untouched)."""
     probe = copy.deepcopy(model).float().to("cpu", memory_format=torch.contiguous_format).train()
-    images = torch.zeros(2, 3, 32, 32)  # two: BatchNorm needs more than one value per channel in training
+    images = torch.zeros(2, *input_shape)  # two: BatchNorm needs more than one value per channel in training
     with FlopCounterMode(display=False) as counter:
         probe(images).float().sum().backward()
     return counter.get_total_flops() / len(images)

@@ -116,8 +116,9 @@ def training_curves(metrics: dict[str, Any], path: Path) -> Path:
     steps_per_epoch = len(lrs) / len(epochs)
     lr_ax.plot([(i + 1) / steps_per_epoch for i in range(len(lrs))], lrs, color="tab:purple")
     lr_ax.axhline(metrics["lr_max"], color="tab:red", linestyle="--", label=f"LRMAX {metrics['lr_max']:.3g}")
-    lr_ax.axhline(metrics["lr_min"], color="tab:green", linestyle="--", label=f"LRMIN {metrics['lr_min']:.3g}")
-    lr_ax.set(title="Learning rate (One Cycle, per step)", xlabel="epoch", ylabel="learning rate")
+    if metrics.get("lr_min") is not None:  # (a torch schedule may have no LRMIN)
+        lr_ax.axhline(metrics["lr_min"], color="tab:green", linestyle="--", label=f"LRMIN {metrics['lr_min']:.3g}")
+    lr_ax.set(title="Learning rate (per step)", xlabel="epoch", ylabel="learning rate")
 
     losses = [loss for loss in column["train_loss"] + column["test_loss"] if loss > 0]
     if losses and max(losses) > 10 * min(losses):  # one exploding epoch would flatten the others on a linear axis
@@ -163,14 +164,18 @@ def confusion_matrix(matrix: np.ndarray, classes: tuple[str, ...], path: Path, t
 
 
 def image_gallery(images: np.ndarray, captions: list[str], path: Path, title: str, columns: int = 6) -> Path:
-    """uint8 HWC images in a grid, each with its caption (e.g. true vs predicted class and confidence)."""
+    """uint8 HWC images (RGB, or one grey channel) in a grid, each with its caption (e.g. true vs predicted class
+    and confidence)."""
     rows = max(1, -(-len(images) // columns))
     fig = Figure(figsize=(2.1 * columns, 2.4 * rows))
     axes = fig.subplots(rows, columns, squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for ax, image, caption in zip(axes.flat, images, captions, strict=False):
-        ax.imshow(image, interpolation="nearest")
+        if image.shape[-1] == 1:  # imshow takes grey as (H, W) only, and would colour it without a grey map
+            ax.imshow(image[..., 0], cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+        else:
+            ax.imshow(image, interpolation="nearest")
         ax.set_title(caption, fontsize=8)
     fig.suptitle(title)
     fig.tight_layout(rect=(0, 0, 1, 0.97))  # keep the first row's captions clear of the title

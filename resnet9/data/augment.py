@@ -1,7 +1,9 @@
 """The mission's augmentation, in two engines that draw from the same distribution.
 
-Train: reflect-pad 4 -> random 32x32 crop -> horizontal flip (p=0.5) -> normalize -> Cutout 8x8.
+Train: reflect-pad 4 -> random crop back to the image's size -> horizontal flip (p=0.5) -> normalize -> Cutout 8x8.
 Test:  normalize only.
+Any image size and 1 or 3 channels: `pad` and `cutout` are pixels (4 and 8: CIFAR's at 32 px, an eighth and a
+quarter of the side; e.g. 8 and 16 keep those proportions at 64 px).
 
 - `albumentations` (the reference): per-image albumentations pipelines in DataLoader workers.
 - `device` (the fast path, `DeviceLoader`): the whole uint8 dataset lives on the training device; each epoch
@@ -13,13 +15,15 @@ normalization). `engine: auto` picks `device`; see the README for the measured d
 Choices, following David Page's recipe for this network:
 - Padding is reflection without repeating the edge pixel (OpenCV BORDER_REFLECT_101, numpy "reflect"), so a
   crop never shows an artificial black border. Crop offsets are uniform in -pad..+pad on each axis.
-- Cutout is one 8x8 square placed uniformly so that it lies *fully inside* the 32x32 image (albumentations
+- Cutout is one 8x8 square placed uniformly so that it lies *fully inside* the image (albumentations
   2.x CoarseDropout draws its top-left corner in 0..H-h). It is applied after normalization with fill 0,
   i.e. the hole holds the dataset mean — the network sees "no information" there, not black.
 """
 
 from __future__ import annotations
 
+import copy
+import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -30,13 +34,14 @@ import numpy as np
 import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, Sampler, get_worker_info
 
+from resnet9.core.errors import ConfigError
+
 # Per-channel mean and std of the official CIFAR-10 training images, on the 0..1 scale.
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
 # (mean, std) per channel on the 0..1 scale: each data option's `data.mean`/`data.std` (conf/data/*.yaml).
 Stats = tuple[tuple[float, ...], tuple[float, ...]]
 CIFAR10_STATS: Stats = (CIFAR10_MEAN, CIFAR10_STD)
-IMAGE_SIZE = 32
 
 
 def _normalize(stats: Stats = CIFAR10_STATS) -> A.Normalize:
@@ -44,15 +49,21 @@ def _normalize(stats: Stats = CIFAR10_STATS) -> A.Normalize:
 
 
 def train_transform(
-    pad: int = 4, flip: bool = True, cutout: int = 8, seed: int | None = None, stats: Stats = CIFAR10_STATS
+    pad: int = 4,
+    flip: bool = True,
+    cutout: int = 8,
+    seed: int | None = None,
+    stats: Stats = CIFAR10_STATS,
+    size: tuple[int, int] = (32, 32),
 ) -> A.Compose:
-    """The training pipeline; `pad=0`, `flip=False`, `cutout=0` switch each part off."""
+    """The training pipeline for images of `size` (height, width); `pad=0`, `flip=False`, `cutout=0` switch each
+    part off."""
     steps: list[A.BasicTransform] = []
     if pad > 0:
-        size = IMAGE_SIZE + 2 * pad
+        height, width = size
         steps += [
-            A.PadIfNeeded(size, size, border_mode=cv2.BORDER_REFLECT_101),
-            A.RandomCrop(IMAGE_SIZE, IMAGE_SIZE),
+            A.PadIfNeeded(height + 2 * pad, width + 2 * pad, border_mode=cv2.BORDER_REFLECT_101),
+            A.RandomCrop(height, width),
         ]
     if flip:
         steps.append(A.HorizontalFlip(p=0.5))
@@ -76,7 +87,7 @@ def test_transform(stats: Stats = CIFAR10_STATS) -> A.Compose:
 
 
 def normalize_images(images: np.ndarray, stats: Stats = CIFAR10_STATS) -> torch.Tensor:
-    """uint8 (N, 32, 32, 3) -> float (N, 3, 32, 32), normalized exactly like the test images."""
+    """uint8 (N, H, W, C) -> float (N, C, H, W), normalized exactly like the test images."""
     normalize = test_transform(stats)
     return torch.from_numpy(np.stack([normalize(image=image)["image"] for image in images]).transpose(0, 3, 1, 2))
 
@@ -282,6 +293,7 @@ class DeviceLoader:
     ) -> None:
         if batch_size % world_size:
             raise ValueError(f"batch_size={batch_size} does not split evenly over {world_size} processes")
+        check_fits(images.shape[1:], pad, cutout, stats)
         self.pad, self.flip, self.cutout = (pad, flip, cutout) if train else (0, False, 0)
         self.images, self.labels = self._on_device(images, labels, device, train, copies)
         self.batch_size, self.train, self.device, self.memory_format = batch_size, train, device, memory_format
@@ -290,9 +302,11 @@ class DeviceLoader:
         self.my_part = slice(rank * per_rank, (rank + 1) * per_rank) if train else slice(None)
         self.generator = torch.Generator(device=device).manual_seed(seed)
         self.position = EpochPosition()
-        self.mean = torch.tensor(stats[0], device=device).view(1, 3, 1, 1) * 255
-        self.std = torch.tensor(stats[1], device=device).view(1, 3, 1, 1) * 255
-        self.pixel = torch.arange(IMAGE_SIZE, device=device)
+        self.mean = torch.tensor(stats[0], device=device).view(1, -1, 1, 1) * 255
+        self.std = torch.tensor(stats[1], device=device).view(1, -1, 1, 1) * 255
+        height, width = images.shape[1:3]
+        self.row_pixels = torch.arange(height, device=device)
+        self.col_pixels = torch.arange(width, device=device)
 
     def _on_device(
         self, images: np.ndarray, labels: np.ndarray, device: torch.device, train: bool, copies: dict | None
@@ -371,29 +385,51 @@ class DeviceLoader:
         if self.flip:
             draws["flip"] = torch.rand(count, generator=self.generator, device=self.device) < 0.5
         if self.cutout:
-            draws["top"] = self._uniform_ints(IMAGE_SIZE - self.cutout + 1, count)
-            draws["left"] = self._uniform_ints(IMAGE_SIZE - self.cutout + 1, count)
+            draws["top"] = self._uniform_ints(len(self.row_pixels) - self.cutout + 1, count)
+            draws["left"] = self._uniform_ints(len(self.col_pixels) - self.cutout + 1, count)
         return draws
 
     def augment(self, batch: torch.Tensor, draws: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
-        """uint8 (B, 3, 32 + 2 pad, 32 + 2 pad) -> normalized float (B, 3, 32, 32), each sample its own draw."""
+        """uint8 (B, C, H + 2 pad, W + 2 pad) -> normalized float (B, C, H, W), each sample its own draw."""
         count = batch.shape[0]
         draws = self.draw(count) if draws is None else draws
         if self.pad:
-            rows = draws["row"][:, None] + self.pixel  # (B, 32) source rows
-            cols = draws["col"][:, None] + self.pixel
+            rows = draws["row"][:, None] + self.row_pixels  # (B, H) source rows
+            cols = draws["col"][:, None] + self.col_pixels
             sample = torch.arange(count, device=self.device)[:, None, None]
-            # Advanced indexing on dims 0, 2, 3 gathers each sample's own window: (B, 32, 32, C).
+            # Advanced indexing on dims 0, 2, 3 gathers each sample's own window: (B, H, W, C).
             batch = batch[sample, :, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
         if self.flip:
             batch = torch.where(draws["flip"][:, None, None, None], batch.flip(3), batch)
         batch = (batch.float() - self.mean) / self.std
         if self.cutout:
             top, left = draws["top"][:, None, None], draws["left"][:, None, None]
-            ys, xs = self.pixel[None, :, None], self.pixel[None, None, :]
+            ys, xs = self.row_pixels[None, :, None], self.col_pixels[None, None, :]
             hole = (ys >= top) & (ys < top + self.cutout) & (xs >= left) & (xs < left + self.cutout)
             batch = batch.masked_fill(hole[:, None], 0.0)
         return batch.contiguous(memory_format=self.memory_format)
+
+
+def check_fits(image_shape: Sequence[int], pad: int, cutout: int, stats: Stats) -> None:
+    """The augmentation's sizes and the normalisation's channels against the images' (height, width, channels):
+    a ConfigError naming the key and the fix otherwise."""
+    height, width, channels = image_shape
+    side, shown = min(height, width), f"{height}x{width}"
+    if cutout > side:
+        raise ConfigError(
+            f"augment.cutout={cutout} is larger than the {shown} images; use at most {side} (a quarter of the side "
+            f"is CIFAR's proportion: augment.cutout={side // 4})"
+        )
+    if pad >= side:  # reflect padding mirrors the image once: it needs more pixels than it adds
+        raise ConfigError(
+            f"augment.pad={pad} does not fit the {shown} images; use at most {side - 1} (an eighth of the side is "
+            f"CIFAR's proportion: augment.pad={side // 8})"
+        )
+    if not len(stats[0]) == len(stats[1]) == channels:
+        raise ConfigError(
+            f"data.mean and data.std give {len(stats[0])} and {len(stats[1])} values for images of {channels} "
+            f"channel(s); give one mean and one std per channel"
+        )
 
 
 @dataclass(frozen=True)
@@ -430,7 +466,9 @@ class Augmentation:
         `copies`: where the device engine keeps (and finds) the images it put on the device.
         """
         if self.engine == "albumentations":
-            transform = train_transform(self.pad, self.flip, self.cutout, seed + RANK_SEED_STRIDE * rank, stats)
+            check_fits(images.shape[1:], self.pad, self.cutout, stats)
+            pipeline_seed = seed + RANK_SEED_STRIDE * rank
+            transform = train_transform(self.pad, self.flip, self.cutout, pipeline_seed, stats, images.shape[1:3])
             return albumentations_loader(images, labels, transform, batch_size, seed, num_workers, rank, world_size)
         return DeviceLoader(
             images,
@@ -513,6 +551,7 @@ class Pipeline:
     ) -> AlbumentationsLoader:
         steps = [*self.train, _normalize(stats), *self.after_normalize]
         transform = A.Compose(steps, seed=seed + RANK_SEED_STRIDE * rank)
+        _warn_if_resized(transform, images)
         return albumentations_loader(images, labels, transform, batch_size, seed, num_workers, rank, world_size)
 
     def test_loader(
@@ -527,3 +566,20 @@ class Pipeline:
     ) -> DataLoader:
         transform = test_transform(stats)
         return make_loader(images, labels, transform, batch_size, train=False, seed=0, num_workers=num_workers)
+
+
+def _warn_if_resized(transform: A.Compose, images: np.ndarray) -> None:
+    """One warning line where a pipeline turns the data's images into another size (conf/augment/albumentations.yaml
+    is written for 32 px: on 64 px images it would train on 32 px crops and test on whole images)."""
+    if len(images) == 0:
+        return
+    # a copy runs it: the run's own pipeline keeps its random state, so its draws stay the same
+    made = copy.deepcopy(transform)(image=images[0])["image"].shape
+    if made != images.shape[1:]:
+        height, width = images.shape[1:3]
+        logging.getLogger(__name__).warning(
+            "augment.train turns the data's %s images into %s ones, but the test images stay %s; write the "
+            "pipeline's sizes for the data (e.g. PadIfNeeded %dx%d, RandomCrop %dx%d)",
+            "x".join(map(str, images.shape[1:])), "x".join(map(str, made)), "x".join(map(str, images.shape[1:])),
+            height + 8, width + 8, height, width,
+        )  # fmt: skip

@@ -67,7 +67,8 @@ ROWS_PER_BATCH = TRAIN_SIZE // len(CIFAR10.train_files)  # 10,000 images in each
 
 @dataclass(frozen=True)
 class ImageData:
-    """Images are (N, 32, 32, 3) uint8 in HWC order; labels are (N,) int64 in 0..len(classes)-1.
+    """Images are (N, H, W, C) uint8, C = 1 (grey) or 3 (RGB), the same H, W, C for training and test (CIFAR:
+    32, 32, 3); labels are (N,) int64 in 0..len(classes)-1.
 
     `device_copies` keeps the copies of these images that training devices hold (augment.DeviceLoader fills
     it), so that jobs sharing this data in one process also share those copies.
@@ -89,11 +90,17 @@ class ImageData:
             digest.update(np.ascontiguousarray(array).data)
         return digest.hexdigest()
 
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """(height, width, channels) of every image: what the model, the augmentation and predict are sized by."""
+        height, width, channels = self.train_images.shape[1:]
+        return int(height), int(width), int(channels)
+
 
 def checked(data: object, source: str) -> ImageData:
     """A data set function's result as training reads it, or a DataError naming what is wrong with it: images
-    must be (N, 32, 32, 3) uint8, labels one integer per image in 0..len(classes)-1 (any integer type: they
-    are returned as int64)."""
+    must be (N, H, W, C) uint8 with H, W >= MIN_IMAGE_SIZE and C 1 or 3, the test images of the training images'
+    shape, labels one integer per image in 0..len(classes)-1 (any integer type: they are returned as int64)."""
     if not isinstance(data, ImageData):
         raise DataError(
             f"{source} returned a {type(data).__name__}, not a resnet9.data.datasets.ImageData; return "
@@ -106,23 +113,40 @@ def checked(data: object, source: str) -> ImageData:
         labels[f"{part}_labels"] = _checked_labels(
             getattr(data, f"{part}_labels"), len(images), len(data.classes), f"{source}'s {part}_labels"
         )
+    train_shape, test_shape = data.train_images.shape[1:], data.test_images.shape[1:]
+    if train_shape != test_shape:  # a model sized by one would be scored on the other
+        raise DataError(
+            f"{source}'s test_images are {_shown(test_shape)} but its train_images {_shown(train_shape)}; give "
+            f"both sets the same height, width and channels"
+        )
     return replace(data, **labels)
+
+
+# ResNet9 halves the image three times: below 8 px a map would vanish.
+MIN_IMAGE_SIZE = 8
+SHAPE_HINT = f"(N, H, W, C): N > 0, height and width >= {MIN_IMAGE_SIZE}, then 1 (grey) or 3 (RGB) channels"
+
+
+def _shown(shape: tuple[int, ...]) -> str:
+    return "x".join(map(str, shape))
 
 
 def _check_images(images: object, what: str) -> None:
     if not isinstance(images, np.ndarray):
-        raise DataError(f"{what} are a {type(images).__name__}; give a numpy array, (N, 32, 32, 3) uint8")
+        raise DataError(f"{what} are a {type(images).__name__}; give a numpy array, {SHAPE_HINT}, uint8")
     if images.dtype != np.uint8:
         raise DataError(
             f"{what} are {images.dtype}; give uint8 pixels 0-255 (for floats in 0..1: "
             f"(images * 255).round().astype(np.uint8))"
         )
-    if images.ndim != 4 or images.shape[1:] != (32, 32, 3) or len(images) == 0:
-        channels_first = images.ndim == 4 and images.shape[1] == 3
-        raise DataError(
-            f"{what} have the shape {images.shape}; give (N, 32, 32, 3), N > 0: height, width, then the RGB "
-            f"channels" + (" (for channels first: images.transpose(0, 2, 3, 1))" if channels_first else "")
-        )
+    fits = images.ndim == 4 and len(images) > 0 and min(images.shape[1:3]) >= MIN_IMAGE_SIZE
+    if not (fits and images.shape[3] in (1, 3)):
+        hint = ""
+        if images.ndim == 4 and images.shape[1] in (1, 3) and images.shape[3] not in (1, 3):
+            hint = " (for channels first: images.transpose(0, 2, 3, 1))"
+        elif images.ndim == 3:
+            hint = " (for grey images without a channel axis: images[..., None])"
+        raise DataError(f"{what} have the shape {images.shape}; give {SHAPE_HINT}{hint}")
 
 
 def _checked_labels(labels: object, images: int, classes: int, what: str) -> np.ndarray:

@@ -1,12 +1,14 @@
-"""The custom ResNet ("ResNet-9") of David Page's DAWNBench entry, for 32x32 CIFAR-10 images.
+"""The custom ResNet ("ResNet-9") of David Page's DAWNBench entry, for CIFAR-10's 32x32 images (and any other size).
 
     prep    Conv3x3(64)-BN-ReLU                                   32x32
     layer1  X = Conv3x3(128)-MaxPool2-BN-ReLU, out = X + Res(X)   16x16
     layer2  Conv3x3(256)-MaxPool2-BN-ReLU                          8x8
     layer3  X = Conv3x3(512)-MaxPool2-BN-ReLU, out = X + Res(X)   4x4
-    head    MaxPool4 - flatten - FC(512 -> 10)
+    head    global MaxPool (MaxPool4 at 32 px) - flatten - FC(512 -> 10)
 
-where Res(X) = Conv-BN-ReLU-Conv-BN-ReLU at the same width. Convolutions carry no bias (each is followed
+where Res(X) = Conv-BN-ReLU-Conv-BN-ReLU at the same width. The head's pool spans the whole last map, so any
+image of at least 8x8 pixels works (a 64x64 image leaves an 8x8 map, 28x28 a 3x3 one); `in_channels` is 1
+for grey images, 3 for RGB. Convolutions carry no bias (each is followed
 by BatchNorm, whose shift makes a bias redundant); the FC layer has one. At width 1.0 this is 6,573,130
 parameters.
 
@@ -48,26 +50,38 @@ class ResidualLayer(nn.Module):
         return x + self.res(x)
 
 
-class ResNet9(nn.Module):
-    """The mission's network. `width` scales every channel count (1.0 = the exact network)."""
+class GlobalMaxPool(nn.Module):
+    """The maximum of each channel's whole map, as `max_pool2d` with a window the size of the map: at 32 px input
+    the map is 4x4 and this is the very MaxPool2d(4) of Page's network, the same kernel (bit for bit, its ties
+    and backward included: tested); a larger image's larger map is still pooled to 1x1."""
 
-    def __init__(self, num_classes: int = 10, width: float = 1.0, logit_scale: float = 0.125) -> None:
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.max_pool2d(x, kernel_size=x.shape[-2:])
+
+
+class ResNet9(nn.Module):
+    """The mission's network. `width` scales every channel count (1.0 = the exact network); `in_channels`: the
+    images' channels (3 RGB, 1 grey)."""
+
+    def __init__(
+        self, num_classes: int = 10, width: float = 1.0, logit_scale: float = 0.125, in_channels: int = 3
+    ) -> None:
         super().__init__()
         if width <= 0:
             raise ValueError(f"model.width must be > 0, got {width}")
         c64, c128, c256, c512 = (max(1, round(c * width)) for c in (64, 128, 256, 512))
-        self.prep = conv_bn(3, c64)
+        self.prep = conv_bn(in_channels, c64)
         self.layer1 = ResidualLayer(c64, c128)
         self.layer2 = conv_bn(c128, c256, pool=True)
         self.layer3 = ResidualLayer(c256, c512)
-        self.pool = nn.MaxPool2d(4)
+        self.pool = GlobalMaxPool()
         self.fc = nn.Linear(c512, num_classes)
         self.logit_scale = logit_scale
         self.width = width
         self.num_classes = num_classes
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, 3, 32, 32) images -> (N, num_classes) logits."""
+        """(N, in_channels, H, W) images, H and W >= 8 -> (N, num_classes) logits."""
         x = self.layer3(self.layer2(self.layer1(self.prep(x))))
         return self.fc(torch.flatten(self.pool(x), 1)) * self.logit_scale
 

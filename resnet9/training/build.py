@@ -9,20 +9,21 @@ What each group's callable receives from the trainer is `targets.SUPPLIED`.
 from __future__ import annotations
 
 import contextlib
+import copy
+import inspect
 import logging
 import random
 import re
 import traceback
 import warnings
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate, to_absolute_path
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import nn
 
 from resnet9.core import jobcache
@@ -33,17 +34,33 @@ from resnet9.training import schema, state, targets, tracking
 from resnet9.training.cuda_graph import start_momentum
 from resnet9.training.distributed import World
 from resnet9.training.loop import Batches, StepSettings
+from resnet9.training.lr_finder import RangeTestSetup
+from resnet9.training.schedule import Stepped
 
 
-def built(node: DictConfig | dict, **kwargs: object) -> object:
+def built(node: DictConfig | dict, key: str | None = None, **kwargs: object) -> object:
     """Hydra's `instantiate`, except that our own one-line errors raised while building (a data set not found,
-    a setting out of range) come through as they are, not wrapped in Hydra's InstantiationException."""
+    a setting out of range) come through as they are, not wrapped in Hydra's InstantiationException; and that a
+    key a factory taking **kwargs passed on to a callable that refused it is one line naming the config's `key`
+    (the signature check before any work cannot see through **kwargs: torchvision's and timm's factories)."""
     try:
         return instantiate(node, **kwargs)
     except InstantiationException as err:
         if isinstance(err.__cause__, UsageError):
             raise err.__cause__ from None
+        refused = _refused_keyword(err.__cause__, node)
+        if key is not None and refused is not None:
+            raise ConfigError(
+                f"{key}.{refused} is not an argument of {node['_target_']} (nor of what it passes its keys on to); "
+                f"remove it or check the spelling"
+            ) from None
         raise
+
+
+def _refused_keyword(cause: BaseException | None, node: DictConfig | dict) -> str | None:
+    """The config key a TypeError says was unexpected, where the config gave it (not a bug deeper down)."""
+    found = re.search(r"unexpected keyword argument '(\w+)'", str(cause)) if isinstance(cause, TypeError) else None
+    return found.group(1) if found and found.group(1) in node else None
 
 
 def device(name: str, world: World | None = None) -> torch.device:
@@ -56,7 +73,7 @@ def device(name: str, world: World | None = None) -> torch.device:
     if name == "auto":
         problem = cuda_problem(rank_gpu)
         if problem is not None:
-            logging.getLogger("resnet9").warning(
+            logging.getLogger(__name__).warning(
                 "device=auto: this machine has a GPU but torch cannot use it (%s); training on the CPU. To use the "
                 "GPU, %s",
                 *problem,
@@ -203,13 +220,43 @@ def dataset(data_cfg: DictConfig) -> datasets.ImageData:
         options.pop(key, None)
     options["root"] = str(root)
     key = [options, _file_stamps(root)]
-    loaded = jobcache.shared.get("data", key, lambda: datasets.checked(built(options), data_cfg._target_))
+    loaded = jobcache.shared.get("data", key, lambda: datasets.checked(built(options, "data"), data_cfg._target_))
     if len(loaded.classes) != data_cfg.num_classes:
         raise ConfigError(
             f"data.num_classes={data_cfg.num_classes} but {data_cfg._target_} gave {len(loaded.classes)} classes; "
             f"set data.num_classes={len(loaded.classes)}"
         )
+    _check_shape(data_cfg, loaded.image_shape)
     return loaded
+
+
+def stated_shape(data_cfg: DictConfig | dict) -> tuple[int, int, int]:
+    """(height, width, channels) as the data option states them: `image_size` (a side, or [height, width]) and
+    `channels`."""
+    size = data_cfg["image_size"]
+    height, width = tuple(size) if isinstance(size, Sequence) else (size, size)
+    return height, width, data_cfg["channels"]
+
+
+def _check_shape(data_cfg: DictConfig, image_shape: tuple[int, int, int]) -> None:
+    """The option's stated shape against the images its function gave: the model is built for the former."""
+    height, width, channels = image_shape
+    stated = stated_shape(data_cfg)
+    if stated[2] != channels:
+        raise ConfigError(
+            f"data.channels={stated[2]} but {data_cfg._target_} gave images of {channels} channel(s); set "
+            f"data.channels={channels}"
+        )
+    if stated[:2] != (height, width):
+        raise ConfigError(
+            f"data.image_size={_as_value(stated[:2])} but {data_cfg._target_} gave {height}x{width} images; set "
+            f"data.image_size={_as_value((height, width))}"
+        )
+
+
+def _as_value(size: tuple[int, int]) -> str:
+    """A (height, width) as data.image_size writes it: one number for a square."""
+    return str(size[0]) if size[0] == size[1] else f"[{size[0]},{size[1]}]"
 
 
 def normalization(data_cfg: DictConfig | dict) -> Stats:
@@ -240,7 +287,7 @@ def model(model_cfg: DictConfig | dict, settings: StepSettings, reuse: bool = Fa
         model_cfg = OmegaConf.to_container(model_cfg, resolve=True)
 
     def make() -> nn.Module:
-        return built(OmegaConf.create(model_cfg)).to(settings.device, memory_format=settings.memory_format)
+        return built(OmegaConf.create(model_cfg), "model").to(settings.device, memory_format=settings.memory_format)
 
     if not reuse:
         return make()
@@ -262,7 +309,7 @@ def train_loader(
 ) -> Batches:
     """Augmented training batches of `batch_size` (this rank's slice under torchrun), drawn with `seed`."""
     world = world or World()
-    return built(cfg.augment).train_loader(
+    return built(cfg.augment, "augment").train_loader(
         cifar.train_images,
         cifar.train_labels,
         cfg.batch_size,
@@ -279,7 +326,7 @@ def train_loader(
 
 def test_loader(cfg: DictConfig, cifar: datasets.ImageData, settings: StepSettings) -> Batches:
     """The test images in order, normalised only, in batches of `eval_batch_size`."""
-    return built(cfg.augment).test_loader(
+    return built(cfg.augment, "augment").test_loader(
         cifar.test_images,
         cifar.test_labels,
         cfg.eval_batch_size,
@@ -346,12 +393,37 @@ def optimizer(optimizer_cfg: DictConfig, params: nn.Module, lr: float, **options
 
 
 def scheduler(
-    cfg: DictConfig, opt: torch.optim.Optimizer, lr_min: float, lr_max: float, steps_per_epoch: int
-) -> torch.optim.lr_scheduler.LRScheduler:
-    """The `scheduler` group's schedule over the run's epochs, stepped once per batch (schedule.py: its interface)."""
-    make = instantiate(cfg.scheduler)
+    cfg: DictConfig, opt: torch.optim.Optimizer, lr_min: float | None, lr_max: float, steps_per_epoch: int
+) -> Stepped:
+    """The `scheduler` group's schedule over the run's epochs (schedule.py: its interface), built with the derived
+    LRs in place (`${.lr_min}`, `${optimizer.lr}` read them) and given the arguments of the interface it takes."""
+    section = OmegaConf.to_container(with_lrs(cfg, lr_min, lr_max).scheduler, resolve=True)
+    plain = {key: value for key, value in section.items() if key not in targets.CONSUMED["scheduler"]}
+    make = instantiate(plain)
+    supplied = {"lr_min": lr_min, "lr_max": lr_max, "epochs": cfg.epochs, "steps_per_epoch": steps_per_epoch}
+    params = inspect.signature(make).parameters
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    given = {key: value for key, value in supplied.items() if key not in plain and (takes_any or key in params)}
     with _settings_checked_by("scheduler", cfg.scheduler):
-        return make(opt, lr_min=lr_min, lr_max=lr_max, epochs=cfg.epochs, steps_per_epoch=steps_per_epoch)
+        schedule = make(opt, **given)
+    return Stepped(
+        schedule, section.get("interval") or _default_interval(schedule), section.get("monitor") or "test_loss"
+    )
+
+
+def _default_interval(schedule: object) -> str:
+    return "epoch" if isinstance(schedule, torch.optim.lr_scheduler.ReduceLROnPlateau) else "step"
+
+
+def with_lrs(cfg: DictConfig, lr_min: float | None, lr_max: float) -> DictConfig:
+    """The config with the run's LRMAX as `optimizer.lr` and LRMIN as `scheduler.lr_min` (where it has one), so
+    that a schedule's keys interpolating them get the numbers."""
+    resolved = copy.deepcopy(cfg)
+    with open_dict(resolved):
+        resolved.optimizer.lr = lr_max
+        if lr_min is not None:
+            resolved.scheduler.lr_min = lr_min
+    return resolved
 
 
 def check_schedule(cfg: DictConfig, steps_per_epoch: int) -> None:
@@ -393,7 +465,7 @@ def trained_model(
         raise UsageError(f"{path}: its weights do not fit the model {config['model']}; {fix}") from None
     bad = sum(int((~torch.isfinite(t)).sum()) for t in network.state_dict().values() if t.is_floating_point())
     if bad:  # e.g. the last.pt of a run that diverged: whatever it predicts means nothing
-        logging.getLogger("resnet9").warning(
+        logging.getLogger(__name__).warning(
             "%s holds %d non-finite weights (did its training diverge?): its predictions mean nothing",
             path,
             bad,
@@ -404,14 +476,6 @@ def trained_model(
 def tracker(logger_cfg: DictConfig, **run: object) -> tracking.Tracker:
     """The experiment tracker of the `logger` group (W&B or none) for one run (config, dir, name, group, run_id)."""
     return instantiate(logger_cfg, _convert_="all")(**run)
-
-
-@dataclass
-class RangeTestSetup:
-    """What an LR range test trains, built only when the cache has no answer, and what keys that cache."""
-
-    key: dict  # everything that shapes the curve
-    build: Callable[[], tuple[nn.Module, torch.optim.Optimizer, Batches]]
 
 
 def range_test_probe(cfg: DictConfig, cifar: datasets.ImageData, settings: StepSettings) -> RangeTestSetup:

@@ -35,16 +35,24 @@ from resnet9.core.errors import first_line
 from resnet9.training.loop import StepSettings
 from resnet9.training.state import capture_rng, restore_rng
 
-log = logging.getLogger("resnet9")
+log = logging.getLogger(__name__)
 
 
 class CapturedStep:
-    """One training step as a CUDA graph: `step(images, labels)` -> (logits, loss), like the eager step."""
+    """One training step as a CUDA graph: `step(images, labels)` -> (logits, loss), like the eager step, for
+    batches of `batch` images of `input_shape` (channels, height, width: the data set's)."""
 
-    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, settings: StepSettings, batch: int):
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        settings: StepSettings,
+        batch: int,
+        input_shape: tuple[int, int, int] = (3, 32, 32),
+    ):
         self.model, self.optimizer, self.settings = model, optimizer, settings
         device = settings.device
-        self.images = torch.zeros(batch, 3, 32, 32, device=device).contiguous(memory_format=settings.memory_format)
+        self.images = torch.zeros(batch, *input_shape, device=device).contiguous(memory_format=settings.memory_format)
         self.labels = torch.zeros(batch, dtype=torch.long, device=device)
         self.lrs = [torch.zeros((), device=device) for _ in optimizer.param_groups]
         self.hyperparameters = _captured_hyperparameters(optimizer)
@@ -97,12 +105,14 @@ def capture_step(
     scaler: torch.amp.GradScaler | None = None,
     parallel: bool = False,
     cycles_momentum: bool = False,
+    input_shape: tuple[int, int, int] = (3, 32, 32),
 ) -> CapturedStep | None:
-    """The captured step, or None (with one line saying why) where the run must step eagerly."""
+    """The captured step for images of `input_shape` (channels, height, width), or None (with one line saying
+    why) where the run must step eagerly."""
     reason = why_not_captured(optimizer, settings, scaler, parallel, cycles_momentum)
     if reason is None:
         try:
-            return CapturedStep(model, optimizer, settings, batch)
+            return CapturedStep(model, optimizer, settings, batch, input_shape)
         except Exception as err:  # e.g. an operation a graph cannot hold
             reason = f"the capture failed ({first_line(err, limit=200)})"
     log.warning("cuda_graph=true: %s; training steps run eagerly", reason)

@@ -25,11 +25,13 @@ Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
 
 
 class StopRequested(Exception):
-    """A stop was asked for (SIGTERM/SIGINT); raised at the next step boundary, a safe point."""
+    """A stop was asked for (SIGTERM/SIGINT/SIGUSR2); raised at the next step boundary, a safe point. `requeued`:
+    whether the job goes back to the queue and resumes by itself (None until the run records how it ended)."""
 
     def __init__(self, signal: int, step: int | None = None) -> None:
         super().__init__(f"stopped by signal {signal}" + (f" after step {step}" if step is not None else ""))
         self.signal = signal
+        self.requeued: bool | None = None
 
 
 @dataclass
@@ -196,22 +198,25 @@ def warm_up(
     settings: StepSettings,
     train_batch: int,
     eval_batches: list[int],
+    input_shape: tuple[int, int, int] = (3, 32, 32),
 ) -> None:
     """One training step at the training batch's shape and one evaluation at each evaluation shape, on random
-    throwaway images: cuDNN autotunes its kernels (and torch.compile compiles) before the first epoch is
-    timed. Run it inside `TrainState.untouched()`, which undoes the step."""
+    throwaway images of `input_shape` (channels, height, width: the data set's): cuDNN autotunes its kernels (and
+    torch.compile compiles) before the first epoch is timed. Run it inside `TrainState.untouched()`, which undoes
+    the step."""
     labels = torch.randint(0, 10, (train_batch,), device=settings.device)
     model.train()
-    _train_step(model, _throwaway_images(train_batch, settings), labels, optimizer, settings, scaler=None)
+    images = _throwaway_images(train_batch, settings, input_shape)
+    _train_step(model, images, labels, optimizer, settings, scaler=None)
     optimizer.zero_grad(set_to_none=True)
     for size in dict.fromkeys(eval_batches):  # each shape once
-        predict(model, [(_throwaway_images(size, settings), labels[:0])], settings)
+        predict(model, [(_throwaway_images(size, settings, input_shape), labels[:0])], settings)
     if settings.device.type == "cuda":
         torch.cuda.synchronize(settings.device)
 
 
-def _throwaway_images(n: int, settings: StepSettings) -> torch.Tensor:
-    return torch.randn(n, 3, 32, 32, device=settings.device).contiguous(memory_format=settings.memory_format)
+def _throwaway_images(n: int, settings: StepSettings, input_shape: tuple[int, int, int]) -> torch.Tensor:
+    return torch.randn(n, *input_shape, device=settings.device).contiguous(memory_format=settings.memory_format)
 
 
 def _show_progress(bar: Any, sums: EpochSums, step: int) -> None:

@@ -53,9 +53,21 @@ Device = Annotated[
     str, _rule("auto, cpu or cuda[:N]", lambda v: isinstance(v, str) and re.fullmatch(r"auto|cpu|cuda(:\d+)?", v))
 ]
 Fraction = Annotated[float, Field(ge=0, lt=1)]
-# Per-channel normalisation of RGB images (0..1 scale).
-Channels = Annotated[list[Annotated[float, Field(ge=0, le=1)]], Field(min_length=3, max_length=3)]
-PositiveChannels = Annotated[list[Annotated[float, Field(gt=0, le=1)]], Field(min_length=3, max_length=3)]
+# Per-channel normalisation (0..1 scale): 3 values for RGB images, 1 for grey (DataConfig checks which).
+Channels = Annotated[list[Annotated[float, Field(ge=0, le=1)]], Field(min_length=1, max_length=3)]
+PositiveChannels = Annotated[list[Annotated[float, Field(gt=0, le=1)]], Field(min_length=1, max_length=3)]
+
+
+def _is_side(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 8
+
+
+# Pixels per side, or [height, width]: at least the 8 that ResNet9's three 2x poolings need (datasets.py).
+ImageSize = Annotated[
+    int | list[int],
+    _rule("a side >= 8 or [height,width], each >= 8", lambda v: _is_side(v) or (
+        isinstance(v, list) and len(v) == 2 and all(map(_is_side, v)))),
+]  # fmt: skip
 # A seed every random source takes as it is (NumPy's and albumentations' refuse negatives and >= 2**32).
 Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]
 
@@ -84,12 +96,14 @@ class ModelConfig(Option):
     # often a typo, would fail later in allocation with the tensor's size in bytes
     width: float | None = Field(None, gt=0, le=8, examples=[1.0])
     logit_scale: float | None = Field(None, gt=0, examples=[0.125])
+    in_channels: int | None = Field(None, ge=1, examples=[3])  # ${data.channels} in the package's models
 
 
 class AugmentConfig(Option):
-    pad: int | None = Field(None, ge=0, le=16, examples=[4])
+    # pixels, at any image size; what fits the images is checked once they are read (augment.check_fits)
+    pad: int | None = Field(None, ge=0, le=256, examples=[4])
     flip: bool | None = None
-    cutout: int | None = Field(None, ge=0, le=32, examples=[8])
+    cutout: int | None = Field(None, ge=0, le=1024, examples=[8])
     engine: Literal["auto", "device", "albumentations"] | None = None
     whole_epoch: Literal["auto", True, False] | None = Field(None, json_schema_extra=FREE)
 
@@ -107,10 +121,13 @@ class OptimizerConfig(Option):
 
 
 class SchedulerConfig(Option):
-    """`_partial_`: the trainer adds optimizer, lr_min, lr_max, epochs, steps_per_epoch (targets.SUPPLIED)."""
+    """`_partial_`: the trainer adds those of optimizer, lr_min, lr_max, epochs, steps_per_epoch that its callable
+    takes (targets.SUPPLIED); `lr_min`, `interval` and `monitor` it reads itself (schedule.py)."""
 
     partial: Literal[True] = Field(alias="_partial_")
-    lr_min: PositiveOrAuto = Field(examples=[0.04])
+    lr_min: PositiveOrAuto | None = Field(None, examples=[0.04])
+    interval: Literal["step", "epoch"] | None = None
+    monitor: str | None = None
     peak_epoch: Annotated[float, Field(gt=0)] | Literal["auto"] | None = Field(None, examples=[5])
     cycle_momentum: bool | None = None
 
@@ -150,8 +167,22 @@ class DataConfig(Option):
     # read by the trainer, not passed to the data set's function (targets.CONSUMED)
     num_workers: int = Field(ge=0)  # free on resume for the device engine only (state._comparable)
     num_classes: int = Field(ge=2, examples=[10])
+    # the images' shape, checked as they load (build.dataset)
+    channels: Literal[1, 3] = Field(examples=[3])
+    image_size: ImageSize = Field(examples=[32])
     mean: Channels = Field(examples=["[0.4914,0.4822,0.4465]"])
     std: PositiveChannels = Field(examples=["[0.2470,0.2435,0.2616]"])
+
+    @model_validator(mode="after")
+    def one_mean_and_std_per_channel(self) -> DataConfig:
+        channels = self.channels
+        if not len(self.mean) == len(self.std) == channels:
+            example = "[0.5]" if channels == 1 else "[0.5,0.5,0.5]"
+            raise ConfigError(
+                f"data.mean and data.std must give one value per channel ({channels}: data.channels={channels}), got "
+                f"{len(self.mean)} and {len(self.std)}; e.g. data.mean={example}"
+            )
+        return self
 
 
 class Normalization(Section):
@@ -230,6 +261,17 @@ class TrainConfig(Section):
     lr_finder: LRFinderConfig
 
     @model_validator(mode="after")
+    def model_takes_the_datas_channels(self) -> TrainConfig:
+        """A model given other input channels than the images have would fail at its first convolution."""
+        given, channels = self.model.in_channels, self.data.channels
+        if given is not None and given != channels:
+            raise ConfigError(
+                f"model.in_channels={given} but the data set's images have {channels} channel(s) (data.channels); "
+                f"e.g. model.in_channels={channels}, or follow the data: model.in_channels=${{data.channels}}"
+            )
+        return self
+
+    @model_validator(mode="after")
     def rules_across_fields(self, info: ValidationInfo) -> TrainConfig:
         """The rules that tie settings together. `processes`: torchrun's processes (validation context)."""
         processes = (info.context or {}).get("processes", 1)
@@ -245,7 +287,7 @@ class TrainConfig(Section):
                 "e.g. optimizer.momentum=0.9, or optimizer.nesterov=false for plain SGD"
             )
         lr, lr_min = self.optimizer.lr, self.scheduler.lr_min
-        if AUTO not in (lr, lr_min) and lr_min >= lr:
+        if AUTO not in (lr, lr_min) and lr_min is not None and lr_min >= lr:
             raise ConfigError(
                 f"scheduler.lr_min={lr_min} must be below the peak optimizer.lr={lr}; lower lr_min or raise lr"
             )

@@ -58,6 +58,7 @@ def test_step_attribution_benchmark_prints_its_table(cifar_root):
         assert classes["conv forward ms/step"] < sum(classes.values())
 
 
+@pytest.mark.slow
 def test_lr_regret_benchmark_prints_its_tables(cifar_root, tmp_path):
     result = subprocess.run(
         [sys.executable, "benchmarks/lr_regret.py", "--settings", "model.width=0.125", "--batch", "40", "--images",
@@ -132,6 +133,7 @@ def test_reencoding_damages_the_pixels_by_the_quality_asked_and_keeps_the_layout
     assert np.array_equal(images, smooth) and batch[b"labels"] == labels.tolist()
 
 
+@pytest.mark.slow
 def test_the_evidence_runner_keeps_each_parts_summary_and_builds_the_table_from_the_files(cifar_root, tmp_path):
     """Issue 14's GPU script, dry-run small on the CPU: the q50 copy is made and trained on, the options sweep runs,
     and the README's table is printed from the summary files alone."""
@@ -156,6 +158,7 @@ def test_the_evidence_runner_keeps_each_parts_summary_and_builds_the_table_from_
     assert len(rows) == 3 and "| eval_tta=True | 1 |" in table and "(all jobs)" in table
 
 
+@pytest.mark.slow
 def test_the_device_check_runs_its_rules_and_graph_stages_end_to_end_on_a_cpu(cifar_root, tmp_path):
     """The lent GPU's call is rare and short: its script's plumbing (sweeps, verdict, summary, what comes back
     from the machine: at most 8 files, none deeper than 2 folders) is rehearsed here."""
@@ -198,3 +201,17 @@ def test_the_rule_verdict_keeps_the_default_unless_it_loses_more_than_the_margin
                             capture_output=True, text=True, timeout=60)  # fmt: skip
     assert result.returncode == expected, result.stdout + result.stderr
     assert result.stdout.splitlines()[-1].startswith("verdict: ")
+
+
+def test_pipeline_cost_benchmark_prints_its_table(cifar_root):
+    """The three paths, one row each, with a positive rate; the device engine's is the unit of the last column."""
+    result = subprocess.run(
+        [sys.executable, "benchmarks/pipeline_cost.py", "--images", "200", "--batch-size", "50", "--rounds", "1",
+         "--data-root", str(cifar_root)],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = [[cell.strip() for cell in line.split("|")[1:-1]] for line in result.stdout.splitlines()
+            if line.startswith("| (")]  # fmt: skip
+    assert [row[0][:3] for row in rows] == ["(1)", "(2)", "(3)"]
+    assert all(float(row[2].replace(",", "")) > 0 for row in rows) and rows[0][4] == "1.0"

@@ -106,7 +106,7 @@ def test_evaluate_scores_the_runs_own_test_images_whatever_the_data_function_doe
     (tmp_path / "conf" / "data").mkdir(parents=True)
     (tmp_path / "conf" / "data" / "drifting.yaml").write_text(
         "_target_: drift.drifting\nroot: unused\ndownload: false\nlimit_train: 480\nlimit_test: null\n"
-        "num_workers: 0\nnum_classes: 4\nmean: [0.5, 0.5, 0.5]\nstd: [0.25, 0.25, 0.25]\n"
+        "num_workers: 0\nnum_classes: 4\nchannels: 3\nimage_size: 32\nmean: [0.5, 0.5, 0.5]\nstd: [0.25, 0.25, 0.25]\n"
     )
     env = {**os.environ, "WANDB_MODE": "offline", "PYTHONPATH": ".", "RESNET9_CACHE": str(tmp_path / "cache")}
 

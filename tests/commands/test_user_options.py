@@ -114,7 +114,8 @@ BAD_TARGETS = [
     (
         "unknown argument",
         "+model.depth=3",
-        "error: model.depth is not an argument of mylab.TinyNet(num_classes, width); remove it or check the spelling",
+        "error: model.depth is not an argument of mylab.TinyNet(num_classes, width, in_channels); remove it or check "
+        "the spelling",
     ),
     (
         "missing module",
@@ -125,7 +126,7 @@ BAD_TARGETS = [
     (
         "missing argument",
         "~model.num_classes",
-        "error: model.num_classes is missing: mylab.TinyNet(num_classes, width) requires it; add "
+        "error: model.num_classes is missing: mylab.TinyNet(num_classes, width, in_channels) requires it; add "
         "model.num_classes=<value>",
     ),
     ("missing class", "model._target_=mylab.HugeNet", "error: model._target_=mylab.HugeNet: mylab has no 'HugeNet'"),

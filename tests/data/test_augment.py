@@ -7,6 +7,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
+from resnet9.core.errors import ConfigError
 from resnet9.data import augment
 
 MEAN = np.array(augment.CIFAR10_MEAN, dtype=np.float32)
@@ -211,3 +212,83 @@ def test_the_yaml_pipeline_option_draws_exactly_what_the_reference_engine_draws(
             assert torch.equal(a, b)
     (batch, _), *_ = loaders[0]
     assert (batch == 0).all(dim=1).flatten(1).sum(1).eq(64).all()  # one 8x8 hole, filled with the mean, per image
+
+
+# Any image size and grey images: a non-square RGB image (rows and columns told apart) and a one-channel one.
+SIZED = {"48x64 RGB": ((48, 64, 3), augment.CIFAR10_STATS), "28x28 grey": ((28, 28, 1), ((0.4751,), (0.2345,)))}
+
+
+def draw_sized(engine: str, img: np.ndarray, stats: augment.Stats, n: int, **settings) -> np.ndarray:
+    """`draw` for images of any shape and normalisation: (n, H, W, C) float arrays."""
+    if engine == "albumentations":
+        transform = augment.train_transform(seed=0, stats=stats, size=img.shape[:2], **settings)
+        return np.stack([apply(transform, img) for _ in range(n)])
+    copies = np.repeat(img[None], n, axis=0)
+    loader = augment.DeviceLoader(copies, np.zeros(n, np.int64), n, torch.device("cpu"), train=True, stats=stats,
+                                  **settings)  # fmt: skip
+    return next(iter(loader))[0].numpy().transpose(0, 2, 3, 1)
+
+
+@pytest.mark.parametrize("sized", SIZED)
+@pytest.mark.parametrize("engine", ENGINES)
+def test_both_engines_crop_and_cut_out_any_image_size_and_grey_images(engine, sized):
+    """Crop offsets uniform over every ±pad shift of the reflect-padded image, and one cutout x cutout square
+    fully inside, placed anywhere it fits: the same pipeline as at 32 px, sized by the image."""
+    shape, stats = SIZED[sized]
+    img = np.random.default_rng(2).integers(0, 256, size=shape, dtype=np.uint8)
+    height, width, _ = shape
+    mean, std = np.array(stats[0], np.float32), np.array(stats[1], np.float32)
+    padded = (np.pad(img, ((2, 2), (2, 2), (0, 0)), mode="reflect").astype(np.float32) / 255 - mean) / std
+    shifts = Counter()
+    for out in draw_sized(engine, img, stats, 500, pad=2, flip=False, cutout=0):
+        assert out.shape == shape
+        shifts.update(
+            (dy, dx) for dy in range(5) for dx in range(5)
+            if np.allclose(out, padded[dy : dy + height, dx : dx + width], atol=1e-5)
+        )  # fmt: skip
+    assert sum(shifts.values()) == 500 and len(shifts) == 25  # each output one shift; all 5 x 5 of them occur
+    corners = Counter()
+    for out in draw_sized(engine, img, stats, 500, pad=0, flip=False, cutout=12):
+        ys, xs = np.nonzero(np.all(out == 0, axis=2))
+        assert len(ys) == 144 and (ys.max() - ys.min(), xs.max() - xs.min()) == (11, 11)
+        corners[ys.min(), xs.min()] += 1
+    rows, cols = zip(*corners, strict=True)
+    assert max(rows) <= height - 12 and max(cols) <= width - 12  # fully inside
+    assert max(rows) >= height - 14 and max(cols) >= width - 14 and min(rows) <= 2 and min(cols) <= 2  # anywhere
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_sizes_that_do_not_fit_the_images_are_one_line_naming_the_key(engine):
+    images, labels = np.zeros((8, 28, 28, 1), np.uint8), np.zeros(8, np.int64)
+    grey = ((0.5,), (0.25,))
+    cases = [
+        (augment.Augmentation(cutout=30, engine=engine), grey, "augment.cutout=30 is larger than the 28x28 images; "
+         "use at most 28 (a quarter of the side is CIFAR's proportion: augment.cutout=7)"),
+        (augment.Augmentation(pad=28, engine=engine), grey, "augment.pad=28 does not fit the 28x28 images; use at "
+         "most 27 (an eighth of the side is CIFAR's proportion: augment.pad=3)"),
+        (augment.Augmentation(engine=engine), augment.CIFAR10_STATS, "data.mean and data.std give 3 and 3 values for "
+         "images of 1 channel(s); give one mean and one std per channel"),
+    ]  # fmt: skip
+    for option, stats, line in cases:
+        with pytest.raises(ConfigError) as err:
+            option.train_loader(images, labels, 4, torch.device("cpu"), seed=0, stats=stats)
+        assert str(err.value) == line
+
+
+def test_a_yaml_pipeline_that_resizes_the_images_is_one_warning_line(caplog):
+    """conf/augment/albumentations.yaml crops 32x32: on 64x64 images it would train on crops and test on whole
+    images. One line says so. (The check runs a copy of the pipeline: its draws stay the reference engine's,
+    test_the_yaml_pipeline_option_draws_exactly_what_the_reference_engine_draws.)"""
+    conf = Path(__file__).resolve().parents[2] / "conf" / "augment"
+    pipeline = instantiate(OmegaConf.load(conf / "albumentations.yaml"))
+    images = np.random.default_rng(0).integers(0, 256, (8, 64, 64, 3), dtype=np.uint8)
+    with caplog.at_level("WARNING", logger="resnet9"):
+        pipeline.train_loader(images, np.zeros(8, np.int64), 4, torch.device("cpu"), seed=3)
+        (record,) = caplog.records
+        assert record.getMessage() == (
+            "augment.train turns the data's 64x64x3 images into 32x32x3 ones, but the test images stay 64x64x3; "
+            "write the pipeline's sizes for the data (e.g. PadIfNeeded 72x72, RandomCrop 64x64)"
+        )
+        caplog.clear()
+        pipeline.train_loader(images[:, :32, :32], np.zeros(8, np.int64), 4, torch.device("cpu"), seed=3)
+        assert not caplog.records  # the size it is written for: nothing to say

@@ -301,3 +301,30 @@ def test_a_run_on_a_data_set_of_float_images_is_refused_before_training(syntheti
     with pytest.raises(UsageError, match=r"^test_data.float_images's train_images are float64; give uint8"):
         train(cfg, tmp_path)
     assert not (tmp_path / "metrics.json").exists()
+
+
+@pytest.mark.parametrize("shape", [(64, 64, 3), (96, 96, 3), (28, 28, 1), (48, 64, 3), (8, 8, 1)])
+def test_a_data_set_of_any_size_from_8px_with_one_or_three_channels_is_accepted(shape):
+    rng = np.random.default_rng(0)
+    given = small_image_data(train_images=rng.integers(0, 256, (8, *shape), dtype=np.uint8),
+                             test_images=rng.integers(0, 256, (4, *shape), dtype=np.uint8))  # fmt: skip
+    assert datasets.checked(given, "mine.pairs").image_shape == shape
+
+
+WRONG_SHAPES = [
+    ({"train_images": np.zeros((8, 7, 32, 3), np.uint8)}, "train_images have the shape (8, 7, 32, 3); give (N, H, W, C)"
+     ": N > 0, height and width >= 8, then 1 (grey) or 3 (RGB) channels"),
+    ({"train_images": np.zeros((8, 32, 32, 2), np.uint8)}, "train_images have the shape (8, 32, 32, 2); give"),
+    ({"test_images": np.zeros((4, 28, 28), np.uint8)}, "(for grey images without a channel axis: images[..., None])"),
+    ({"test_images": np.zeros((4, 1, 28, 28), np.uint8)}, "(for channels first: images.transpose(0, 2, 3, 1))"),
+    ({"test_images": np.zeros((4, 64, 64, 3), np.uint8)}, "mine.pairs's test_images are 64x64x3 but its train_images "
+     "32x32x3; give both sets the same height, width and channels"),
+    ({"test_images": np.zeros((4, 32, 32, 1), np.uint8)}, "test_images are 32x32x1 but its train_images 32x32x3"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("changes, fragment", WRONG_SHAPES, ids=[f[:60] for _, f in WRONG_SHAPES])
+def test_a_data_set_of_the_wrong_shapes_is_one_line_naming_the_array_and_the_fix(changes, fragment):
+    with pytest.raises(DataError) as err:
+        datasets.checked(small_image_data(**changes), "mine.pairs")
+    assert_one_line(err, fragment)
