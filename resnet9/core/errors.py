@@ -34,7 +34,7 @@ class ConfigError(UsageError):
 
 
 class DataError(UsageError):
-    """Missing, unreadable or malformed CIFAR-10 data."""
+    """Missing, unreadable or malformed data: data set files, or what a data set function returned."""
 
 
 class TrainingDiverged(UsageError):
@@ -152,6 +152,13 @@ def _hydra_error_line(err: CompactHydraException) -> str:
         close = difflib.get_close_matches(key, [str(k) for k in parent.keys()], n=1)
         prefix = full_key[: len(full_key) - len(key)]
         hint = f" (did you mean {prefix}{close[0]}?)" if close else ""
+        target = parent.get("_target_") if "_target_" in parent else None
+        if target is not None and "." in full_key and not close:  # which option lacks it (a sweep over models)
+            hint = f" of {full_key.split('.')[0]} {target}{hint}"
+            return (
+                f"{full_key} is not a setting{hint}; keys differ between options (a sweep over several "
+                f"varies only the keys they share: docs/sweeps.md#options-with-their-own-keys)"
+            )
         return f"{full_key} is not a setting{hint}; --cfg job prints every setting with its value"
     lines = "; ".join(line.strip() for line in str(err).splitlines() if line.strip())
     return f"bad override: {lines}" if isinstance(err, OverrideParseException) else lines

@@ -10,23 +10,33 @@ the console (a line after the epoch's):
     on_stop(state)                      a SIGTERM/SIGINT stop, before last.pt is written
     on_run_end(state, status)           status: completed, interrupted or failed
 
-Under torchrun only rank 0 runs callbacks (it alone evaluates and records).
+A callback may steer: `state.stop_after_epoch(reason)` in `on_epoch_end` ends the run after that epoch, recorded
+as completed and stopped early at that epoch, with the reason (metrics.json `stopped_early`, W&B, the console).
+A callback with `state_dict()` / `load_state_dict(state)` has its state saved in last.pt and given back on a
+resume, so a resumed run decides as the uninterrupted one would. Two built-ins use both: `EarlyStopping` and
+`BestCheckpoint` (best.pt beside last.pt; evaluate and predict take either).
+
+Under torchrun only rank 0 runs callbacks (it alone evaluates and records); a stop reaches every rank.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import math
+from pathlib import Path
+from typing import Any, Literal
 
 import torch
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
+from resnet9.core import files
 from resnet9.core.errors import ConfigError
 from resnet9.training import build
 from resnet9.training.listeners import Listener as Callback
 from resnet9.training.loop import EpochResult
 from resnet9.training.state import TrainState
 
-__all__ = ["Callback", "WeightNorm"]
+__all__ = ["BestCheckpoint", "Callback", "EarlyStopping", "WeightNorm"]
 HOOKS = tuple(name for name in vars(Callback) if name.startswith("on_"))  # the trainer's hooks, as Listener has them
 
 
@@ -49,10 +59,15 @@ class SomeHooks(Callback):
     def on_run_end(self, state: TrainState, status: str) -> None:
         self._call("on_run_end", state, status)
 
-    def _call(self, hook: str, *args: object) -> None:
+    def _call(self, hook: str, *args: object) -> Any:
         method = getattr(self.callback, hook, None)
-        if method is not None:
-            method(*args)
+        return method(*args) if method is not None else None
+
+    def state_dict(self) -> Any:
+        return self._call("state_dict")
+
+    def load_state_dict(self, state: Any) -> None:
+        self._call("load_state_dict", state)
 
 
 def hooks_of(callback: object) -> list[str]:
@@ -69,12 +84,75 @@ class WeightNorm(Callback):
             row["weight_norm"] = float(torch.linalg.vector_norm(norms))
 
 
-def from_config(cfg: DictConfig) -> list[Callback]:
-    """The `callbacks` group's objects, in the order the config names them (resnet9/training/callbacks.py); one
-    with only some of the hooks is wrapped so that the others do nothing, and one with none is refused."""
-    made = []
+class Monitored:
+    """The best value so far of one number of the epoch's row (`monitor`), and how many epochs since it improved
+    by more than `min_delta` (`mode`: min for a loss, max for an accuracy)."""
+
+    def __init__(self, monitor: str, mode: Literal["min", "max"], min_delta: float = 0.0) -> None:
+        if mode not in ("min", "max"):
+            raise ConfigError(f"callbacks: mode={mode!r} must be min or max; e.g. mode=max for test_acc")
+        self.monitor, self.sign, self.min_delta = monitor, (1 if mode == "min" else -1), min_delta
+        self.best, self.best_epoch, self.since_best = math.inf, 0, 0
+
+    def improved(self, row: dict[str, Any]) -> bool:
+        value = row.get(self.monitor)
+        if not isinstance(value, int | float):
+            numbers = ", ".join(key for key, v in row.items() if isinstance(v, int | float))
+            raise ConfigError(f"callbacks: monitor={self.monitor} is not a number of the epoch's row; one of {numbers}")
+        if self.sign * value < self.best - self.min_delta:
+            self.best, self.best_epoch, self.since_best = self.sign * value, row["epoch"], 0
+            return True
+        self.since_best += 1
+        return False
+
+    def shown_best(self) -> str:
+        return f"best {self.monitor} {self.sign * self.best:.4g} at epoch {self.best_epoch}"
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best": self.best, "best_epoch": self.best_epoch, "since_best": self.since_best}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.best, self.best_epoch, self.since_best = state["best"], state["best_epoch"], state["since_best"]
+
+
+class EarlyStopping(Callback, Monitored):
+    """Ends the run when `monitor` has not improved by more than `min_delta` for `patience` epochs in a row."""
+
+    def __init__(self, monitor: str = "test_loss", mode: Literal["min", "max"] = "min", patience: int = 3,
+                 min_delta: float = 0.0) -> None:  # fmt: skip
+        Monitored.__init__(self, monitor, mode, min_delta)
+        self.patience = patience
+
+    def on_epoch_end(self, state: TrainState, row: dict[str, Any], result: EpochResult) -> None:
+        if not self.improved(row) and self.since_best >= self.patience:
+            state.stop_after_epoch(
+                f"{self.monitor} did not improve by more than {self.min_delta:g} for {self.patience} epochs "
+                f"({self.shown_best()})"
+            )
+
+
+class BestCheckpoint(Callback, Monitored):
+    """best.pt beside last.pt: the checkpoint of the epoch with the best `monitor` so far (evaluate and predict
+    take it as they take last.pt). `dirpath`: where, by default the run's output folder."""
+
+    def __init__(self, monitor: str = "test_acc", mode: Literal["min", "max"] = "max", filename: str = "best.pt",
+                 dirpath: str | None = None) -> None:  # fmt: skip
+        Monitored.__init__(self, monitor, mode)
+        self.filename, self.dirpath = filename, dirpath
+
+    def on_epoch_end(self, state: TrainState, row: dict[str, Any], result: EpochResult) -> None:
+        if self.improved(row):
+            folder = Path(self.dirpath or (HydraConfig.get().runtime.output_dir if HydraConfig.initialized() else "."))
+            files.save_torch(folder / self.filename, state.checkpoint(state.record["config"]))
+            row[f"best_{self.monitor}"] = self.sign * self.best
+
+
+def from_config(cfg: DictConfig) -> dict[str, Callback]:
+    """The `callbacks` group's objects by name, in the order the config names them (resnet9/training/callbacks.py);
+    one with only some of the hooks is wrapped so that the others do nothing, and one with none is refused."""
+    made = {}
     for name, node in (cfg.get("callbacks") or {}).items():
-        callback = build.built(node)
+        callback = build.built(node, f"callbacks.{name}")
         hooks = hooks_of(callback)
         strangers = [attr for attr in dir(callback) if attr.startswith("on_") and attr not in HOOKS]
         if not hooks or strangers:  # a misspelt hook would never be called, without a word
@@ -83,5 +161,5 @@ def from_config(cfg: DictConfig) -> list[Callback]:
                 f"callbacks.{name} ({node.get('_target_')}) {found}; the hooks are {', '.join(HOOKS)} "
                 f"(resnet9/training/callbacks.py says what each receives)"
             )
-        made.append(callback if len(hooks) == len(HOOKS) else SomeHooks(callback))
+        made[name] = callback if len(hooks) == len(HOOKS) else SomeHooks(callback)
     return made

@@ -1,9 +1,15 @@
-"""The LR schedules of the `scheduler` group, each stepped once per batch.
+"""The LR schedules of the `scheduler` group, and when a schedule steps.
 
 The interface (a user's own schedule follows it): a function or class called as
 `schedule(optimizer, lr_min=..., lr_max=..., epochs=..., steps_per_epoch=..., **its own YAML keys)` that returns
 a torch LR scheduler. LRMIN and LRMAX are the range test's (or the numbers given), and the optimizer starts at
-LRMAX; the schedule sets step 0's LR itself.
+LRMAX; the schedule sets step 0's LR itself. The trainer passes only the arguments the callable takes, so any
+torch scheduler class works as it is (`_target_: torch.optim.lr_scheduler.StepLR`): it starts from the
+optimizer's LR, LRMAX, and a key may take LRMIN or LRMAX by interpolation (`eta_min: ${.lr_min}`,
+`max_lr: ${optimizer.lr}`), which hold the derived numbers when the schedule is built.
+
+`interval` (`step`, the default, or `epoch`) says when it steps: after every batch, or after every epoch's
+evaluation; ReduceLROnPlateau steps on the epoch row's `monitor` key (default `test_loss`) after every epoch.
 
 `one_cycle` is the mission's: LRMIN -> LRMAX -> LRMIN, linear.
 
@@ -16,10 +22,11 @@ LR reaches LRMAX at step 484 of 0..2327 and falls linearly back to LRMIN at step
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 from torch.optim import Optimizer
-from torch.optim.lr_scheduler import LambdaLR, OneCycleLR
+from torch.optim.lr_scheduler import LambdaLR, LRScheduler, OneCycleLR, ReduceLROnPlateau
 
 from resnet9.core.errors import ConfigError
 
@@ -121,3 +128,42 @@ def warmup_cosine(
         return lr_min + (lr_max - lr_min) * 0.5 * (1 + math.cos(math.pi * min(done, 1.0)))
 
     return _relative(optimizer, lr_max, lr_at)
+
+
+class Stepped:
+    """A schedule and when it steps: `step()` after every batch (the training loop calls it, as it would a torch
+    scheduler's), `after_epoch(row)` once the epoch is evaluated (the trainer calls it). Its state is the
+    schedule's own, so checkpoints hold what they always held."""
+
+    def __init__(self, schedule: LRScheduler, interval: str = "step", monitor: str = "test_loss") -> None:
+        self.schedule, self.monitor = schedule, monitor
+        self.on_plateau = isinstance(schedule, ReduceLROnPlateau)
+        if self.on_plateau and interval == "step":
+            raise ConfigError(
+                "scheduler: ReduceLROnPlateau steps on a monitored value after each epoch; set "
+                "scheduler.interval=epoch (and scheduler.monitor, e.g. test_loss)"
+            )
+        self.per_batch = interval == "step"
+
+    def step(self) -> None:
+        if self.per_batch:
+            self.schedule.step()
+
+    def after_epoch(self, row: dict[str, Any]) -> None:
+        if self.per_batch:
+            return
+        if not self.on_plateau:
+            self.schedule.step()
+        elif isinstance(row.get(self.monitor), int | float):
+            self.schedule.step(row[self.monitor])
+        else:
+            numbers = ", ".join(key for key, value in row.items() if isinstance(value, int | float))
+            raise ConfigError(
+                f"scheduler.monitor={self.monitor} is not a number of the epoch's row; choose one of {numbers}"
+            )
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.schedule.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.schedule.load_state_dict(state)

@@ -25,7 +25,7 @@ import random
 import time
 import warnings
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -98,6 +98,7 @@ class RunRecord:
         "train_time_s",
         "lr_source",
         "tracker_run_id",
+        "stopped_early",  # a resumed run that a callback had ended stays ended
     )
 
     def __init__(self, clock: Stopwatch | None = None, **facts: Any) -> None:
@@ -151,6 +152,12 @@ class TrainState:
     epoch: int = 0
     epoch_sums: EpochSums | None = None  # the running sums of an epoch a stop interrupted
     scaler: torch.amp.GradScaler | None = None  # fp16's loss scaling (its scale adapts as training goes)
+    callbacks: dict[str, Any] = field(default_factory=dict)  # named; those with state_dict() are checkpointed
+
+    def stop_after_epoch(self, reason: str) -> None:
+        """End the run after this epoch, as completed (a callback's way: early stopping). The record says at which
+        epoch and why, in the checkpoint written next too, so a rerun of the folder does not train on."""
+        self.record.update(stopped_early={"epoch": self.epoch, "reason": reason})
 
     def averaging(self, epoch: int) -> AveragedModel | None:
         """The EMA that epoch `epoch` updates (and evaluates), or None before `ema.start_epoch`."""
@@ -188,6 +195,11 @@ class TrainState:
             "rng": capture_rng(self.device()),
             "record": self.record.state_dict(),
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "callbacks": {
+                name: callback.state_dict()
+                for name, callback in self.callbacks.items()
+                if callable(getattr(callback, "state_dict", None))
+            },  # fmt: skip
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -204,6 +216,10 @@ class TrainState:
         self.record.load_state_dict(state["record"])
         if self.scaler is not None and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
+        for name, saved in (state.get("callbacks") or {}).items():  # (none in checkpoints from before callbacks)
+            callback = self.callbacks.get(name)
+            if saved is not None and callable(getattr(callback, "load_state_dict", None)):
+                callback.load_state_dict(saved)
 
     @contextlib.contextmanager
     def untouched(self) -> Iterator[None]:
@@ -247,6 +263,7 @@ class TrainState:
             "lr_max": self.record["lr_max"],
             "test_acc": self.record.get("final_test_acc"),
             "classes": self.record.get("classes"),  # the outputs' names, for predict
+            "image_shape": self.record.get("image_shape"),  # (height, width, channels) predict resizes to
             "test_digest": self.record.get("test_digest"),  # the test images it was scored on, for evaluate
             "train_state": self.state_dict(),
         }
@@ -316,7 +333,8 @@ def _resumable_shape(checkpoint: Any) -> bool:
     """The parts read before the state is loaded: a dict with a config, the LRs, and a state with its record."""
     if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("config"), dict):
         return False
-    numbers = all(isinstance(checkpoint.get(key), float | int) for key in ("lr_min", "lr_max"))
+    numbers = isinstance(checkpoint.get("lr_max"), float | int)
+    numbers = numbers and isinstance(checkpoint.get("lr_min"), float | int | None)  # (none: a torch schedule's)
     train_state = checkpoint.get("train_state")
     record = train_state.get("record") if isinstance(train_state, dict) else None
     return numbers and isinstance(record, dict) and isinstance(record.get("lr_source"), str)
@@ -406,6 +424,10 @@ def _comparable(config: dict[str, Any]) -> dict[str, Any]:
     augment = config.get("augment") if isinstance(config.get("augment"), dict) else {}
     if augment.get("_target_") == DEVICE_ENGINE and augment.get("engine") != "albumentations":
         config.get("data", {}).pop("num_workers", None)
+    # saved before data options stated their images' shape: CIFAR's, the only one then (a run resumes across it)
+    for section, key, value in (("data", "channels", 3), ("data", "image_size", 32), ("model", "in_channels", 3)):
+        if isinstance(config.get(section), dict):
+            config[section].setdefault(key, value)
     for dotted in FREE_TO_CHANGE:
         *parents, leaf = dotted.split(".")
         node = config

@@ -29,12 +29,14 @@ from resnet9.core.errors import ConfigError, first_line
 # group -> the arguments the trainer passes to the group's callable when it builds it (resnet9/training/build.py).
 SUPPLIED: dict[str, tuple[str, ...]] = {
     "optimizer": ("params", "lr"),  # partial: called with the model's parameters and LRMAX
-    "scheduler": ("optimizer", "lr_min", "lr_max", "epochs", "steps_per_epoch"),  # partial, per-batch steps
+    # partial: of these, the ones its signature takes (a torch scheduler class takes the optimizer alone)
+    "scheduler": ("optimizer", "lr_min", "lr_max", "epochs", "steps_per_epoch"),
     "logger": ("config", "dir", "name", "group", "run_id", "tags", "system_metrics"),  # partial, one per run
 }
 # group -> keys the trainer reads itself and does not pass to the callable.
 CONSUMED: dict[str, tuple[str, ...]] = {
-    "data": ("num_workers", "num_classes", "mean", "std"),
+    "data": ("num_workers", "num_classes", "channels", "image_size", "mean", "std"),
+    "scheduler": ("lr_min", "interval", "monitor"),  # LRMIN (passed on where taken), when it steps, on what
 }
 HYDRA_KEYS = ("_target_", "_partial_", "_convert_", "_recursive_", "_args_")
 PACKAGE_CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -78,7 +80,10 @@ def check_callables(config: dict[str, Any], groups: Iterable[str]) -> None:
             for name, callback in (node or {}).items():
                 _check_node(callback, f"callbacks.{name}", (), ())
         elif isinstance(node, dict):
-            _check_node(node, group, SUPPLIED.get(group, ()), CONSUMED.get(group, ()))
+            supplied = SUPPLIED.get(group, ())
+            if group == "scheduler" and "lr_min" not in node:  # no LRMIN to pass: a schedule that needs one lacks it
+                supplied = tuple(name for name in supplied if name != "lr_min")
+            _check_node(node, group, supplied, CONSUMED.get(group, ()))
 
 
 def _check_node(node: Any, key: str, supplied: tuple[str, ...], consumed: tuple[str, ...]) -> None:

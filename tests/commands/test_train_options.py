@@ -461,7 +461,7 @@ class EpochHook:
 
 def test_a_callback_needs_only_the_hooks_it_uses_and_one_misspelt_is_refused():
     cfg = OmegaConf.create({"callbacks": {"end": {"_target_": "test_train_options.OnlyTheEnd"}}})
-    (callback,) = callbacks.from_config(cfg)
+    (callback,) = callbacks.from_config(cfg).values()
     callback.on_run_start(None)
     callback.on_epoch_end(None, {}, None)
     callback.on_stop(None)

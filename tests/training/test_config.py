@@ -88,7 +88,7 @@ BAD = [
     (("model.width=1e6",), "model.width must be less than or equal to 8, got 1000000.0; e.g. model.width=1.0"),
     (("data.limit_train=5",), "data.limit_train must be greater than or equal to 10, got 5; e.g. data.limit_train=1"),
     (("data.limit_train=100",), "batch_size=512 is larger than the 100 training images"),
-    (("augment.cutout=40",), "augment.cutout must be less than or equal to 32, got 40; e.g. augment.cutout=8"),
+    (("augment.cutout=2000",), "augment.cutout must be less than or equal to 1024, got 2000; e.g. augment.cutout=8"),
     (("augment.engine=gpu",), "augment.engine must be 'auto', 'device' or 'albumentations', got 'gpu'"),
     (("device=tpu",), "device must be auto, cpu or cuda[:N], got 'tpu'; e.g. device=auto"),
     (("logger.mode=sometimes",), "logger.mode must be 'offline', 'online' or 'disabled', got 'sometimes'"),
@@ -115,9 +115,24 @@ BAD = [
         "model._target_=resnet9.models.resnet9.ResNet10: resnet9.models.resnet9 has no 'ResN",
     ),
     (("model._target_=mymodels.TinyNet",), "model._target_=mymodels.TinyNet cannot be imported (no module 'mymode"),
-    (("data.mean=[0.5,0.5]",), "data.mean is not valid (list should have at least 3 items after validation, not 2)"),
+    (
+        ("data.mean=[0.5,0.5]",),
+        "data.mean and data.std must give one value per channel (3: data.channels=3), got 2 "
+        "and 3; e.g. data.mean=[0.5,0.5,0.5]",
+    ),
+    (("data.channels=1",), "data.mean and data.std must give one value per channel (1: data.channels=1), got 3 and 3"),
+    (("data.channels=2",), "data.channels must be 1 or 3, got 2; e.g. data.channels=3"),
+    (
+        ("data.image_size=[32,4]",),
+        "data.image_size must be a side >= 8 or [height,width], each >= 8, got [32, 4]; e.g. data.image_size=32",
+    ),
+    (
+        ("model.in_channels=1",),
+        "model.in_channels=1 but the data set's images have 3 channel(s) (data.channels); e.g. "
+        "model.in_channels=3, or follow the data: model.in_channels=${data.channels}",
+    ),
     (("~epochs",), "epochs is missing; e.g. epochs=24"),  # a missing key by its own name, not its section's
-    (("~scheduler.lr_min",), "scheduler.lr_min is missing; e.g. scheduler.lr_min=0.04"),
+    (("~scheduler.lr_min",), "scheduler.lr_min is missing: resnet9.training.schedule.one_cycle(optimizer, lr_min,"),
     (("~optimizer.lr",), "optimizer.lr is missing; e.g. optimizer.lr=0.4"),
 ]
 
