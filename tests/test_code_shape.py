@@ -32,7 +32,8 @@ def our_imports(tree: ast.Module) -> set[str]:
             if len(parts) == 1 and parts[0] in FLOORS:
                 found |= {f"{parts[0]}.{alias.name}" for alias in node.names}
             else:
-                found |= {".".join(parts)} if parts else {alias.name for alias in node.names}
+                # `from resnet9 import __version__`: the package's own root, beneath every floor
+                found |= {".".join(parts)} if parts else {a.name for a in node.names if a.name != "__version__"}
         elif isinstance(node, ast.Import):
             found |= {alias.name.removeprefix("resnet9.") for alias in node.names if alias.name.startswith("resnet9.")}
     return found
@@ -59,6 +60,39 @@ def test_each_floor_imports_nothing_above_it():
 def test_the_folders_are_the_floors_and_the_top_holds_the_commands_alone():
     assert {name.split(".")[0] for name in MODULES if "." in name} == set(FLOORS)
     assert {name for name in MODULES if "." not in name} == COMMANDS
+
+
+def import_circles() -> list[list[str]]:
+    """Every set of modules that import each other round a circle (type-hint imports included): the strongly
+    connected components of the import graph with more than one module, or a module importing itself."""
+    graph = {
+        name: {imported for imported in our_imports(tree) if imported in MODULES} for name, tree in MODULES.items()
+    }
+    order, low, stack, circles = {}, {}, [], []
+
+    def visit(module: str) -> None:  # Tarjan's algorithm
+        order[module] = low[module] = len(order)
+        stack.append(module)
+        for imported in graph[module]:
+            if imported not in order:
+                visit(imported)
+                low[module] = min(low[module], low[imported])
+            elif imported in stack:
+                low[module] = min(low[module], order[imported])
+        if low[module] == order[module]:
+            circle = stack[stack.index(module) :]
+            del stack[stack.index(module) :]
+            if len(circle) > 1 or module in graph[module]:
+                circles.append(sorted(circle))
+
+    for module in sorted(graph):
+        if module not in order:
+            visit(module)
+    return circles
+
+
+def test_no_modules_import_each_other_round_a_circle():
+    assert import_circles() == []
 
 
 def test_nothing_in_the_package_imports_the_trainer():
