@@ -3,6 +3,7 @@
 import json
 import os
 
+import pytest
 from test_train import small_run
 
 
@@ -10,6 +11,7 @@ def sweep_results(sweep) -> list[dict]:
     return [json.loads((sweep / job / "metrics.json").read_text()) for job in ("0", "1")]
 
 
+@pytest.mark.slow
 def test_submitit_local_runs_both_jobs_of_a_sweep(run_cli, cifar_root, tmp_path):
     sweep = tmp_path / "sweep"
     result = run_cli(
@@ -24,6 +26,7 @@ def test_submitit_local_runs_both_jobs_of_a_sweep(run_cli, cifar_root, tmp_path)
     assert json.loads((sweep / "summary.json").read_text())[0]["jobs"] == 2
 
 
+@pytest.mark.slow
 def test_joblib_runs_jobs_in_parallel_and_matches_the_basic_launcher_at_equal_threads(run_cli, cifar_root, tmp_path):
     common = [*small_run(cifar_root, "epochs=1", "scheduler.peak_epoch=0.5", "logger=none", "optimizer.lr=0.1",
                          "scheduler.lr_min=0.01"), "seed=0,1"]  # fmt: skip
