@@ -106,6 +106,7 @@ def test_kill_9_in_epoch_2_then_resume_ends_exactly_like_an_uninterrupted_run(sy
         assert_as_recorded(resumed, "device_engine_ema")
 
 
+@pytest.mark.slow
 def test_sigterm_to_a_sweep_job_stops_at_a_step_ends_the_sweep_and_a_rerun_resumes_it(
     synthetic_root, tmp_path, uninterrupted
 ):

@@ -201,6 +201,7 @@ def test_same_seed_same_result(synthetic_root, tmp_path, engine):
     assert other["epochs"][0]["train_loss"] != results[0]["epochs"][0]["train_loss"]
 
 
+@pytest.mark.slow
 @requires_real_data
 def test_one_epoch_on_5000_real_images_beats_chance(run_cli, tmp_path):
     out = tmp_path / "run"

@@ -106,6 +106,7 @@ def test_torchrun_trains_one_job_into_one_folder_written_by_rank_zero(straight_r
     assert "INFO" not in (run / "train.rank1.log").read_text()  # rank 1 only warns
 
 
+@pytest.mark.slow
 def test_sigterm_to_torchrun_keeps_the_last_epoch_and_a_rerun_resumes_exactly(cifar_root, tmp_path, straight_run):
     train = [*four_epochs(cifar_root), "logger=none"]
     out = tmp_path / "run"

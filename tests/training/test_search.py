@@ -155,6 +155,7 @@ def test_a_search_killed_with_sigkill_resumes_its_study_without_repeating_done_t
     assert [row["failed"] for row in json.loads((sweep / "summary.json").read_text())].count(1) == 1
 
 
+@pytest.mark.slow
 def test_two_processes_on_one_sqlite_study_train_different_trials_and_reach_n_trials(synthetic_root, tmp_path):
     """The same command twice at once, the sampler's seed the default (0) in both: different trials, and different
     values (each trial's sampler is seeded from the seed and the trial's number; one seed for both drew alike)."""
@@ -224,6 +225,7 @@ def test_a_missing_driver_is_one_line_naming_the_package(monkeypatch):
         search.open_storage("postgresql+psycopg2://u@127.0.0.1:1/db")
 
 
+@pytest.mark.slow
 def test_the_same_command_again_continues_the_study_in_the_default_folder(synthetic_root, tmp_path):
     """No hydra.sweep.dir: a search's folder is multirun/optuna/<study name> (its study.db inside), so a second
     invocation from the same folder continues the study; naming that folder as hydra.sweep.dir does too."""
