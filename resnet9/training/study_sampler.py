@@ -2,8 +2,8 @@
 number). Imported only where a search runs (it needs Optuna, the `search` extra).
 
 Why per trial: Optuna numbers a study's trials once, over every worker and invocation, so the number is what tells
-two trials apart. Workers started together with the same seed (the default: `hydra.sweeper.sampler.seed: 0`)
-used to build the same sampler and draw the same first values; seeded per trial, trial 0 and trial 1 draw
+two trials apart. Workers started together with one sampler seeded alike (the default:
+`hydra.sweeper.sampler.seed: 0`) would draw the same first values; seeded per trial, trial 0 and trial 1 draw
 differently whoever asks for them. A single worker's search stays reproducible: trial n draws from the seed, n and
 the trials the study held when it asked, and a rerun that continues a study draws for new numbers, so new values.
 """

@@ -3,8 +3,8 @@ needs Optuna and SQLAlchemy (the `search` extra), imported only where a search r
 
 - One storage per process and URL (`cached`): the sweeper, every trial it runs in its own process, and the report
   share one engine and its connection pool; `close_all` disposes of them when the sweep ends, and at the process's
-  exit (atexit) in a launcher's worker. (Each trial used to open a storage of its own that kept its connections
-  until the process ended: one worker held 10 after 8 trials, and PostgreSQL allows 100 in all.)
+  exit (atexit) in a launcher's worker. A storage per trial would keep its connections until the process ended,
+  and a PostgreSQL server allows 100 in all.
 - Every call rides out an outage (`RetryingStorage`): a call that fails because the database does not answer is
   tried again, with back-off, until the database has been silent for `retry_s` in this process; then the call
   ends in one line (`StudyUnavailable`), and so does every later call that finds it still silent.
