@@ -34,6 +34,7 @@ from resnet9.core.errors import ConfigError
 from resnet9.training import build
 from resnet9.training.listeners import Listener as Callback
 from resnet9.training.loop import EpochResult
+from resnet9.training.schedule import monitored
 from resnet9.training.state import TrainState
 
 __all__ = ["BestCheckpoint", "Callback", "EarlyStopping", "WeightNorm"]
@@ -95,10 +96,7 @@ class Monitored:
         self.best, self.best_epoch, self.since_best = math.inf, 0, 0
 
     def improved(self, row: dict[str, Any]) -> bool:
-        value = row.get(self.monitor)
-        if not isinstance(value, int | float):
-            numbers = ", ".join(key for key, v in row.items() if isinstance(v, int | float))
-            raise ConfigError(f"callbacks: monitor={self.monitor} is not a number of the epoch's row; one of {numbers}")
+        value = monitored(row, self.monitor, "callbacks: monitor")
         if self.sign * value < self.best - self.min_delta:
             self.best, self.best_epoch, self.since_best = self.sign * value, row["epoch"], 0
             return True

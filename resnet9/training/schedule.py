@@ -130,6 +130,16 @@ def warmup_cosine(
     return _relative(optimizer, lr_max, lr_at)
 
 
+def monitored(row: dict[str, Any], key: str, setting: str) -> float:
+    """The epoch row's number at `key` (what a schedule or a callback monitors), or one line naming the setting and
+    the keys it could name."""
+    value = row.get(key)
+    if not isinstance(value, int | float):
+        numbers = ", ".join(name for name, number in row.items() if isinstance(number, int | float))
+        raise ConfigError(f"{setting}={key} is not a number of the epoch's row; choose one of {numbers}")
+    return value
+
+
 class Stepped:
     """A schedule and when it steps: `step()` after every batch (the training loop calls it, as it would a torch
     scheduler's), `after_epoch(row)` once the epoch is evaluated (the trainer calls it). Its state is the
@@ -154,13 +164,8 @@ class Stepped:
             return
         if not self.on_plateau:
             self.schedule.step()
-        elif isinstance(row.get(self.monitor), int | float):
-            self.schedule.step(row[self.monitor])
         else:
-            numbers = ", ".join(key for key, value in row.items() if isinstance(value, int | float))
-            raise ConfigError(
-                f"scheduler.monitor={self.monitor} is not a number of the epoch's row; choose one of {numbers}"
-            )
+            self.schedule.step(monitored(row, self.monitor, "scheduler.monitor"))
 
     def state_dict(self) -> dict[str, Any]:
         return self.schedule.state_dict()
