@@ -140,6 +140,8 @@ def _task_started() -> None:
 
 def _hydra_error_line(err: CompactHydraException) -> str:
     cause = err.__cause__
+    if isinstance(cause, UsageError):  # a plugin's own check, e.g. of a launcher setting, already says it all
+        return str(cause)
     if isinstance(err, MissingConfigException) and err.options and err.missing_cfg_file:
         group = re.search(r"Available options in '([^']+)'", str(err))  # (an option may hold a slash)
         group = group.group(1) if group else err.missing_cfg_file.rsplit("/", 1)[0]

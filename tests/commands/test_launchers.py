@@ -61,3 +61,16 @@ def test_the_trainers_functions_pickle_by_value_as_submitit_and_joblib_send_them
     for value in trainer.values():
         if callable(value) and getattr(value, "__module__", None) == "launched":
             cloudpickle.dumps(value)  # raises TypeError where a function cannot travel
+
+
+def test_the_slurm_launcher_refuses_fewer_than_one_job_per_task_in_one_line(run_cli, cifar_root, tmp_path):
+    """hydra.launcher.jobs_per_task (conf/hydra/launcher/slurm.yaml) is checked before anything is submitted (the
+    packed sweeps themselves run on the test cluster: tests/commands/test_slurm.py)."""
+    result = run_cli("resnet9.train", "--multirun", "hydra/launcher=slurm", "hydra.launcher.jobs_per_task=0",
+                     f"data.root={cifar_root}", "seed=0,1", f"hydra.sweep.dir={tmp_path / 'sweep'}")  # fmt: skip
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        "error: hydra.launcher.jobs_per_task=0: give 1 (one SLURM task per job) or more (that many jobs one after "
+        "another in each task)"
+    )
+    assert not (tmp_path / "sweep" / ".submitit").exists()  # nothing submitted
