@@ -57,12 +57,13 @@ def require_cluster() -> None:
 
 class Sweep:
     """`python -m resnet9.train --multirun hydra/launcher=slurm ...` into its own folder, in the background; a
-    thread keeps the first record of job 0 with each status (a requeued job's record is soon its rerun's)."""
+    thread keeps the first record of the `watched` job with each status (a requeued job's record is soon its
+    rerun's)."""
 
     started: list[Sweep] = []
 
-    def __init__(self, folder: Path, root: Path, *overrides: str) -> None:
-        self.dir, self.folder, self.seen = folder / "sweep", folder, {}
+    def __init__(self, folder: Path, root: Path, *overrides: str, watched: int = 0) -> None:
+        self.dir, self.folder, self.seen, self.watched = folder / "sweep", folder, {}, watched
         Sweep.started.append(self)
         common = [f"data.root={root}", "data.limit_test=200", "data.num_workers=0", "batch_size=40",
                   "model.width=0.125", "scheduler.peak_epoch=1", "optimizer.lr=0.05", "scheduler.lr_min=0.005",
@@ -81,9 +82,9 @@ class Sweep:
             self.seen.setdefault(record.get("status"), record)
             time.sleep(0.05)
 
-    def record(self, job: int = 0) -> dict:
+    def record(self, job: int | None = None) -> dict:
         try:
-            return json.loads((self.dir / str(job) / "metrics.json").read_text())
+            return json.loads((self.dir / str(self.watched if job is None else job) / "metrics.json").read_text())
         except (OSError, ValueError):
             return {}
 
@@ -124,7 +125,7 @@ class Sweep:
 
 
 def interrupted_after_epoch_1(sweep: Sweep, *interrupt: str) -> dict:
-    """`interrupt` (a command; job 0's id appended) once job 0 has recorded epoch 1."""
+    """`interrupt` (a command; the SLURM job's id appended) once the watched job has recorded epoch 1."""
     job = sweep.job_id()
     sweep.wait_until("epoch 1", lambda: len(sweep.record().get("epochs", [])) >= 1)
     slurm(*interrupt, job)
@@ -152,6 +153,9 @@ def scenario(name: str, folder: Path, root: Path) -> dict:
         return at_a_time_limit(Sweep(folder, root, *LONG, "seed=0", f"hydra.launcher.signal_delay_s={SIGNAL_DELAY_S}"))
     if name == "sweep_interrupted":
         return sweep_interrupted(Sweep(folder, root, *SHORT, "seed=0"))
+    if name == "packed_usr2":  # both seeds in one SLURM task, warned while the second trains
+        packed = Sweep(folder, root, *SHORT, "seed=0,1", "logger=wandb", "hydra.launcher.jobs_per_task=2", watched=1)
+        return interrupted_after_epoch_1(packed, "scancel", "--signal=USR2")
     if name == "usr2_declined":  # no requeue left: submitit's requeuer declines
         return interrupted_after_epoch_1(Sweep(folder, root, *SHORT, "seed=0", "hydra.launcher.max_num_timeout=0"),
                                          "scancel", "--signal=USR2")  # fmt: skip
@@ -177,6 +181,7 @@ NEEDS = {  # the sweeps each test reads
     "test_a_job_at_its_time_limit_is_warned_requeued_and_ends_as_if_uninterrupted": ("long", "time_limit"),
     "test_scontrol_requeue_resumes_exactly": ("short", "scontrol_requeue"),
     "test_scancel_signal_usr2_resumes_exactly": ("short", "usr2"),
+    "test_jobs_packed_in_one_task_share_its_process_and_resume_exactly_after_a_warning": ("short", "packed_usr2"),
     "test_scancel_ends_the_sweep_in_one_line_with_a_nonzero_status": ("scancel",),
     "test_a_job_out_of_requeues_is_interrupted_and_says_how_to_resume": ("usr2_declined",),
     "test_ctrl_c_to_the_sweep_leaves_its_slurm_jobs_running_and_says_so": ("sweep_interrupted",),
@@ -220,12 +225,12 @@ def test_a_sweep_runs_as_slurm_jobs_and_the_report_reads_it(sweeps):
         assert list((short["sweep"] / str(job) / "wandb").glob("offline-run-*/run-*.wandb")), job
 
 
-def assert_requeued_and_resumed_exactly(result: dict, signal: int, reference: dict) -> None:
+def assert_requeued_and_resumed_exactly(result: dict, signal: int, reference: dict, job: int = 0) -> None:
     assert result["returncode"] == 0, result["stderr"][-3000:]
     assert "failed" not in result["seen"] and "interrupted" not in result["seen"]
     stopped = result["seen"]["requeued"]  # waiting to resume
     step = int(re.fullmatch(rf"stopped by signal {signal} after step (\d+)", stopped["stopped"]).group(1))
-    resumed = metrics(result)
+    resumed = metrics(result, job)
     assert resumed["resumed_from_step"] == step + 1  # from last.pt, at the step where it stopped
     assert_same_run(resumed, reference)  # ...and ends bit for bit like the uninterrupted job
     said = r"(SLURM requeues|saved for submitit to requeue) the job, which (then )?resumes from"
@@ -250,6 +255,20 @@ def test_scontrol_requeue_resumes_exactly(sweeps):
 def test_scancel_signal_usr2_resumes_exactly(sweeps):
     reference = metrics(outcome(sweeps, "short"))
     assert_requeued_and_resumed_exactly(outcome(sweeps, "usr2"), 12, reference)
+
+
+def test_jobs_packed_in_one_task_share_its_process_and_resume_exactly_after_a_warning(sweeps):
+    """hydra.launcher.jobs_per_task=2: seeds 0 and 1 in one SLURM task, one after another in its process; a SIGUSR2
+    while seed 1 trains requeues the task: seed 0, complete, ends at once, seed 1 resumes where it stopped."""
+    short, packed = outcome(sweeps, "short"), outcome(sweeps, "packed_usr2")
+    tasks = [path.name for path in (packed["sweep"] / ".submitit").glob("[0-9]*")]
+    assert len(tasks) == 1, tasks  # one SLURM job (a pack of two: one task) ran both
+    assert_requeued_and_resumed_exactly(packed, 12, metrics(short, 1), job=1)
+    assert_same_run(metrics(packed, 0), metrics(short, 0))  # the first job: as in a sweep of one job per task
+    assert metrics(packed, 0)["status"] == "completed" and "resumed_from_step" not in metrics(packed, 0)
+    for job in (0, 1):  # each job its own folder, record and W&B run
+        assert list((packed["sweep"] / str(job) / "wandb").glob("offline-run-*")), job
+    assert "Sweep summary" in packed["stdout"]
 
 
 def test_scancel_ends_the_sweep_in_one_line_with_a_nonzero_status(sweeps):
@@ -298,3 +317,24 @@ def test_srun_two_tasks_without_torchrun_is_refused_in_one_line(synthetic_root, 
     (line,) = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert line.startswith("error: srun started 2 tasks of this command without torchrun")
     assert not (tmp_path / "run").exists()
+
+
+def test_srun_torchrun_trains_one_data_parallel_job_into_one_folder(synthetic_root, tmp_path):
+    """docs/cluster.md's data-parallel command, one srun task starting torchrun's two processes (gloo on CPU here):
+    one job, in one folder, written by rank 0."""
+    require_cluster()
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline", "WANDB_SILENT": "true",
+           "RESNET9_CACHE": str(tmp_path / "cache")}  # fmt: skip
+    out = tmp_path / "run"
+    torchrun = Path(sys.executable).parent / "torchrun"
+    result = subprocess.run(["srun", "-n1", "-c2", str(torchrun), "--standalone", "--nproc_per_node=2", "-m",
+                             "resnet9.train", "device=cpu", f"data.root={synthetic_root}", "data.limit_train=640",
+                             "data.limit_test=200", "data.num_workers=0", "batch_size=64", "model.width=0.125",
+                             "epochs=2", "scheduler.peak_epoch=1", "optimizer.lr=0.1", "scheduler.lr_min=0.01",
+                             "progress=false", f"hydra.run.dir={out}"],
+                            cwd=REPO, env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    record = json.loads((out / "metrics.json").read_text())
+    assert record["status"] == "completed" and record["processes"] == 2
+    assert record["steps_per_epoch"] == 10  # the global batch of 64, split over the two processes
+    assert len(list(out.glob("wandb/offline-run-*"))) == 1 and (out / "train.rank1.log").is_file()
