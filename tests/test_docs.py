@@ -21,12 +21,12 @@ TABLE_PAGES = ("README.md", "docs/configuration.md", "docs/training.md")
 ABSENT = object()
 
 
-def table_rows(page: str) -> list[tuple[str, int, str, str]]:
+def table_rows(page: str, key_heading: str = "key") -> list[tuple[str, int, str, str]]:
     """(page, line, key cell, default cell) of every row of every `| key | default | ... |` table in `page`."""
     rows, in_table = [], False
     for number, line in enumerate((REPO / page).read_text().splitlines(), start=1):
         cells = [cell.strip() for cell in line.strip().strip("|").split("|")] if line.startswith("|") else []
-        if cells[:2] == ["key", "default"]:
+        if cells[:2] == [key_heading, "default"]:
             in_table = True
         elif not cells:
             in_table = False
@@ -165,3 +165,36 @@ def test_the_documented_samplers_and_pruners_are_the_configs():
     pruner = re.search(r"Optuna's `(\w+)` by default", text).group(1)
     assert configured("hydra.sweeper.pruner._target_", *OPTUNA) == f"optuna.pruners.{pruner}"
     assert "TPE sampler" in text and configured("hydra.sweeper.sampler._target_", *OPTUNA).endswith(".TPESampler")
+
+
+def test_the_slurm_launchers_documented_defaults_are_its_configs():
+    """docs/cluster.md's table of `hydra/launcher=slurm` (keys under `hydra.launcher.`) against the composed launcher
+    config; a default cell may explain itself after the value: `null` (the cluster's default)."""
+    rows = table_rows("docs/cluster.md", key_heading="key (`hydra.launcher.`)")
+    assert len(rows) >= 9, rows
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=["hydra/launcher=slurm"], return_hydra_config=True)
+    launcher = OmegaConf.to_container(cfg.hydra.launcher, resolve=False)
+    for where, line, key_cell, default_cell in rows:
+        (key,) = re.findall(r"`([^`]+)`", key_cell)
+        default = re.match(r"`?([^`\s]+)`?", default_cell).group(1)
+        node = launcher
+        for part in key.split("."):
+            node = node[part]
+        assert same(value(default), node), (
+            f"{where}:{line}: `{key}` is documented as {default}, the config gives {node!r}"
+        )
+
+
+def test_every_test_a_page_names_exists():
+    """A promise's `tests/<file>.py::<test>` names a test that is there: renamed or removed, the page must follow."""
+    pages = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+    named = {(page.name, match) for page in pages for match in re.findall(r"tests/[\w/]+\.py::\w+", page.read_text())}
+    assert len(named) >= 100
+    missing = []
+    for page, reference in sorted(named):
+        path, test = reference.split("::")
+        source = (REPO / path).read_text() if (REPO / path).is_file() else ""
+        if not re.search(rf"^(?:async )?def {test}\(|^    def {test}\(", source, re.M):
+            missing.append(f"{page}: {reference}")
+    assert missing == []
