@@ -4,4 +4,4 @@
 format, a config key or a command's interface changes; CHANGELOG.md says what each version changed.
 """
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"

@@ -29,7 +29,7 @@ LABELS = sorted(path.name for path in FIXTURES.iterdir() if path.is_dir())
 
 
 def test_a_fixture_is_kept_for_every_earlier_format():
-    assert {"v0.1.0-281767c", "v0.1.0-83efac8", "v0.1.0-1c38cba", "v0.1.0-2a50546"} <= set(LABELS)
+    assert {"v0.1.0-281767c", "v0.1.0-83efac8", "v0.1.0-1c38cba", "v0.1.0-2a50546", "v0.2.0-aa70458"} <= set(LABELS)
 
 
 def evaluation(checkpoint: Path, data_root: Path, out: Path, *overrides: str) -> dict:
@@ -95,7 +95,9 @@ def test_resuming_an_old_run_is_one_line_naming_its_version_and_touches_nothing(
     result = run_cli("resnet9.train", *overrides, f"data.root={synthetic_root}", f"hydra.run.dir={run}")
     assert result.returncode == 2, result.stderr[-2000:]
     (line,) = result.stderr.strip().splitlines()
-    assert "it was written by a resnet9 before 0.2" in line and "evaluate it" in line, line
+    version = label[1:].split("-")[0]
+    written_by = "a resnet9 before 0.2" if version == "0.1.0" else f"resnet9 {version}"  # (0.2.0 records its own)
+    assert f"it was written by {written_by}, and this is resnet9 " in line and "evaluate it" in line, line
     assert {path: path.read_bytes() for path in before} == before
 
 
