@@ -32,7 +32,8 @@ from tabulate import tabulate
 from resnet9.analysis import plots
 from resnet9.core import jobcache
 from resnet9.train import train
-from resnet9.training import lr_finder, lr_rules
+from resnet9.training.lr import range_test as lr_finder
+from resnet9.training.lr import rules as lr_rules
 
 REPO = Path(__file__).resolve().parents[1]
 SETTINGS = [  # what researchers change first: width, batch size, optimizer, data size

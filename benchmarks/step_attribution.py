@@ -42,8 +42,8 @@ from tqdm import tqdm
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from throughput import random_batches, run_config, step_arguments, training_images  # noqa: E402  (the same config and data as throughput.py)
 
-from resnet9.training import build, cuda_graph  # noqa: E402
-from resnet9.training.loop import EpochSums, StepSettings, train_one_epoch  # noqa: E402
+from resnet9.training.engine import build, cuda_graph  # noqa: E402
+from resnet9.training.engine.loop import EpochSums, StepSettings, train_one_epoch  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 VARIANTS = {  # name: (overrides, progress bar, compile, CUDA graph)

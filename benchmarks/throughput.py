@@ -9,10 +9,10 @@
 (c) albumentations:  the same loop fed by the albumentations DataLoader (the reference engine)
 (d) whole epoch:     (b) with augment.whole_epoch=true: the epoch augmented at once, batches as slices
 
-All three run through the trainer's `loop.train_one_epoch`, built by `resnet9.training.build` from the trainer's own
-config (channels_last, bf16 autocast on CUDA, fused SGD on CUDA). The measurements are interleaved in rounds
-so that a noisy machine slows all three alike, and each row reports the median round. The ratio (b)/(a) is the share of
-pure compute the data path keeps: 1.0 means augmentation is free.
+All three run through the trainer's `loop.train_one_epoch`, built by `resnet9.training.engine.build` from the
+trainer's own config (channels_last, bf16 autocast on CUDA, fused SGD on CUDA). The measurements are interleaved in
+rounds so that a noisy machine slows all three alike, and each row reports the median round. The ratio (b)/(a) is
+the share of pure compute the data path keeps: 1.0 means augmentation is free.
 """
 
 from __future__ import annotations
@@ -32,8 +32,9 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
 from resnet9.data import datasets
-from resnet9.training import build, schema
-from resnet9.training.loop import StepSettings, train_one_epoch
+from resnet9.training.config import schema
+from resnet9.training.engine import build
+from resnet9.training.engine.loop import StepSettings, train_one_epoch
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -101,8 +101,8 @@ def grey28(
 
 class GradNorm:
     """A callback of your own: the L2 norm of the last step's gradients, added to each epoch's row (it then lands
-    in metrics.json, W&B and the console). Any of the hooks will do (resnet9.training.callbacks lists them);
-    deriving from resnet9.training.callbacks.Callback is not needed."""
+    in metrics.json, W&B and the console). Any of the hooks will do (resnet9.training.recording.callbacks lists them);
+    deriving from resnet9.training.recording.callbacks.Callback is not needed."""
 
     def on_epoch_end(self, state: Any, row: dict[str, Any], result: Any) -> None:
         grads = [p.grad.detach().float().norm() for p in state.model.parameters() if p.grad is not None]

@@ -36,8 +36,9 @@ from resnet9.core import files
 from resnet9.core.errors import ConfigError, UsageError, exit_on_usage_error, hydra_errors_in_one_line
 from resnet9.data.augment import Stats
 from resnet9.data.datasets import ImageData
-from resnet9.training import build, schema, targets
-from resnet9.training.loop import predict
+from resnet9.training.config import schema, targets
+from resnet9.training.engine import build
+from resnet9.training.engine.loop import predict
 
 
 def evaluate_checkpoint(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:

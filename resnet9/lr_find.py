@@ -1,7 +1,7 @@
 """`python -m resnet9.lr_find [overrides]` (resnet9-lr-find): the LR range test alone for the composed config.
 
 Runs (or reuses the cached curve of) the test resnet9.train runs itself when optimizer.lr or scheduler.lr_min is
-auto (resnet9/training/lr_finder.py), and prints LRMIN/LRMAX and every rule's LRMAX.
+auto (resnet9/training/lr/range_test.py), and prints LRMIN/LRMAX and every rule's LRMAX.
 """
 
 from __future__ import annotations
@@ -18,8 +18,9 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from resnet9.core.errors import exit_on_usage_error, hydra_errors_in_one_line
-from resnet9.training import build, distributed, schema
-from resnet9.training.lr_finder import JSON_NAME, PLOT_NAME, find_lr_range
+from resnet9.training.config import schema
+from resnet9.training.engine import build, distributed
+from resnet9.training.lr.range_test import JSON_NAME, PLOT_NAME, find_lr_range, probe
 
 
 def main() -> None:
@@ -36,9 +37,9 @@ def _hydra_main(cfg: DictConfig) -> None:
         device = build.device(cfg.device)
         build.seed_everything(cfg.seed, cfg.deterministic)
         settings = build.step_settings(cfg, device)
-        probe = build.range_test_probe(cfg, build.dataset(cfg.data), settings)
+        setup = probe(cfg, build.dataset(cfg.data), settings)
         out_dir = Path(HydraConfig.get().runtime.output_dir)
-        result = find_lr_range(cfg.lr_finder, probe, device, out_dir, cfg.progress)
+        result = find_lr_range(cfg.lr_finder, setup, device, out_dir, cfg.progress)
     source = "cached curve" if result.cached else "new test"
     print(f"LRMIN={result.lr_min:.4g} LRMAX={result.lr_max:.4g} ({source}; {result.reading})")
     print("every rule's LRMAX (lr_finder.rule=...): " + ", ".join(f"{k} {v:.3g}" for k, v in result.picks.items()))

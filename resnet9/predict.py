@@ -32,7 +32,8 @@ from resnet9 import cli
 from resnet9.core.errors import UsageError, exit_on_usage_error, first_line
 from resnet9.data import augment
 from resnet9.data.datasets import CLASSES
-from resnet9.training import build, schema, targets
+from resnet9.training.config import schema, targets
+from resnet9.training.engine import build
 
 ALPHA_MODES = {"RGBA", "RGBa", "LA", "La", "PA"}  # (not LAB, whose A is a colour axis)
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}

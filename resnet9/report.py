@@ -50,8 +50,11 @@ from resnet9 import cli
 from resnet9.analysis import plots
 from resnet9.core import files, signals
 from resnet9.core.errors import ConfigError, TrialPruned, UsageError, exit_on_usage_error, exit_with, first_line
-from resnet9.training import build, listeners, schema, search, sweep
-from resnet9.training.state import METRICS_FORMAT
+from resnet9.training.config import schema
+from resnet9.training.engine import lifecycle
+from resnet9.training.engine.state import METRICS_FORMAT
+from resnet9.training.recording import tracking
+from resnet9.training.sweeps import search, sweep
 
 NUMBERS = ("final_test_acc", "best_test_acc", "lr_min", "lr_max", "train_time_s")
 LABELS = {
@@ -282,7 +285,7 @@ def log_to_tracker(
     """The report as a W&B run of its own (job type `report`, in the sweep's folder `report/`)."""
     sweep_name = sweep.sweep_id(sweep_dir)
     (sweep_dir / "report").mkdir(exist_ok=True)
-    tracker = build.tracker(
+    tracker = tracking.start(
         logger_cfg, config={"sweep": sweep_name}, dir=sweep_dir / "report", name="report",
         group=sweep_name, tags=[sweep_name], job_type="report",
     )  # fmt: skip
@@ -390,7 +393,7 @@ def study_report(sweep_dir: Path) -> str | None:
     try:
         text = search.describe_study(study["storage"], study["name"])
     except Exception as err:  # the database gone or unreachable: the rest of the report still stands
-        return f"(study {study['name']}: {listeners.one_line(err)})"
+        return f"(study {study['name']}: {lifecycle.one_line(err)})"
     files.write_text(sweep_dir / "study.md", text)
     return text
 

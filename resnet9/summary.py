@@ -19,7 +19,8 @@ from omegaconf import DictConfig
 
 from resnet9.analysis.model_table import describe
 from resnet9.core.errors import exit_on_usage_error, hydra_errors_in_one_line
-from resnet9.training import build, distributed, schema
+from resnet9.training.config import schema
+from resnet9.training.engine import build, distributed
 
 
 def main() -> None:

@@ -43,26 +43,15 @@ from resnet9.core.errors import (
 )
 from resnet9.data.datasets import ImageData
 from resnet9.models.resnet9 import count_parameters
+from resnet9.training.config import schema
 
 # `ddp`, not `distributed`: submitit's launcher pickles this module's functions by value, and cloudpickle
 # would take a module-level name `distributed` for the unpicklable torch.distributed.
-from resnet9.training import build, callbacks, cuda_graph, lr_finder, schema, search, sweep, tracking
-from resnet9.training import distributed as ddp
-from resnet9.training.ema import WeightEMA
-from resnet9.training.listeners import (
-    CheckpointWriter,
-    ConsoleLog,
-    Listener,
-    MetricsFile,
-    SignalStop,
-    SummaryAndCurves,
-    TrackerLog,
-    job_record,
-    not_requeued,
-    notifying,
-    one_line,
-)
-from resnet9.training.loop import (
+from resnet9.training.engine import build, cuda_graph
+from resnet9.training.engine import distributed as ddp
+from resnet9.training.engine.ema import WeightEMA
+from resnet9.training.engine.lifecycle import Listener, SignalStop, job_record, not_requeued, notifying, one_line
+from resnet9.training.engine.loop import (
     Batches,
     EpochResult,
     EpochSums,
@@ -73,7 +62,11 @@ from resnet9.training.loop import (
     train_one_epoch,
     warm_up,
 )
-from resnet9.training.state import RunRecord, Stopwatch, TrainState, read_resumable, saved_lrs
+from resnet9.training.engine.state import RunRecord, Stopwatch, TrainState, read_resumable, saved_lrs
+from resnet9.training.lr import range_test as lr_finder
+from resnet9.training.recording import callbacks, tracking
+from resnet9.training.recording.listeners import CheckpointWriter, ConsoleLog, MetricsFile, SummaryAndCurves, TrackerLog
+from resnet9.training.sweeps import search, sweep
 
 
 def main() -> None:
@@ -96,7 +89,7 @@ def main() -> None:
 def hydra_main(cfg: DictConfig) -> float:
     out_dir = Path(HydraConfig.get().runtime.output_dir)
     overrides = sweep.task_overrides(HydraConfig.get())
-    # rank 0 leaves the job's metrics.json however the job ends, even before training (listeners.job_record)
+    # rank 0 leaves the job's metrics.json however the job ends, even before training (lifecycle.job_record)
     record = (
         job_record(out_dir, lambda: _config_for_record(cfg), overrides)
         if ddp.world().is_main
@@ -204,7 +197,7 @@ def _check_fits(cfg: DictConfig, images: ImageData) -> None:
 
 def _derive_lrs(cfg: DictConfig, cifar: ImageData, settings: StepSettings, out_dir: Path) -> tuple[float, float, str]:
     """LRMIN/LRMAX: numbers from the config where given; where auto, the range test's, scaled by lr_finder."""
-    probe = build.range_test_probe(cfg, cifar, settings)
+    probe = lr_finder.probe(cfg, cifar, settings)
     return lr_finder.lrs_for_run(
         cfg.optimizer.lr,
         cfg.scheduler.get("lr_min"),  # (a torch schedule may have none)
@@ -300,7 +293,7 @@ def _recording_listeners(cfg: DictConfig, out_dir: Path, on: torch.device) -> li
         tracked = {**config, **derived, "code": tracking.code_version(),
                    **({"sweep": identity.sweep} if identity.sweep else {})}  # fmt: skip
         tags = [*cfg.logger.get("tags", []), *identity.tags]
-        return build.tracker(
+        return tracking.start(
             cfg.logger, config=tracked, dir=out_dir, name=identity.name, group=identity.group, run_id=run_id,
             tags=tags, system_metrics=system_metrics,
         )  # fmt: skip

@@ -16,8 +16,8 @@ import torch
 
 from resnet9.data import augment
 from resnet9.models.resnet9 import ResNet9
-from resnet9.training import distributed
-from resnet9.training.loop import StepSettings, train_one_epoch
+from resnet9.training.engine import distributed
+from resnet9.training.engine.loop import StepSettings, train_one_epoch
 
 GLOBAL_BATCH, LR = 64, 0.1
 

@@ -10,6 +10,7 @@ MODULES = {
     for path in sorted(PACKAGE.rglob("*.py"))
     if path.name != "__init__.py"
 }
+PACKAGES = {".".join(path.parent.relative_to(PACKAGE).parts) for path in PACKAGE.rglob("__init__.py")} - {""}
 COMMANDS = {"train", "lr_find", "evaluate", "predict", "report", "summary", "cli"}  # python -m resnet9.<command>
 
 # The floors, bottom up: what each folder's modules may import of resnet9 (nothing above their own floor).
@@ -28,12 +29,14 @@ def our_imports(tree: ast.Module) -> set[str]:
     found = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("resnet9"):
-            parts = node.module.split(".")[1:]
-            if len(parts) == 1 and parts[0] in FLOORS:
-                found |= {f"{parts[0]}.{alias.name}" for alias in node.names}
-            else:
-                # `from resnet9 import __version__`: the package's own root, beneath every floor
-                found |= {".".join(parts)} if parts else {a.name for a in node.names if a.name != "__version__"}
+            package = ".".join(node.module.split(".")[1:])
+            for alias in node.names:  # a module of the package by its name, else a name from the module itself
+                module = f"{package}.{alias.name}".lstrip(".")
+                if module in MODULES or module in PACKAGES:
+                    found.add(module)
+                elif package:
+                    found.add(package)
+                # (`from resnet9 import __version__`: the package's own root, beneath every floor)
         elif isinstance(node, ast.Import):
             found |= {alias.name.removeprefix("resnet9.") for alias in node.names if alias.name.startswith("resnet9.")}
     return found
@@ -55,6 +58,35 @@ def test_each_floor_imports_nothing_above_it():
         if floor in FLOORS:
             above = {imported for imported in our_imports(tree) if imported.split(".")[0] not in FLOORS[floor]}
             assert above == set(), name
+
+
+# training/'s rooms, bottom up: what each sub-package's modules may import of training/ (nothing above its own).
+# config: the schema and targets; engine: building a run and its loop and state; lr: the range test and the rules;
+# sweeps: what a sweep and a search are; recording: the listeners, tracker and callbacks, on top.
+ROOMS = {
+    "config": {"config"},
+    "engine": {"config", "engine"},
+    "lr": {"config", "engine", "lr"},
+    "sweeps": {"config", "engine", "sweeps"},
+    "recording": {"config", "engine", "lr", "sweeps", "recording"},
+}
+
+
+def test_each_room_of_training_imports_nothing_above_it():
+    upward = {}
+    for name, tree in MODULES.items():
+        if name.startswith("training."):
+            room = name.split(".")[1]
+            imported = {i.split(".")[1] for i in our_imports(tree) if i.startswith("training.") and i.count(".") >= 1}
+            if imported - ROOMS[room]:
+                upward[name] = sorted(imported - ROOMS[room])
+    assert upward == {}
+
+
+def test_training_is_its_rooms_with_nothing_beside_them():
+    assert {name.split(".")[1] for name in MODULES if name.startswith("training.")} == set(ROOMS)
+    assert [name for name in MODULES if name.startswith("training.") and name.count(".") == 1] == []
+    assert {p.split(".")[1] for p in PACKAGES if p.startswith("training.")} == set(ROOMS)
 
 
 def test_the_folders_are_the_floors_and_the_top_holds_the_commands_alone():

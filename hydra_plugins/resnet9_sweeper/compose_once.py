@@ -31,7 +31,7 @@ from omegaconf import DictConfig, open_dict
 class ComposeOnceSweeperConf(BasicSweeperConf):
     _target_: str = "hydra_plugins.resnet9_sweeper.compose_once.ComposeOnceSweeper"
     # A function (dotted name) that checks each job's composed config as its task will, raising on a bad one;
-    # resnet9's grid option names resnet9.training.schema.validate. None: composition is the only check.
+    # resnet9's grid option names resnet9.training.config.schema.validate. None: composition is the only check.
     check: Optional[str] = None  # noqa: UP045 (OmegaConf reads Optional, not X | None, in a dataclass)
 
 

@@ -4,16 +4,16 @@
 Hydra's own optuna sweeper (hydra-optuna-sweeper 1.3.0, the last release) holds Optuna at 2.10.1, whose RDB
 storage fails with SQLAlchemy 2: no study could outlive its process. This one is small and ours:
 
-- the study lives in a database (`storage`, default `sqlite:///<sweep folder>/study.db`; resnet9/training/search.py),
-  and a search's sweep folder is multirun/optuna/<study name> (conf/hparams_search/optuna.yaml): the same command
-  again finds its study;
+- the study lives in a database (`storage`, default `sqlite:///<sweep folder>/study.db`;
+  resnet9/training/sweeps/search.py), and a search's sweep folder is multirun/optuna/<study name>
+  (conf/hparams_search/optuna.yaml): the same command again finds its study;
 - a password in `storage` is never written down: the sweeper keeps it in its environment for itself and its jobs,
   and masks it (`***`) in the config, the overrides and the command line before Hydra or W&B records them;
 - each process holds one storage (one engine and its connections) and closes it at the end; every call to the
   database rides out an outage of up to `storage_retry_s`, and a longer one ends the search in one line, its trials
-  left to the next invocation (resnet9/training/study_storage.py);
+  left to the next invocation (resnet9/training/sweeps/study_storage.py);
 - with a fixed sampler seed, each trial's sampler is seeded from (seed, trial number): workers started together
-  draw different values, and one worker's search is reproducible (resnet9/training/study_sampler.py);
+  draw different values, and one worker's search is reproducible (resnet9/training/sweeps/study_sampler.py);
 - `n_trials` is the study's total: a rerun of the same command, or another worker started on the same storage,
   asks for trials only until the study holds `n_trials` that are done, pruned, failed in training or running;
 - every trial runs in the folder named after its number (`<sweep folder>/<trial>`), so workers never collide;
@@ -164,8 +164,8 @@ class OptunaSweeper(Sweeper):
 
     def sweep(self, arguments: list[str]) -> Any:
         from resnet9.core.errors import exit_with
-        from resnet9.training import search
-        from resnet9.training.study_storage import StudyUnavailable
+        from resnet9.training.sweeps import search
+        from resnet9.training.sweeps.study_storage import StudyUnavailable
 
         space, fixed = self._check_settings(arguments)
         # Optuna's heartbeat is meant for Study.optimize; this sweeper beats for its trials itself (`heartbeats`)
@@ -205,7 +205,7 @@ class OptunaSweeper(Sweeper):
         jobs inherit in this process or a launcher's), and masked (`***`) in the config, its overrides (each job's
         config is composed from them) and the command line as this process shows it (W&B records it), before Hydra
         writes multirun.yaml and each job's .hydra/. (A URL without one: libpq reads PGPASSWORD or ~/.pgpass.)"""
-        from resnet9.training import search
+        from resnet9.training.sweeps import search
 
         storage = config.hydra.sweeper.storage
         masked, password = search.hide_password(storage) if isinstance(storage, str) else (storage, None)
@@ -241,7 +241,7 @@ class OptunaSweeper(Sweeper):
     def _check_settings(self, arguments: list[str]) -> "tuple[dict[str, Any], list[str]]":
         """Every setting checked before the study opens: one line naming what is wrong (resnet9.core.errors)."""
         from resnet9.core.errors import UsageError
-        from resnet9.training import search
+        from resnet9.training.sweeps import search
 
         settings = self.settings
         if settings.direction not in ("maximize", "minimize"):
@@ -265,7 +265,7 @@ class OptunaSweeper(Sweeper):
         """The study on `url`, created or joined (another worker's, an earlier invocation's)."""
         import optuna
 
-        from resnet9.training import search
+        from resnet9.training.sweeps import search
 
         self.storage = search.open_storage(
             url, heartbeat_s=self.settings.heartbeat_s, retry_s=self.settings.storage_retry_s
@@ -282,7 +282,8 @@ class OptunaSweeper(Sweeper):
 
     def _sampler(self) -> Any:
         """The sampler. With a seed: a new one for each trial, seeded from (seed, trial number), so that workers
-        started together draw different values and one worker's search repeats (resnet9/training/study_sampler.py).
+        started together draw different values and one worker's search repeats
+        (resnet9/training/sweeps/study_sampler.py).
         Without (`seed: null`): one for this invocation, seeded at random by Optuna."""
         from hydra.utils import instantiate
 
@@ -292,7 +293,7 @@ class OptunaSweeper(Sweeper):
         seed = spec.get("seed")
         if seed is None:
             return instantiate(spec)
-        from resnet9.training.study_sampler import TrialSeededSampler
+        from resnet9.training.sweeps.study_sampler import TrialSeededSampler
 
         return TrialSeededSampler(lambda trial_seed: instantiate(spec, seed=trial_seed), seed)
 
@@ -343,7 +344,7 @@ class OptunaSweeper(Sweeper):
         import math
 
         from resnet9.core.errors import TrialPruned
-        from resnet9.training.study_storage import StudyUnavailable
+        from resnet9.training.sweeps.study_storage import StudyUnavailable
 
         error = result._return_value if result.status == JobStatus.FAILED else None  # (not raised again here)
         if isinstance(error, TrialPruned):

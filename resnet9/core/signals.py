@@ -3,7 +3,7 @@
 SIGTERM and SIGINT ask for a stop (`scancel`, Ctrl-C, `scontrol requeue`, a pre-emption); SIGUSR2 is SLURM's warning
 before a time limit or a pre-emption (`sbatch --signal=USR2@<s>`, which submitit asks for, or `scancel --signal=USR2`).
 Three parts of a run handle them, one after another: a job before training (end at once: nothing to save),
-training (`listeners.SignalStop`: stop at the next step, save, exit 128 + the signal) and a sweep between its jobs
+training (`lifecycle.SignalStop`: stop at the next step, save, exit 128 + the signal) and a sweep between its jobs
 (`report.SweepSummary`: write the summary, say how to resume). Each installs its handler through `Handlers` and
 restores what was there before, so the process's own handlers survive a run or a sweep.
 

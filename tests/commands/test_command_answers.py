@@ -44,7 +44,7 @@ def test_info_cfg_completion_and_help_are_answered_from_the_configs_without_impo
 # environment), without joining a process group: the refusal comes before anything would need one.
 UNDER_TORCHRUN = """
 import sys
-from resnet9.training import distributed
+from resnet9.training.engine import distributed
 distributed.init = distributed.world  # (no process group to join: the other process never starts)
 import resnet9.train as trainer
 sys.argv = ["resnet9.train", *sys.argv[1:]]

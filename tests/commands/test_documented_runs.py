@@ -23,9 +23,9 @@ from resnet9.analysis import gradcam
 from resnet9.core.errors import UsageError
 from resnet9.evaluate import evaluate_checkpoint
 from resnet9.models.resnet9 import ResNet9
-from resnet9.training import build
-from resnet9.training.ema import WeightEMA
-from resnet9.training.state import RunRecord
+from resnet9.training.engine import build
+from resnet9.training.engine.ema import WeightEMA
+from resnet9.training.engine.state import RunRecord
 
 CONF = REPO / "conf"
 

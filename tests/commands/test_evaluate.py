@@ -11,7 +11,7 @@ from PIL import Image
 
 from resnet9.core.errors import UsageError
 from resnet9.evaluate import evaluate_checkpoint
-from resnet9.training import build
+from resnet9.training.engine import build
 
 
 def test_evaluate_reproduces_the_runs_accuracy_and_writes_its_figures(run_cli, trained_run, tmp_path):

@@ -21,9 +21,9 @@ from test_user_options import run_in
 from resnet9.core.errors import UsageError
 from resnet9.data.augment import DeviceLoader
 from resnet9.predict import classify, image_shape, load_image, normalization
-from resnet9.training import build
-from resnet9.training.loop import StepSettings, predict
-from resnet9.training.state import read_resumable
+from resnet9.training.engine import build
+from resnet9.training.engine.loop import StepSettings, predict
+from resnet9.training.engine.state import read_resumable
 
 TINY = ["data.limit_train=200", "data.limit_test=100", "data.num_workers=0", "batch_size=40", "epochs=2",
         "model.width=0.0625", "device=cpu", "logger=none", "progress=false", "optimizer.lr=0.1",

@@ -12,8 +12,8 @@ import torch
 from conftest import REPO
 from hydra import compose, initialize_config_dir
 
-from resnet9.training import build
-from resnet9.training.loop import StepSettings
+from resnet9.training.engine import build
+from resnet9.training.engine.loop import StepSettings
 
 TINY = ["data.limit_train=400", "data.limit_test=200", "data.num_workers=0", "batch_size=40", "epochs=2",
         "optimizer.lr=0.1", "scheduler.lr_min=0.01", "logger=none", "progress=false", "device=cpu"]  # fmt: skip

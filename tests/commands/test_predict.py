@@ -9,8 +9,8 @@ from resnet9.core.errors import UsageError
 from resnet9.data import datasets
 from resnet9.data.augment import DeviceLoader
 from resnet9.predict import load_image, main
-from resnet9.training import build
-from resnet9.training.loop import StepSettings, predict
+from resnet9.training.engine import build
+from resnet9.training.engine.loop import StepSettings, predict
 
 
 @pytest.fixture

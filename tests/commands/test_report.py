@@ -189,7 +189,7 @@ def test_a_signal_between_a_sweeps_jobs_ends_it_with_its_summary_and_how_to_resu
     fake_job(tmp_path / "0", ["seed=0"], acc=0.5)
     config = OmegaConf.create({
         "hydra": {"sweep": {"dir": str(tmp_path)}, "overrides": {"task": ["seed=0,1"]}, "sweeper": {}},
-        "logger": {"_target_": "resnet9.training.tracking.NullTracker", "_partial_": True},
+        "logger": {"_target_": "resnet9.training.recording.tracking.NullTracker", "_partial_": True},
     })  # fmt: skip
     before = signal.getsignal(signal.SIGTERM)
     summary = SweepSummary()

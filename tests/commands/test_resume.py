@@ -14,8 +14,8 @@ import torch
 from conftest import REPO
 from recorded_runs import SAME_MACHINE_KIND, assert_as_recorded, recorded_command, same_machine_kind
 
-from resnet9.training.listeners import job_record
-from resnet9.training.loop import StopRequested
+from resnet9.training.engine.lifecycle import job_record
+from resnet9.training.engine.loop import StopRequested
 
 KEYS = ("train_loss", "train_acc", "test_loss", "test_acc", "lr", "ema")
 

@@ -72,7 +72,7 @@ def test_reduce_on_plateau_steps_on_a_row_key_and_a_wrong_key_is_one_line(lab, s
 
 EARLY = ["callbacks=early_stop", "callbacks.early_stopping.monitor=epoch", "callbacks.early_stopping.mode=min",
          "callbacks.early_stopping.patience=2", "+callbacks.best.monitor=epoch", "+callbacks.best.mode=min",
-         "+callbacks.best._target_=resnet9.training.callbacks.BestCheckpoint", "epochs=6"]  # fmt: skip
+         "+callbacks.best._target_=resnet9.training.recording.callbacks.BestCheckpoint", "epochs=6"]  # fmt: skip
 
 
 @pytest.fixture(scope="module")

@@ -19,9 +19,9 @@ from wandb_records import _payloads, read_finished_run
 
 import resnet9.train as trainer
 from resnet9 import report
-from resnet9.training import search, sweep
-from resnet9.training.listeners import TrackerLog
-from resnet9.training.state import RunRecord
+from resnet9.training.engine.state import RunRecord
+from resnet9.training.recording.listeners import TrackerLog
+from resnet9.training.sweeps import search, sweep
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
 

@@ -18,10 +18,13 @@ from resnet9.core.errors import ConfigError, TrainingDiverged
 from resnet9.data import augment, datasets
 from resnet9.models.resnet9 import ResNet9
 from resnet9.train import train
-from resnet9.training import build, callbacks, lr_finder, schema
-from resnet9.training.listeners import ConsoleLog, TrackerLog
-from resnet9.training.loop import StepSettings, evaluate, train_one_epoch
-from resnet9.training.state import RunRecord
+from resnet9.training.config import schema
+from resnet9.training.engine import build
+from resnet9.training.engine.loop import StepSettings, evaluate, train_one_epoch
+from resnet9.training.engine.state import RunRecord
+from resnet9.training.lr import range_test as lr_finder
+from resnet9.training.recording import callbacks
+from resnet9.training.recording.listeners import ConsoleLog, TrackerLog
 
 CONF = str(Path(__file__).resolve().parents[2] / "conf")
 CPU = torch.device("cpu")
@@ -303,7 +306,7 @@ def test_an_interrupted_wandb_run_is_marked_preempted_not_just_failed(tmp_path):
     from test_train import wandb_run_files
     from wandb_records import read_finished_run
 
-    from resnet9.training.tracking import WandbTracker
+    from resnet9.training.recording.tracking import WandbTracker
 
     for name, preempted in (("stopped", True), ("failed", False)):
         tracker = WandbTracker(project="resnet9", mode="offline", config={}, dir=tmp_path / name, name=name)
@@ -318,7 +321,7 @@ def test_wandb_lists_the_installed_packages_once_per_process_and_every_run_keeps
 
     import wandb
 
-    from resnet9.training.tracking import WandbTracker
+    from resnet9.training.recording.tracking import WandbTracker
 
     listing = wandb.util.working_set
     monkeypatch.setattr(wandb.util, "working_set", getattr(listing, "original", listing))  # as if first in process
@@ -468,7 +471,9 @@ def test_a_callback_needs_only_the_hooks_it_uses_and_one_misspelt_is_refused():
     callback.on_run_end(None, "completed")
     assert callback.callback.statuses == ["completed"]
 
-    hooks = "the hooks are on_run_start, on_epoch_end, on_stop, on_run_end (resnet9/training/callbacks.py says"
+    hooks = (
+        "the hooks are on_run_start, on_epoch_end, on_stop, on_run_end (resnet9/training/recording/callbacks.py says"
+    )
     for target, found in (("MisspeltHook", "has on_epoch_ends, not a hook"),
                           ("OneMisspeltHook", "has on_epoch_ends, not a hook")):  # fmt: skip
         cfg = OmegaConf.create({"callbacks": {"typo": {"_target_": f"test_train_options.{target}"}}})

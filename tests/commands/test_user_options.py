@@ -130,6 +130,12 @@ BAD_TARGETS = [
         "model.num_classes=<value>",
     ),
     ("missing class", "model._target_=mylab.HugeNet", "error: model._target_=mylab.HugeNet: mylab has no 'HugeNet'"),
+    (
+        "a name resnet9 0.2 gave",
+        "scheduler._target_=resnet9.training.schedule.one_cycle",
+        "error: scheduler._target_=resnet9.training.schedule.one_cycle was renamed "
+        "resnet9.training.engine.schedule.one_cycle (resnet9 moved its modules); write that",
+    ),
 ]
 
 

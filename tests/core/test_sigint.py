@@ -13,8 +13,8 @@ import torch
 from hydra import compose, initialize_config_dir
 
 import resnet9.train as trainer
-from resnet9.training.listeners import job_record
-from resnet9.training.loop import StopRequested
+from resnet9.training.engine.lifecycle import job_record
+from resnet9.training.engine.loop import StopRequested
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
 

@@ -8,8 +8,8 @@ import signal
 import pytest
 
 from resnet9.core import signals, slurm
-from resnet9.training.listeners import SignalStop, job_record
-from resnet9.training.loop import StopRequested
+from resnet9.training.engine.lifecycle import SignalStop, job_record
+from resnet9.training.engine.loop import StopRequested
 
 
 def own_handler(signum, frame):  # the handlers a process had before resnet9 ran in it

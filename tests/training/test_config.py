@@ -15,7 +15,8 @@ from omegaconf import OmegaConf
 from resnet9.core.errors import ConfigError
 from resnet9.data import augment
 from resnet9.models.resnet9 import ResNet9
-from resnet9.training import build, schema
+from resnet9.training.config import schema
+from resnet9.training.engine import build
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
 GROUPS = ("model", "augment", "optimizer", "scheduler", "logger", "data", "callbacks")
@@ -34,7 +35,7 @@ def test_defaults_are_the_mission():
     assert cfg.optimizer.lr == "auto" and cfg.scheduler.lr_min == "auto"
     assert cfg.model.width == 1.0 and cfg.augment.cutout == 8 and cfg.augment.pad == 4
     assert cfg.logger.mode == "offline"
-    assert cfg.scheduler._target_ == "resnet9.training.schedule.one_cycle"
+    assert cfg.scheduler._target_ == "resnet9.training.engine.schedule.one_cycle"
 
 
 @pytest.mark.parametrize("group, option", OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
@@ -106,7 +107,7 @@ BAD = [
     (("lr_finder.seed=4294967296",), "lr_finder.seed must be less than or equal to 4294967295, got 4294967296"),
     (
         ("optimizer.lr=0.1", "scheduler.lr_min=0.01", "+scheduler.peak_epoch=2", "scheduler=cosine"),
-        "scheduler.peak_epoch is not an argument of resnet9.training.schedule.warmup_cosine(optimizer, lr_min, "
+        "scheduler.peak_epoch is not an argument of resnet9.training.engine.schedule.warmup_cosine(optimizer, lr_min, "
         "lr_max, epochs, ",
     ),
     (("optimizer=adamw", "+optimizer.depth=3"), "optimizer.depth is not an argument of torch.optim.AdamW(params, lr,"),
@@ -132,7 +133,10 @@ BAD = [
         "model.in_channels=3, or follow the data: model.in_channels=${data.channels}",
     ),
     (("~epochs",), "epochs is missing; e.g. epochs=24"),  # a missing key by its own name, not its section's
-    (("~scheduler.lr_min",), "scheduler.lr_min is missing: resnet9.training.schedule.one_cycle(optimizer, lr_min,"),
+    (
+        ("~scheduler.lr_min",),
+        "scheduler.lr_min is missing: resnet9.training.engine.schedule.one_cycle(optimizer, lr_min,",
+    ),
     (("~optimizer.lr",), "optimizer.lr is missing; e.g. optimizer.lr=0.4"),
 ]
 

@@ -14,8 +14,8 @@ from hydra import compose, initialize_config_dir
 
 from resnet9.models.resnet9 import ResNet9
 from resnet9.train import train
-from resnet9.training import cuda_graph
-from resnet9.training.loop import StepSettings, _train_step
+from resnet9.training.engine import cuda_graph
+from resnet9.training.engine.loop import StepSettings, _train_step
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")

@@ -20,7 +20,8 @@ from test_resume import assert_same_run, metrics
 from resnet9.core.errors import ConfigError
 from resnet9.data import augment
 from resnet9.models.resnet9 import ResNet9
-from resnet9.training import distributed, schema
+from resnet9.training.config import schema
+from resnet9.training.engine import distributed
 
 WORKER = REPO / "tests" / "ddp_worker.py"
 

@@ -14,8 +14,8 @@ from omegaconf import OmegaConf
 
 from resnet9.data import augment
 from resnet9.models.resnet9 import ResNet9
-from resnet9.training import build
-from resnet9.training.loop import train_one_epoch
+from resnet9.training.engine import build
+from resnet9.training.engine.loop import train_one_epoch
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
 CPU = torch.device("cpu")

@@ -5,7 +5,7 @@ import torch.nn.functional as F
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from resnet9.models.resnet9 import ResNet9
-from resnet9.training.ema import WeightEMA
+from resnet9.training.engine.ema import WeightEMA
 
 
 def steps(model, optimizer, count):

@@ -22,8 +22,8 @@ from test_state import new_state, small_config, storages, train_epoch
 from resnet9.core import files, jobcache
 from resnet9.data import augment
 from resnet9.train import train
-from resnet9.training import build, cuda_graph
-from resnet9.training.loop import StepSettings, StopRequested, train_one_epoch
+from resnet9.training.engine import build, cuda_graph
+from resnet9.training.engine.loop import StepSettings, StopRequested, train_one_epoch
 
 ON = torch.device(os.environ.get("RESNET9_GPU_TESTS_ON", "cuda"))
 CUDA = ON.type == "cuda"

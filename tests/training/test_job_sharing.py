@@ -11,9 +11,9 @@ from omegaconf import OmegaConf
 from resnet9.analysis import model_table
 from resnet9.core import jobcache
 from resnet9.models.resnet9 import ResNet9, count_parameters
-from resnet9.training import build
-from resnet9.training.listeners import SummaryAndCurves
-from resnet9.training.state import RunRecord
+from resnet9.training.engine import build
+from resnet9.training.engine.state import RunRecord
+from resnet9.training.recording.listeners import SummaryAndCurves
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
 

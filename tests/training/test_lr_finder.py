@@ -18,7 +18,8 @@ from resnet9.analysis import plots
 from resnet9.core.errors import UsageError
 from resnet9.data import augment, datasets
 from resnet9.models.resnet9 import ResNet9
-from resnet9.training import build, lr_finder
+from resnet9.training.engine import build
+from resnet9.training.lr import range_test as lr_finder
 
 CONF = str(Path(__file__).resolve().parents[2] / "conf")
 
@@ -60,9 +61,7 @@ def test_range_test_restores_the_model_it_trained(small_setup):
 def find(cfg, cifar, out_dir: Path) -> lr_finder.LRRange:
     """The range test as the trainer runs it: the config's probe, on the CPU."""
     settings = build.step_settings(cfg, torch.device("cpu"))
-    return lr_finder.find_lr_range(
-        cfg.lr_finder, build.range_test_probe(cfg, cifar, settings), settings.device, out_dir
-    )
+    return lr_finder.find_lr_range(cfg.lr_finder, lr_finder.probe(cfg, cifar, settings), settings.device, out_dir)
 
 
 def test_range_test_on_small_data_writes_plot_and_json(small_setup, tmp_path):
@@ -205,7 +204,7 @@ def test_jobs_started_together_on_a_cold_cache_run_one_range_test(synthetic_root
     with initialize_config_dir(config_dir=CONF, version_base="1.3"):
         cfg = compose(config_name="lr_find", overrides=args)
     settings = build.step_settings(cfg, torch.device("cpu"))
-    entry = lr_finder.cache_entry_of(cfg.lr_finder, build.range_test_probe(cfg, None, settings))
+    entry = lr_finder.cache_entry_of(cfg.lr_finder, lr_finder.probe(cfg, None, settings))
     entry.parent.mkdir(parents=True)
     held = os.open(entry.with_name(f"{entry.name}.lock"), os.O_RDWR | os.O_CREAT)
     fcntl.flock(held, fcntl.LOCK_EX)

@@ -9,8 +9,8 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 import resnet9.train as trainer
-from resnet9.training import distributed as ddp
-from resnet9.training import lr_finder
+from resnet9.training.engine import distributed as ddp
+from resnet9.training.lr import range_test as lr_finder
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
 

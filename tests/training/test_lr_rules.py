@@ -1,4 +1,4 @@
-"""The rules that read a range test's curve (resnet9/training/lr_rules.py), on textbook curves and on recorded ones."""
+"""The rules that read a range test's curve (resnet9/training/lr/rules.py), on textbook curves and on recorded ones."""
 
 import json
 from pathlib import Path
@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-from resnet9.training import lr_rules
-from resnet9.training.lr_rules import Curve
+from resnet9.training.lr import rules as lr_rules
+from resnet9.training.lr.rules import Curve
 
 
 def textbook() -> Curve:
@@ -85,7 +85,7 @@ def test_falls_back_to_a_tenth_of_lrmax_when_there_is_no_fall():
 def test_schema_offers_exactly_the_rules():
     from typing import get_args
 
-    from resnet9.training.schema import LRFinderConfig
+    from resnet9.training.config.schema import LRFinderConfig
 
     assert set(get_args(LRFinderConfig.model_fields["rule"].annotation)) == set(lr_rules.RULES)
     conf = OmegaConf.load(Path(__file__).resolve().parents[2] / "conf" / "config.yaml")

@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 
 from resnet9 import __version__
 from resnet9.core.errors import UsageError
-from resnet9.training.state import CHECKPOINT_FORMAT, read_resumable
+from resnet9.training.engine.state import CHECKPOINT_FORMAT, read_resumable
 
 REPO = Path(__file__).resolve().parents[2]
 # A value a run may have trained with, and another a resume may give, for each key the page lists. `device` and

@@ -7,7 +7,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from resnet9.core.errors import ConfigError
-from resnet9.training.schedule import one_cycle, piecewise_linear, warmup_cosine
+from resnet9.training.engine.schedule import one_cycle, piecewise_linear, warmup_cosine
 
 LR_MIN, LR_MAX, EPOCHS, STEPS = 0.04, 0.4, 24, 97  # 50,000 images at batch 512 with drop_last
 

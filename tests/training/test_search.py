@@ -25,8 +25,8 @@ from wandb_records import read_run
 
 from hydra_plugins.resnet9_sweeper.optuna_sweeper import OptunaSweeper, search_space
 from resnet9.core.errors import UsageError
-from resnet9.training import search, study_storage
-from resnet9.training.study_sampler import TrialSeededSampler, trial_seed
+from resnet9.training.sweeps import search, study_storage
+from resnet9.training.sweeps.study_sampler import TrialSeededSampler, trial_seed
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -25,14 +25,14 @@ from optuna.trial import TrialState
 from sqlalchemy.engine import make_url
 from test_search import REPO, tiny
 
-from resnet9.training import search
+from resnet9.training.sweeps import search
 
 pytestmark = pytest.mark.postgres
 
 URL = os.environ.get("RESNET9_PG_URL", "postgresql://resnet9@127.0.0.1:5432/resnet9")
 PASSWORD = os.environ.get("RESNET9_PG_PASSWORD", "resnet9-test-only")
 SCRIPT = REPO / "tests" / "services" / "postgres.sh"
-OURS = "resnet9 search %"  # the application_name of the search's connections (resnet9/training/study_storage.py)
+OURS = "resnet9 search %"  # the application_name of the search's connections (resnet9/training/sweeps/study_storage.py)
 
 
 def with_password(url: str = URL) -> str:

@@ -12,8 +12,8 @@ from omegaconf import OmegaConf
 
 from hydra_plugins.resnet9_sweeper.optuna_sweeper import OptunaSweeper, counts, search_space
 from resnet9.core.errors import TrainingDiverged, UsageError
-from resnet9.training import search
-from resnet9.training.loop import StopRequested
+from resnet9.training.engine.loop import StopRequested
+from resnet9.training.sweeps import search
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
 

@@ -22,9 +22,9 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from resnet9 import __version__
 from resnet9.core.errors import UsageError
 from resnet9.data import augment, datasets
-from resnet9.training import build
-from resnet9.training.loop import EpochSums, StopFlag, StopRequested, train_one_epoch
-from resnet9.training.state import CHECKPOINT_FORMAT, RunRecord, TrainState, read_resumable
+from resnet9.training.engine import build
+from resnet9.training.engine.loop import EpochSums, StopFlag, StopRequested, train_one_epoch
+from resnet9.training.engine.state import CHECKPOINT_FORMAT, RunRecord, TrainState, read_resumable
 
 CPU = torch.device("cpu")
 
@@ -206,7 +206,7 @@ class FakeGpus:
 def test_random_states_resume_on_a_machine_with_fewer_gpus(monkeypatch):
     """A checkpoint keeps the training device's CUDA random state only, and a resume sets it on the device that
     trains now, however many GPUs either machine has; older checkpoints (every visible GPU's) still load."""
-    from resnet9.training.state import capture_rng, restore_rng
+    from resnet9.training.engine.state import capture_rng, restore_rng
 
     eight = FakeGpus(monkeypatch, 8)
     saved = capture_rng(torch.device("cuda", 3))  # trained on the fourth of eight GPUs
@@ -408,7 +408,7 @@ def test_a_file_system_that_cannot_fsync_still_gets_its_files_but_a_failing_disk
 
 def test_a_stop_after_a_divergence_keeps_the_last_good_checkpoint(synthetic_root, tmp_path):
     from resnet9.core import files
-    from resnet9.training.listeners import CheckpointWriter
+    from resnet9.training.recording.listeners import CheckpointWriter
 
     cfg = small_config(synthetic_root, "device")
     state = new_state(cfg, build.dataset(cfg.data), init_seed=0)
@@ -438,7 +438,7 @@ def test_a_stop_after_a_divergence_keeps_the_last_good_checkpoint(synthetic_root
 def test_a_run_that_starts_over_removes_the_earlier_runs_checkpoint_and_a_resumed_one_keeps_it(tmp_path):
     """resume=false: a plain rerun must not find the earlier run's last.pt should this run end before its own."""
     from resnet9.core import files
-    from resnet9.training.listeners import CheckpointWriter
+    from resnet9.training.recording.listeners import CheckpointWriter
 
     last = tmp_path / "last.pt"
     writer = CheckpointWriter(last, {}, files.BackgroundWriter())

@@ -16,7 +16,7 @@ APP = """
 import json, sys
 from pathlib import Path
 import hydra
-from resnet9.training import distributed
+from resnet9.training.engine import distributed
 from hydra._internal.config_loader_impl import ConfigLoaderImpl
 from hydra.core.hydra_config import HydraConfig
 

@@ -5,7 +5,7 @@ A callback is any object with some of the hooks below, built from a `_target_` i
 given, before it records anything, so what a callback adds to an epoch's `row` lands in metrics.json, W&B and
 the console (a line after the epoch's):
 
-    on_run_start(state)                 state: resnet9.training.state.TrainState (model, optimizer, scheduler, record)
+    on_run_start(state)                 state: engine/state.py's TrainState (model, optimizer, scheduler, record)
     on_epoch_end(state, row, result)    row: the epoch's numbers (a dict: add your own keys)
     on_stop(state)                      a SIGTERM/SIGINT stop, before last.pt is written
     on_run_end(state, status)           status: completed, interrupted or failed
@@ -31,11 +31,11 @@ from omegaconf import DictConfig
 
 from resnet9.core import files
 from resnet9.core.errors import ConfigError
-from resnet9.training import build
-from resnet9.training.listeners import Listener as Callback
-from resnet9.training.loop import EpochResult
-from resnet9.training.schedule import monitored
-from resnet9.training.state import TrainState
+from resnet9.training.engine import build
+from resnet9.training.engine.lifecycle import Listener as Callback
+from resnet9.training.engine.loop import EpochResult
+from resnet9.training.engine.schedule import monitored
+from resnet9.training.engine.state import TrainState
 
 __all__ = ["BestCheckpoint", "Callback", "EarlyStopping", "WeightNorm"]
 HOOKS = tuple(name for name in vars(Callback) if name.startswith("on_"))  # the trainer's hooks, as Listener has them
@@ -146,8 +146,9 @@ class BestCheckpoint(Callback, Monitored):
 
 
 def from_config(cfg: DictConfig) -> dict[str, Callback]:
-    """The `callbacks` group's objects by name, in the order the config names them (resnet9/training/callbacks.py);
-    one with only some of the hooks is wrapped so that the others do nothing, and one with none is refused."""
+    """The `callbacks` group's objects by name, in the order the config names them (this module's docstring
+    says what a callback is); one with only some of the hooks is wrapped so that the others do nothing, and one
+    with none is refused."""
     made = {}
     for name, node in (cfg.get("callbacks") or {}).items():
         callback = build.built(node, f"callbacks.{name}")
@@ -157,7 +158,7 @@ def from_config(cfg: DictConfig) -> dict[str, Callback]:
             found = f"has {', '.join(strangers)}, not a hook" if strangers else "has none of the hooks"
             raise ConfigError(
                 f"callbacks.{name} ({node.get('_target_')}) {found}; the hooks are {', '.join(HOOKS)} "
-                f"(resnet9/training/callbacks.py says what each receives)"
+                f"(resnet9/training/recording/callbacks.py says what each receives)"
             )
         made[name] = callback if len(hooks) == len(HOOKS) else SomeHooks(callback)
     return made

@@ -27,7 +27,7 @@ from pydantic_core import PydanticCustomError, PydanticUndefined
 
 from resnet9.core.errors import ConfigError, first_line
 from resnet9.data.datasets import TEST_SIZE
-from resnet9.training import targets
+from resnet9.training.config import targets
 
 AUTO = "auto"
 
@@ -143,7 +143,7 @@ class LoggerConfig(Option):
 class WandbConfig(Section):
     """A W&B logger section read back from a job's metrics.json (untrusted): only the project's own tracker."""
 
-    target: Literal["resnet9.training.tracking.WandbTracker"] = Field(alias="_target_")
+    target: Literal["resnet9.training.recording.tracking.WandbTracker"] = Field(alias="_target_")
     partial: Literal[True] = Field(alias="_partial_")
     project: str
     entity: str | None
@@ -155,7 +155,7 @@ class WandbConfig(Section):
 
 
 class NoLoggerConfig(Section):
-    target: Literal["resnet9.training.tracking.NullTracker"] = Field(alias="_target_")
+    target: Literal["resnet9.training.recording.tracking.NullTracker"] = Field(alias="_target_")
     partial: Literal[True] = Field(alias="_partial_")
 
 
@@ -373,8 +373,8 @@ def validate_model(values: Any, allowed: set[str], fix: str) -> ModelConfig:
 def validate_logger(values: Any) -> WandbConfig | NoLoggerConfig:
     """A logger section from elsewhere (a job's metrics.json): only the project's own trackers."""
     loggers = {
-        "resnet9.training.tracking.WandbTracker": WandbConfig,
-        "resnet9.training.tracking.NullTracker": NoLoggerConfig,
+        "resnet9.training.recording.tracking.WandbTracker": WandbConfig,
+        "resnet9.training.recording.tracking.NullTracker": NoLoggerConfig,
     }
     values = targets.current_names(values)
     target = values.get("_target_") if isinstance(values, dict) else None

@@ -37,8 +37,8 @@ from torch.optim.swa_utils import AveragedModel
 
 from resnet9 import __version__
 from resnet9.core.errors import UsageError, in_multirun
-from resnet9.training import schema, targets
-from resnet9.training.loop import EpochSums
+from resnet9.training.config import schema, targets
+from resnet9.training.engine.loop import EpochSums
 
 DEVICE_ENGINE = "resnet9.data.augment.Augmentation"  # runs on the training device unless engine=albumentations
 # The layouts of the files a run writes, bumped when a reader of the old layout could not read the new one.

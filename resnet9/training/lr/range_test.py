@@ -31,14 +31,19 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from omegaconf import DictConfig
+from hydra.utils import to_absolute_path
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.utils.data import DataLoader
 
 from resnet9.analysis import plots
 from resnet9.core import files
 from resnet9.core.errors import ConfigError, UsageError
-from resnet9.training import lr_rules
+from resnet9.data.datasets import ImageData
+from resnet9.training.config import schema
+from resnet9.training.engine import build
+from resnet9.training.engine.loop import Batches, StepSettings
+from resnet9.training.lr import rules as lr_rules
 
 log = logging.getLogger(__name__)
 
@@ -52,11 +57,52 @@ class LRFinderError(UsageError):
 
 @dataclass
 class RangeTestSetup:
-    """What an LR range test trains, built only when the cache has no answer (build.range_test_probe makes it),
+    """What an LR range test trains, built only when the cache has no answer (`probe` makes it),
     and what keys that cache."""
 
     key: dict  # everything that shapes the curve
     build: Callable[[], tuple[nn.Module, torch.optim.Optimizer, Iterable]]
+
+
+def probe(cfg: DictConfig, data: ImageData, settings: StepSettings) -> RangeTestSetup:
+    """What the LR range test trains: a fresh model, optimizer and training loader, all seeded with
+    `lr_finder.seed` (not the run's seed, and without touching the run's random state), and the description
+    of exactly that setup which keys the range-test cache."""
+    finder = cfg.lr_finder
+
+    def make() -> tuple[nn.Module, torch.optim.Optimizer, Batches]:
+        on = settings.device
+        with torch.random.fork_rng(devices=[on] if on.type == "cuda" else []):
+            torch.manual_seed(finder.seed)
+            network = build.model(cfg.model, settings)
+        loader = build.train_loader(cfg, data, settings, finder.seed)
+        return network, build.optimizer(cfg.optimizer, network, lr=finder.start_lr), loader
+
+    return RangeTestSetup(key=_range_test_key(cfg, settings), build=make)
+
+
+def _range_test_key(cfg: DictConfig, settings: StepSettings) -> dict:
+    """Everything that shapes the range test's curve: the model, optimizer, augmentation and data options whole
+    (a new option's keys take part by themselves); not the LRs it is meant to derive, nor how the curve is read
+    or cached (the schema marks those: another reading of the same curve reuses the test)."""
+    optimizer_cfg = OmegaConf.to_container(cfg.optimizer, resolve=True)
+    optimizer_cfg.pop("lr", None)
+    finder = OmegaConf.to_container(cfg.lr_finder, resolve=True)
+    for key in schema.marked(schema.LRFinderConfig, "reads_curve"):
+        finder.pop(key, None)
+    data_cfg = OmegaConf.to_container(cfg.data, resolve=True)
+    data_cfg["root"] = str(Path(to_absolute_path(cfg.data.root)).expanduser())
+    for key in ("download", "limit_test", "num_workers"):  # what the curve never sees
+        data_cfg.pop(key, None)
+    return {
+        "model": OmegaConf.to_container(cfg.model, resolve=True),
+        "optimizer": optimizer_cfg,
+        "augment": OmegaConf.to_container(cfg.augment, resolve=True),
+        "batch_size": cfg.batch_size,
+        "data": data_cfg,
+        "lr_finder": finder,
+        "device": settings.device.type,
+    }
 
 
 @dataclass
@@ -147,7 +193,7 @@ def find_lr_range(
     """LRMIN/LRMAX for this probe, read off the curve of an identical earlier test if the cache has one, else
     off a new test's.
 
-    The probe (build.range_test_probe) has its own seed, `lr_finder.seed`, not the run's, so every seed of a
+    The probe has its own seed, `lr_finder.seed`, not the run's, so every seed of a
     sweep trains with the same LRMIN/LRMAX from one shared test, and seed statistics measure training noise,
     not range-test noise. Writes lr_finder.json now and lr_finder.png (on the figure thread) into `out_dir`.
     """

@@ -1,5 +1,5 @@
-"""An Optuna search's database as each process of the search holds it: the part of resnet9/training/search.py that
-needs Optuna and SQLAlchemy (the `search` extra), imported only where a search runs.
+"""An Optuna search's database as each process of the search holds it: the part of search.py that needs Optuna
+and SQLAlchemy (the `search` extra), imported only where a search runs.
 
 - One storage per process and URL (`cached`): the sweeper, every trial it runs in its own process, and the report
   share one engine and its connection pool; `close_all` disposes of them when the sweep ends, and at the process's

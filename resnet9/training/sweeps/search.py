@@ -24,9 +24,9 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from resnet9.core.errors import TrialPruned, UsageError
-from resnet9.training.listeners import Listener, one_line
-from resnet9.training.loop import EpochResult
-from resnet9.training.state import TrainState
+from resnet9.training.engine.lifecycle import Listener, one_line
+from resnet9.training.engine.loop import EpochResult
+from resnet9.training.engine.state import TrainState
 
 log = logging.getLogger(__name__)
 SQLITE_FILE = "study.db"
@@ -77,7 +77,7 @@ def connect_url(url: str) -> str:
 
 
 def open_storage(url: str, heartbeat_s: int | None = None, retry_s: float | None = None) -> Any:
-    """Optuna's storage on `url`, one per process and URL (resnet9/training/study_storage.py), or a one-line
+    """Optuna's storage on `url`, one per process and URL (resnet9/training/sweeps/study_storage.py), or a one-line
     UsageError before any trial trains. Its calls ride out a database that does not answer for up to `retry_s`.
 
     `heartbeat_s`: the sweeper's storage records a heartbeat for its running trials; a trial whose heartbeat
@@ -91,14 +91,14 @@ def open_storage(url: str, heartbeat_s: int | None = None, retry_s: float | None
             f"hydra.sweeper.storage={url} is not a database URL; give an SQLAlchemy URL such as "
             f"sqlite:///study.db or postgresql://user@host/database, or null for <sweep folder>/{SQLITE_FILE}"
         ) from None
-    from resnet9.training import study_storage
+    from resnet9.training.sweeps import study_storage
 
     return study_storage.cached(real, shown_url(url), heartbeat_s, RETRY_S if retry_s is None else retry_s)
 
 
 def close_storages() -> None:
     """The storages this process opened, closed (their connections given back): the sweeper's end."""
-    from resnet9.training import study_storage
+    from resnet9.training.sweeps import study_storage
 
     study_storage.close_all()
 

@@ -26,7 +26,7 @@ from omegaconf import OmegaConf
 
 from resnet9.core.errors import ConfigError, first_line
 
-# group -> the arguments the trainer passes to the group's callable when it builds it (resnet9/training/build.py).
+# group -> the arguments the trainer passes to the group's callable when it builds it (training/engine/build.py).
 SUPPLIED: dict[str, tuple[str, ...]] = {
     "optimizer": ("params", "lr"),  # partial: called with the model's parameters and LRMAX
     # partial: of these, the ones its signature takes (a torch scheduler class takes the optimizer alone)
@@ -39,7 +39,7 @@ CONSUMED: dict[str, tuple[str, ...]] = {
     "scheduler": ("lr_min", "interval", "monitor"),  # LRMIN (passed on where taken), when it steps, on what
 }
 HYDRA_KEYS = ("_target_", "_partial_", "_convert_", "_recursive_", "_args_")
-PACKAGE_CONF = Path(__file__).resolve().parents[1] / "conf"
+PACKAGE_CONF = Path(__file__).resolve().parents[2] / "conf"
 
 
 def locate(dotted: str, key: str) -> Any:
@@ -47,6 +47,9 @@ def locate(dotted: str, key: str) -> Any:
     parts = dotted.split(".") if isinstance(dotted, str) else []
     if not dotted or not all(part.isidentifier() for part in parts):
         raise ConfigError(f"{key}._target_ must be a dotted name like mypackage.MyClass, got {dotted!r}")
+    if dotted in MOVED:  # one of the package's own, under the name an earlier version gave it
+        raise ConfigError(f"{key}._target_={dotted} was renamed {MOVED[dotted]} (resnet9 moved its modules); "
+                          f"write that")  # fmt: skip
     for split in range(len(parts), 0, -1):  # the longest importable module prefix
         try:
             found = importlib.import_module(".".join(parts[:split]))
@@ -124,20 +127,30 @@ def _nested(node: dict, key: str) -> Iterator[tuple[str, dict]]:
                     yield f"{key}.{name}[{i}]", item
 
 
-# The package's own targets under the names configs saved before its modules moved into folders (resnet9 0.1.0:
-# checkpoints, metrics.json) give them: read back under their current names (tests/fixtures/old_runs).
+# The package's own targets under the names configs saved before their modules moved give them (0.1.0: before
+# the folders; 0.2.0: before training/'s rooms): checkpoints and records are read back under the current names
+# (tests/fixtures/old_runs), and a config a person writes with an old name is told the new one (`locate`).
+_ROOMS_0_3 = {"schedule": "engine", "tracking": "recording", "callbacks": "recording"}
 MOVED = {
     "resnet9.model.ResNet9": "resnet9.models.resnet9.ResNet9",
     "resnet9.augment.Augmentation": "resnet9.data.augment.Augmentation",
     "resnet9.augment.Pipeline": "resnet9.data.augment.Pipeline",
     "resnet9.data.cifar10": "resnet9.data.datasets.cifar10",
     "resnet9.data.cifar100": "resnet9.data.datasets.cifar100",
-    "resnet9.schedule.one_cycle": "resnet9.training.schedule.one_cycle",
-    "resnet9.schedule.piecewise_linear": "resnet9.training.schedule.piecewise_linear",
-    "resnet9.schedule.warmup_cosine": "resnet9.training.schedule.warmup_cosine",
-    "resnet9.tracking.WandbTracker": "resnet9.training.tracking.WandbTracker",
-    "resnet9.tracking.NullTracker": "resnet9.training.tracking.NullTracker",
-    "resnet9.callbacks.WeightNorm": "resnet9.training.callbacks.WeightNorm",
+    "resnet9.schedule.one_cycle": "resnet9.training.engine.schedule.one_cycle",
+    "resnet9.schedule.piecewise_linear": "resnet9.training.engine.schedule.piecewise_linear",
+    "resnet9.schedule.warmup_cosine": "resnet9.training.engine.schedule.warmup_cosine",
+    "resnet9.tracking.WandbTracker": "resnet9.training.recording.tracking.WandbTracker",
+    "resnet9.tracking.NullTracker": "resnet9.training.recording.tracking.NullTracker",
+    "resnet9.callbacks.WeightNorm": "resnet9.training.recording.callbacks.WeightNorm",
+} | {
+    f"resnet9.training.{module}.{name}": f"resnet9.training.{room}.{module}.{name}"
+    for module, room in _ROOMS_0_3.items()
+    for name in {
+        "schedule": ("one_cycle", "piecewise_linear", "warmup_cosine"),
+        "tracking": ("WandbTracker", "NullTracker"),
+        "callbacks": ("WeightNorm", "EarlyStopping", "BestCheckpoint"),
+    }[module]
 }
 
 

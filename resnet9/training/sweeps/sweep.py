@@ -66,7 +66,7 @@ def study_of(sweep_dir: Path, config: DictConfig) -> dict[str, Any]:
     sweeper = config.hydra.sweeper
     if not str(sweeper.get("_target_", "")).endswith("optuna_sweeper.OptunaSweeper"):
         return {}
-    from resnet9.training.search import hide_password, storage_url
+    from resnet9.training.sweeps.search import hide_password, storage_url
 
     # (its password masked: the report finds it where the sweeper keeps it, or where libpq looks for one)
     storage, _ = hide_password(storage_url(sweeper.storage, sweep_dir))

@@ -34,7 +34,7 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from resnet9.core.errors import USAGE_EXIT, exit_with
-from resnet9.training.loop import EpochSums
+from resnet9.training.engine.loop import EpochSums
 
 # Rank 0's range test (≈ 10 min at full width on a small CPU) and its evaluations keep the others waiting
 # in a collective; torchrun ends the whole job if any process dies, so a long timeout never hides a crash.

@@ -30,12 +30,12 @@ from resnet9.core import jobcache
 from resnet9.core.errors import ConfigError, UsageError, first_line
 from resnet9.data import datasets
 from resnet9.data.augment import Stats
-from resnet9.training import schema, state, targets, tracking
-from resnet9.training.cuda_graph import start_momentum
-from resnet9.training.distributed import World
-from resnet9.training.loop import Batches, StepSettings
-from resnet9.training.lr_finder import RangeTestSetup
-from resnet9.training.schedule import Stepped
+from resnet9.training.config import schema, targets
+from resnet9.training.engine import state
+from resnet9.training.engine.cuda_graph import start_momentum
+from resnet9.training.engine.distributed import World
+from resnet9.training.engine.loop import Batches, StepSettings
+from resnet9.training.engine.schedule import Stepped
 
 
 def built(node: DictConfig | dict, key: str | None = None, **kwargs: object) -> object:
@@ -471,49 +471,3 @@ def trained_model(
             bad,
         )
     return network.to(device), checkpoint
-
-
-def tracker(logger_cfg: DictConfig, **run: object) -> tracking.Tracker:
-    """The experiment tracker of the `logger` group (W&B or none) for one run (config, dir, name, group, run_id)."""
-    return instantiate(logger_cfg, _convert_="all")(**run)
-
-
-def range_test_probe(cfg: DictConfig, cifar: datasets.ImageData, settings: StepSettings) -> RangeTestSetup:
-    """What the LR range test trains: a fresh model, optimizer and training loader, all seeded with
-    `lr_finder.seed` (not the run's seed, and without touching the run's random state), and the description
-    of exactly that setup which keys the range-test cache."""
-    finder = cfg.lr_finder
-
-    def build() -> tuple[nn.Module, torch.optim.Optimizer, Batches]:
-        on = settings.device
-        with torch.random.fork_rng(devices=[on] if on.type == "cuda" else []):
-            torch.manual_seed(finder.seed)
-            probe = model(cfg.model, settings)
-        loader = train_loader(cfg, cifar, settings, finder.seed)
-        return probe, optimizer(cfg.optimizer, probe, lr=finder.start_lr), loader
-
-    return RangeTestSetup(key=_range_test_key(cfg, settings), build=build)
-
-
-def _range_test_key(cfg: DictConfig, settings: StepSettings) -> dict:
-    """Everything that shapes the range test's curve: the model, optimizer, augmentation and data options whole
-    (a new option's keys take part by themselves); not the LRs it is meant to derive, nor how the curve is read
-    or cached (the schema marks those: another reading of the same curve reuses the test)."""
-    optimizer_cfg = OmegaConf.to_container(cfg.optimizer, resolve=True)
-    optimizer_cfg.pop("lr", None)
-    finder = OmegaConf.to_container(cfg.lr_finder, resolve=True)
-    for key in schema.marked(schema.LRFinderConfig, "reads_curve"):
-        finder.pop(key, None)
-    data_cfg = OmegaConf.to_container(cfg.data, resolve=True)
-    data_cfg["root"] = str(Path(to_absolute_path(cfg.data.root)).expanduser())
-    for key in ("download", "limit_test", "num_workers"):  # what the curve never sees
-        data_cfg.pop(key, None)
-    return {
-        "model": OmegaConf.to_container(cfg.model, resolve=True),
-        "optimizer": optimizer_cfg,
-        "augment": OmegaConf.to_container(cfg.augment, resolve=True),
-        "batch_size": cfg.batch_size,
-        "data": data_cfg,
-        "lr_finder": finder,
-        "device": settings.device.type,
-    }

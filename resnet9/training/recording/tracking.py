@@ -17,10 +17,12 @@ from typing import Any, Protocol
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
+from hydra.utils import instantiate
+from omegaconf import DictConfig
 
 from resnet9 import __version__
 from resnet9.core.errors import UsageError, first_line
-from resnet9.training import sweep
+from resnet9.training.sweeps import sweep
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +32,7 @@ def code_version() -> dict[str, Any]:
     """The code a run trains with, for its records (metrics.json, the W&B config): the installed package's
     version, and where it runs from a git checkout, the commit and whether the tree had uncommitted changes."""
     found: dict[str, Any] = {"package": __version__}
-    checkout = Path(__file__).resolve().parents[2]
+    checkout = Path(__file__).resolve().parents[3]
     git = ["git", "-C", str(checkout)]
     try:
         commit = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
@@ -41,6 +43,11 @@ def code_version() -> dict[str, Any]:
     except (OSError, subprocess.SubprocessError):  # no git here, or a checkout too slow to ask: the version says it
         pass
     return found
+
+
+def start(logger_cfg: DictConfig, **run: object) -> Tracker:
+    """The experiment tracker of the `logger` group (W&B or none) for one run (config, dir, name, group, run_id)."""
+    return instantiate(logger_cfg, _convert_="all")(**run)
 
 
 class Tracker(Protocol):

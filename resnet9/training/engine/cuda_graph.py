@@ -32,8 +32,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from resnet9.core.errors import first_line
-from resnet9.training.loop import StepSettings
-from resnet9.training.state import capture_rng, restore_rng
+from resnet9.training.engine.loop import StepSettings
+from resnet9.training.engine.state import capture_rng, restore_rng
 
 log = logging.getLogger(__name__)
 
