@@ -7,7 +7,8 @@ epoch and the LR derivation pass through, traced on a tiny CPU run.
 A path is every function of the package called, directly or not, while its entry function runs: for the epoch,
 the trainer's epoch loop with `epochs=1` on the CPU (one epoch: train, evaluate, record, notify); for the LRs, the
 derivation of LRMIN and LRMAX from `optimizer.lr=auto` (the range test, its curve, the rule, the scaling).
-"stops" are the distinct functions the entry calls itself; "files" the package's files entered on the way.
+"stops" are the distinct functions the entry calls itself; "files" the package's files entered on the way;
+"crossings" the distinct calls from one of the trainer's files into another (a reader's jumps between files).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ class PathTracer:
         self.entries = entries  # label -> "module:qualname"
         self.called: dict[str, set[tuple[str, str]]] = {label: set() for label in entries}
         self.stops: dict[str, set[str]] = {label: set() for label in entries}
+        self.crossings: dict[str, set[tuple[str, str]]] = {label: set() for label in entries}
 
     def __call__(self, frame, event, arg) -> None:
         if event != "call" or not frame.f_code.co_filename.startswith(str(PACKAGE)):
@@ -48,9 +50,15 @@ class PathTracer:
             for depth, ancestor in enumerate(chain):
                 if _name(ancestor) == entry:
                     self.called[label].add((_file(frame), _name(frame)))
+                    if _file(chain[0]) != _file(frame) and all(map(_trainers, (chain[0], frame))):
+                        self.crossings[label].add((_name(chain[0]), _name(frame)))
                     if depth == 0:
                         self.stops[label].add(_name(frame))
                     break
+
+
+def _trainers(frame) -> bool:
+    return _file(frame).startswith(("resnet9/train.py", "resnet9/training"))
 
 
 def _file(frame) -> str:
@@ -91,15 +99,15 @@ def main() -> None:
     for folder, count in modules_per_folder().items():
         print(f"| {folder} | {count} |")
     tracer = trace({"one epoch": args.epoch, "LR derivation": args.lrs}, args.data_root)
-    print("\n| path | entry | stops | files | functions | of which the trainer's (train.py, training/) |")
-    print("|---|---|---|---|---|---|")
+    print("\n| path | entry | stops | files | functions | of which the trainer's (train.py, training/) | crossings |")
+    print("|---|---|---|---|---|---|---|")
     for label, entry in tracer.entries.items():
         files = {file for file, _ in tracer.called[label]}
         trainer = [
             file for file, _ in tracer.called[label] if file.startswith(("resnet9/train.py", "resnet9/training"))
         ]
         print(f"| {label} | `{entry}` | {len(tracer.stops[label])} | {len(files)} | {len(tracer.called[label])} | "
-              f"{len(trainer)} in {len(set(trainer))} files |")  # fmt: skip
+              f"{len(trainer)} in {len(set(trainer))} files | {len(tracer.crossings[label])} |")  # fmt: skip
     for label in tracer.entries:
         print(f"\n{label}:")
         for _, name in sorted(tracer.called[label]):

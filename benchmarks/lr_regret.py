@@ -32,7 +32,6 @@ from tabulate import tabulate
 from resnet9.analysis import plots
 from resnet9.core import jobcache
 from resnet9.train import train
-from resnet9.training.lr import range_test as lr_finder
 from resnet9.training.lr import rules as lr_rules
 
 REPO = Path(__file__).resolve().parents[1]
@@ -99,7 +98,7 @@ class Setting:
 
     def pair(self, curve: dict, rule: str) -> list[float]:
         """The pair `rule` reads off a recorded curve, read as this setting's runs read it."""
-        found = lr_finder.derive_lr_range(curve, self.config(0, [f"lr_finder.rule={rule}"]).lr_finder)
+        found = lr_rules.read(curve, self.config(0, [f"lr_finder.rule={rule}"]).lr_finder)
         return [found.lr_min, found.lr_max]
 
     @staticmethod

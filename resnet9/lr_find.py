@@ -20,7 +20,7 @@ from omegaconf import DictConfig
 from resnet9.core.errors import exit_on_usage_error, hydra_errors_in_one_line
 from resnet9.training.config import schema
 from resnet9.training.engine import build, distributed
-from resnet9.training.lr.range_test import JSON_NAME, PLOT_NAME, find_lr_range, probe
+from resnet9.training.lr.derive import JSON_NAME, PLOT_NAME, read_range
 
 
 def main() -> None:
@@ -37,9 +37,8 @@ def _hydra_main(cfg: DictConfig) -> None:
         device = build.device(cfg.device)
         build.seed_everything(cfg.seed, cfg.deterministic)
         settings = build.step_settings(cfg, device)
-        setup = probe(cfg, build.dataset(cfg.data), settings)
         out_dir = Path(HydraConfig.get().runtime.output_dir)
-        result = find_lr_range(cfg.lr_finder, setup, device, out_dir, cfg.progress)
+        result = read_range(cfg, build.dataset(cfg.data), settings, out_dir, cfg.progress)
     source = "cached curve" if result.cached else "new test"
     print(f"LRMIN={result.lr_min:.4g} LRMAX={result.lr_max:.4g} ({source}; {result.reading})")
     print("every rule's LRMAX (lr_finder.rule=...): " + ", ".join(f"{k} {v:.3g}" for k, v in result.picks.items()))

@@ -62,8 +62,8 @@ from resnet9.training.engine.loop import (
     train_one_epoch,
     warm_up,
 )
-from resnet9.training.engine.state import RunRecord, Stopwatch, TrainState, read_resumable, saved_lrs
-from resnet9.training.lr import range_test as lr_finder
+from resnet9.training.engine.state import RunLRs, RunRecord, Stopwatch, TrainState, read_resumable, saved_lrs
+from resnet9.training.lr import derive, rules
 from resnet9.training.recording import callbacks, tracking
 from resnet9.training.recording.listeners import CheckpointWriter, ConsoleLog, MetricsFile, SummaryAndCurves, TrackerLog
 from resnet9.training.sweeps import search, sweep
@@ -167,7 +167,7 @@ def train(cfg: DictConfig, out_dir: Path) -> float:
         if resumed is not None:  # the LRs the interrupted run derived: no new range test
             lrs = saved_lrs(resumed)
         else:  # rank 0 runs the range test (if one is needed); every rank trains with its LRs
-            lrs = ddp.broadcast(_derive_lrs(cfg, cifar, settings, out_dir) if world.is_main else None)
+            lrs = ddp.broadcast(derive.lrs_for_run(cfg, cifar, settings, out_dir) if world.is_main else None)
         state = _training_state(cfg, model, loader, cifar, lrs, clock)
         state.callbacks = own_callbacks  # their state is checkpointed, and given back on a resume
         if resumed is not None:
@@ -178,7 +178,8 @@ def train(cfg: DictConfig, out_dir: Path) -> float:
 
     stop = SignalStop()
     # the user's callbacks before the recorders, so that what they add to an epoch's row is recorded
-    listeners = [stop, *own_callbacks.values(), *(_recording_listeners(cfg, out_dir, device) if world.is_main else [])]
+    recorders = _recording_listeners(cfg, out_dir, device, lrs.reading) if world.is_main else []
+    listeners = [stop, *own_callbacks.values(), *recorders]
     listeners += search.trial_listeners() if world.is_main else []  # last: every other listener has the epoch
     with notifying(listeners, state, stop.flag):
         _fit(cfg, state, test_batches, settings, listeners, stop.flag)
@@ -195,27 +196,16 @@ def _check_fits(cfg: DictConfig, images: ImageData) -> None:
         )
 
 
-def _derive_lrs(cfg: DictConfig, cifar: ImageData, settings: StepSettings, out_dir: Path) -> tuple[float, float, str]:
-    """LRMIN/LRMAX: numbers from the config where given; where auto, the range test's, scaled by lr_finder."""
-    probe = lr_finder.probe(cfg, cifar, settings)
-    return lr_finder.lrs_for_run(
-        cfg.optimizer.lr,
-        cfg.scheduler.get("lr_min"),  # (a torch schedule may have none)
-        cfg.lr_finder,
-        range_test=lambda: lr_finder.find_lr_range(cfg.lr_finder, probe, settings.device, out_dir, cfg.progress),
-    )
-
-
 def _training_state(
     cfg: DictConfig,
     model: torch.nn.Module,
     loader: Batches,
     cifar: ImageData,
-    lrs: tuple[float, float, str],
+    lrs: RunLRs,
     clock: Stopwatch,
 ) -> TrainState:
     """A fresh state: optimizer at LRMAX, One Cycle from LRMIN, the EMA if asked for, and the run's record."""
-    lr_min, lr_max, lr_source = lrs
+    lr_min, lr_max = lrs.lr_min, lrs.lr_max
     device = next(model.parameters()).device
     autocast = build.autocast_dtype(cfg.precision, device)
     scaler = build.loss_scaler(autocast, device)
@@ -243,7 +233,7 @@ def _training_state(
         steps_per_epoch=len(loader),
         lr_min=lr_min,
         lr_max=lr_max,
-        lr_source=lr_source,
+        lr_source=lrs.source,
     )
     if device.type == "cuda":  # for each epoch's model FLOPs utilisation
         record.update(**_flops(model, record["config"]["model"], device, _input_shape(record)))
@@ -281,8 +271,11 @@ def _resume(state: TrainState, checkpoint: dict, path: Path) -> None:
         state.record.update(resumed_from_step=state.epoch * steps + len(state.epoch_sums.lrs))
 
 
-def _recording_listeners(cfg: DictConfig, out_dir: Path, on: torch.device) -> list[Listener]:
-    """Rank 0's listeners, in the order they are told: checkpoint, run files, tracker, console, metrics.json."""
+def _recording_listeners(
+    cfg: DictConfig, out_dir: Path, on: torch.device, reading: rules.LRRange | None
+) -> list[Listener]:
+    """Rank 0's listeners, in the order they are told: checkpoint, run files, tracker (with the range test's curve,
+    when this run read one), console, metrics.json."""
     config = OmegaConf.to_container(cfg, resolve=True)
     identity = tracking.run_identity(cfg.logger.get("group"))
 
@@ -304,7 +297,7 @@ def _recording_listeners(cfg: DictConfig, out_dir: Path, on: torch.device) -> li
     return [
         *(checkpoints if cfg.checkpoint else []),
         SummaryAndCurves(out_dir, config["model"]),
-        TrackerLog(start_tracker, out_dir),
+        TrackerLog(start_tracker, out_dir, curve=None if reading is None else reading.history),
         ConsoleLog(out_dir),
         MetricsFile(out_dir, writer),
     ]

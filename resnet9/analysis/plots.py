@@ -69,12 +69,9 @@ def wait_for_figures(*paths: Path) -> None:
                 _pending.remove(entry)
 
 
-def lr_range_test(found: dict[str, Any], skip_start: int, skip_end: int, title: str, path: Path) -> Path:
-    """The range test's smoothed loss against LR (log scale, trimmed as the rules read it), LRMIN and LRMAX,
-    and where each of the other rules (lr_finder.rule) would have put LRMAX."""
-    history = found["history"]
-    end = len(history["lr"]) - skip_end
-    lrs, losses = np.asarray(history["lr"][skip_start:end]), np.asarray(history["loss"][skip_start:end])
+def lr_range_test(lrs: np.ndarray, losses: np.ndarray, found: dict[str, Any], title: str, path: Path) -> Path:
+    """The range test's smoothed loss against LR (log scale; the curve as the rules read it, trimmed), LRMIN
+    and LRMAX (`found`, with the rule), and where each of the other rules (lr_finder.rule) would have put LRMAX."""
     fig = Figure(figsize=(7.5, 4.5))
     ax = fig.subplots()
     ax.plot(lrs, losses, color="tab:blue")

@@ -60,7 +60,7 @@ def test_precision_auto_picks_what_the_card_does_fast(monkeypatch, capability, e
 def test_a_schedule_the_run_cannot_have_is_refused_before_the_range_test(synthetic_root, tmp_path, monkeypatch):
     """4 steps cannot hold a peak at 5/24 of the run; the range test (minutes at full width) must not run first."""
     tests = []
-    monkeypatch.setattr(lr_finder, "find_lr_range", lambda *args, **kwargs: tests.append(args))
+    monkeypatch.setattr(lr_finder, "curve", lambda *args, **kwargs: tests.append(args))
     cfg = compose_small(synthetic_root, "epochs=1", "scheduler.peak_epoch=auto", "optimizer.lr=auto",
                         "scheduler.lr_min=auto", "lr_finder.cache=false")  # fmt: skip
     with pytest.raises(ConfigError, match="scheduler.peak_epoch=auto .* puts the LR peak at step 0 of a 4-step run"):

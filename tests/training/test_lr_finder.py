@@ -19,6 +19,7 @@ from resnet9.core.errors import UsageError
 from resnet9.data import augment, datasets
 from resnet9.models.resnet9 import ResNet9
 from resnet9.training.engine import build
+from resnet9.training.lr import derive, rules
 from resnet9.training.lr import range_test as lr_finder
 
 CONF = str(Path(__file__).resolve().parents[2] / "conf")
@@ -52,16 +53,17 @@ def test_range_test_restores_the_model_it_trained(small_setup):
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr_finder.start_lr, momentum=0.9)
     spec = augment.Augmentation(engine="device")
     loader = spec.train_loader(cifar.train_images, cifar.train_labels, 40, torch.device("cpu"), seed=0)
-    found = lr_finder.run_range_test(model, optimizer, loader, torch.device("cpu"), cfg.lr_finder)
-    assert len(found.history["lr"]) > 20 and 0 < found.lr_min < found.lr_max
+    history = lr_finder.run_range_test(model, optimizer, loader, torch.device("cpu"), cfg.lr_finder)
+    found = rules.read(history, cfg.lr_finder)
+    assert len(history["lr"]) > 20 and 0 < found.lr_min < found.lr_max
     after = model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)  # weights and BN statistics untouched
 
 
-def find(cfg, cifar, out_dir: Path) -> lr_finder.LRRange:
-    """The range test as the trainer runs it: the config's probe, on the CPU."""
+def find(cfg, cifar, out_dir: Path) -> rules.LRRange:
+    """The range test as the trainer runs it: the config's probe, its curve and the rule's reading, on the CPU."""
     settings = build.step_settings(cfg, torch.device("cpu"))
-    return lr_finder.find_lr_range(cfg.lr_finder, lr_finder.probe(cfg, cifar, settings), settings.device, out_dir)
+    return derive.read_range(cfg, cifar, settings, out_dir)
 
 
 def test_range_test_on_small_data_writes_plot_and_json(small_setup, tmp_path):

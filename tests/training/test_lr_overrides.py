@@ -10,6 +10,8 @@ from hydra import compose, initialize_config_dir
 
 import resnet9.train as trainer
 from resnet9.training.engine import distributed as ddp
+from resnet9.training.engine.state import RunLRs
+from resnet9.training.lr import derive, rules
 from resnet9.training.lr import range_test as lr_finder
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
@@ -28,35 +30,41 @@ def textbook_history() -> dict[str, list[float]]:
     return {"lr": lrs.tolist(), "loss": losses.tolist()}
 
 
-class RangeTest:
-    """The range test as `lrs_for_run` calls it, counting its runs."""
+def textbook_reading(finder_cfg):
+    return rules.read(textbook_history(), finder_cfg)
 
-    def __init__(self, finder_cfg) -> None:
-        self.found, self.runs = lr_finder.derive_lr_range(textbook_history(), finder_cfg), 0
 
-    def __call__(self) -> lr_finder.LRRange:
+class CountedRange:
+    """`derive.read_range` replaced: the textbook curve's reading, counting the range tests asked for."""
+
+    def __init__(self, monkeypatch) -> None:
+        self.runs = 0
+        monkeypatch.setattr(derive, "read_range", self)
+
+    def __call__(self, cfg, *args, **kwargs) -> rules.LRRange:
         self.runs += 1
-        return self.found
+        return textbook_reading(cfg.lr_finder)
 
 
-def test_numbers_for_both_lrs_are_taken_as_given_and_no_range_test_runs():
+def test_numbers_for_both_lrs_are_taken_as_given_and_no_range_test_runs(monkeypatch):
     cfg = compose_with("optimizer.lr=0.4", "scheduler.lr_min=0.04", "lr_finder.scale=2")
-    test = RangeTest(cfg.lr_finder)
-    assert lr_finder.lrs_for_run(cfg.optimizer.lr, cfg.scheduler.lr_min, cfg.lr_finder, test) == (0.04, 0.4, "config")
-    assert test.runs == 0
+    tests = CountedRange(monkeypatch)
+    lrs = derive.lrs_for_run(cfg, None, None, Path("unused"))
+    assert (lrs.lr_min, lrs.lr_max, lrs.source, lrs.reading) == (0.04, 0.4, "config", None) and tests.runs == 0
 
 
 @pytest.mark.parametrize("given", ["optimizer.lr", "scheduler.lr_min"])
-def test_a_number_replaces_its_own_lr_unscaled_and_the_other_is_still_derived(given):
+def test_a_number_replaces_its_own_lr_unscaled_and_the_other_is_still_derived(given, monkeypatch):
     number = 0.5 if given == "optimizer.lr" else 1e-4
     cfg = compose_with(f"{given}={number}", "lr_finder.scale=2")
-    test = RangeTest(cfg.lr_finder)
-    lr_min, lr_max, source = lr_finder.lrs_for_run(cfg.optimizer.lr, cfg.scheduler.lr_min, cfg.lr_finder, test)
-    assert test.runs == 1 and source == "range test x 2"
+    tests = CountedRange(monkeypatch)
+    lrs = derive.lrs_for_run(cfg, None, None, Path("unused"))
+    found = textbook_reading(cfg.lr_finder)
+    assert tests.runs == 1 and lrs.source == "range test x 2" and lrs.reading.lr_max == found.lr_max
     if given == "optimizer.lr":  # an absolute peak; LRMIN the range test's, scaled
-        assert (lr_max, lr_min) == (0.5, pytest.approx(2 * test.found.lr_min))
+        assert (lrs.lr_max, lrs.lr_min) == (0.5, pytest.approx(2 * found.lr_min))
     else:
-        assert (lr_min, lr_max) == (1e-4, pytest.approx(2 * test.found.lr_max))
+        assert (lrs.lr_min, lrs.lr_max) == (1e-4, pytest.approx(2 * found.lr_max))
 
 
 class Probe:
@@ -74,17 +82,16 @@ def test_cache_false_runs_a_new_range_test_where_a_cached_curve_would_answer(tmp
 
     def range_test(model, optimizer, loader, device, finder_cfg, *args, **kwargs):
         runs.append(finder_cfg.cache)
-        return lr_finder.derive_lr_range(textbook_history(), finder_cfg)
+        return textbook_history()
 
     monkeypatch.setattr(lr_finder, "run_range_test", range_test)
-    monkeypatch.setattr(lr_finder.plots, "in_background", lambda *args, **kwargs: None)  # (no figure needed)
     found = {}
     for cache in ("true", "true", "false"):
         cfg = compose_with(f"lr_finder.cache={cache}", f"lr_finder.cache_dir={tmp_path / 'cache'}")
-        (tmp_path / cache).mkdir(exist_ok=True)
-        found.setdefault(cache, []).append(lr_finder.find_lr_range(cfg.lr_finder, Probe(), "cpu", tmp_path / cache))
+        found.setdefault(cache, []).append(lr_finder.curve(cfg.lr_finder, Probe(), "cpu"))
     assert runs == [True, False]  # the first test, then the one cache=false forced; the second came from the cache
-    assert [result.cached for result in found["true"]] == [False, True] and not found["false"][0].cached
+    assert [curve.cached for curve in found["true"]] == [False, True] and not found["false"][0].cached
+    assert found["true"][1].history == found["false"][0].history == textbook_history()
 
 
 class Reached(Exception):
@@ -101,20 +108,20 @@ def lrs_of_a_rank(monkeypatch, synthetic_root, tmp_path, rank: int):
         "model.width=0.0625", "epochs=2", "logger=none", "progress=false", "device=cpu",
     )  # fmt: skip
     seen = {"tests": 0, "sent": []}
-    from_rank_0 = (0.01, 0.1, "range test")
+    from_rank_0 = RunLRs(0.01, 0.1, "range test")
 
-    def range_test(finder_cfg, *args, **kwargs):
+    def range_test(cfg, *args, **kwargs):
         seen["tests"] += 1
-        return lr_finder.derive_lr_range(textbook_history(), finder_cfg)
+        return textbook_reading(cfg.lr_finder)
 
     def broadcast(value):  # what rank 0 sends, every rank receives
         seen["sent"].append(value)
         return value if rank == 0 else from_rank_0
 
-    def training_state(*args, **kwargs):  # the trainer's next step, given the LRs (LRMIN, LRMAX, their source)
-        raise Reached(next(arg for arg in [*args, *kwargs.values()] if isinstance(arg, tuple) and len(arg) == 3))
+    def training_state(*args, **kwargs):  # the trainer's next step, given the LRs
+        raise Reached(next(arg for arg in [*args, *kwargs.values()] if isinstance(arg, RunLRs)))
 
-    monkeypatch.setattr(lr_finder, "find_lr_range", range_test)
+    monkeypatch.setattr(derive, "read_range", range_test)
     monkeypatch.setattr(ddp, "broadcast", broadcast)
     monkeypatch.setattr(trainer, "_training_state", training_state)
     level = logging.getLogger().level  # (a rank other than 0 turns the root logger down to warnings)
@@ -130,6 +137,6 @@ def test_under_torchrun_rank_0_alone_runs_the_range_test_and_every_rank_trains_w
     monkeypatch, synthetic_root, tmp_path
 ):
     seen, lrs = lrs_of_a_rank(monkeypatch, synthetic_root, tmp_path, rank=1)
-    assert seen == {"tests": 0, "sent": [None]} and lrs == (0.01, 0.1, "range test")
+    assert seen == {"tests": 0, "sent": [None]} and (lrs.lr_min, lrs.lr_max, lrs.source) == (0.01, 0.1, "range test")
     seen, lrs = lrs_of_a_rank(monkeypatch, synthetic_root, tmp_path, rank=0)
-    assert seen["tests"] == 1 and seen["sent"] == [lrs] and lrs[2] == "range test"
+    assert seen["tests"] == 1 and seen["sent"] == [lrs] and lrs.source == "range test"

@@ -340,9 +340,20 @@ def _resumable_shape(checkpoint: Any) -> bool:
     return numbers and isinstance(record, dict) and isinstance(record.get("lr_source"), str)
 
 
-def saved_lrs(checkpoint: dict[str, Any]) -> tuple[float, float, str]:
-    """(LRMIN, LRMAX, their source) of the run a checkpoint belongs to: a resumed run trains with these."""
-    return checkpoint["lr_min"], checkpoint["lr_max"], checkpoint["train_state"]["record"]["lr_source"]
+@dataclass
+class RunLRs:
+    """What a run trains with: LRMIN (None for a schedule without one), LRMAX, where they came from, and the
+    range test's reading (training/lr/rules.py's LRRange) when one was read in this process, else None."""
+
+    lr_min: float | None
+    lr_max: float
+    source: str
+    reading: Any = None
+
+
+def saved_lrs(checkpoint: dict[str, Any]) -> RunLRs:
+    """The LRs of the run a checkpoint belongs to: a resumed run trains with these (no range test again)."""
+    return RunLRs(checkpoint["lr_min"], checkpoint["lr_max"], checkpoint["train_state"]["record"]["lr_source"])
 
 
 def trained_fix(flag: str) -> str:

@@ -1,16 +1,11 @@
-"""LR range test (torch-lr-finder) -> LRMIN and LRMAX for One Cycle, with a plot and an on-disk cache.
+"""The LR range test (torch-lr-finder) and its on-disk cache: what the test trains (`probe`), and its curve
+(`curve`): an identical earlier test's from the cache, else a new test's, stored for the next run.
 
 The test trains the freshly initialised model for `num_iter` batches while the LR grows exponentially from
 `start_lr` to `end_lr`, records the (exponentially smoothed) loss, stops early once the loss diverges, and
-then restores the model and optimizer exactly (torch-lr-finder's `reset`).
-
-How the curve becomes LRMIN and LRMAX is `lr_rules`' business (`lr_finder.rule` picks one of its rules).
-The cache keeps the curve, not what was read from it: a run that reads the same curve another way (another
-rule, divisor or trim) reuses the test. No rule fits every curve (torch-lr-finder's maintainers say as much):
-the plot shows every rule's pick, and `optimizer.lr` / `scheduler.lr_min` accept numbers that override
-either LR, `lr_finder.scale` both.
-
-The command `python -m resnet9.lr_find [overrides]` (resnet9/lr_find.py) runs (or reuses) the test alone.
+then restores the model and optimizer exactly (torch-lr-finder's `reset`). The cache keeps the curve, not what
+was read from it: a run that reads the same curve another way (another rule, divisor or trim) reuses the test.
+How a curve becomes LRMIN and LRMAX is rules.py's; the path from the config to a run's LRs is derive.py's.
 """
 
 from __future__ import annotations
@@ -26,7 +21,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -36,23 +31,17 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.utils.data import DataLoader
 
-from resnet9.analysis import plots
 from resnet9.core import files
-from resnet9.core.errors import ConfigError, UsageError
+from resnet9.core.errors import UsageError
 from resnet9.data.datasets import ImageData
 from resnet9.training.config import schema
 from resnet9.training.engine import build
 from resnet9.training.engine.loop import Batches, StepSettings
-from resnet9.training.lr import rules as lr_rules
 
 log = logging.getLogger(__name__)
 
 JSON_NAME, PLOT_NAME = "lr_finder.json", "lr_finder.png"
 CURVE_NAME = "curve.json"  # a cache entry: the recorded curve alone
-
-
-class LRFinderError(UsageError):
-    """The range test produced a curve too short to read."""
 
 
 @dataclass
@@ -105,34 +94,6 @@ def _range_test_key(cfg: DictConfig, settings: StepSettings) -> dict:
     }
 
 
-@dataclass
-class LRRange:
-    lr_min: float
-    lr_max: float
-    rule: str  # lr_finder.rule
-    reading: str  # the rule in words, as applied
-    picks: dict[str, float] = field(default_factory=dict)  # every rule's LRMAX on this curve
-    history: dict[str, list[float]] = field(default_factory=dict)  # the whole curve, untrimmed
-    cached: bool = False
-    cache_key: str = ""
-
-
-def derive_lr_range(history: dict[str, list[float]], finder_cfg: DictConfig) -> LRRange:
-    """Read LRMIN/LRMAX off a recorded curve with the configured rule (lr_rules), after checking it is long
-    enough to read."""
-    lrs, losses = history["lr"], history["loss"]
-    if len(lrs) < finder_cfg.skip_start + finder_cfg.skip_end + 10:
-        raise LRFinderError(
-            f"LR range test diverged after {len(lrs)} of {finder_cfg.num_iter} steps (LR {lrs[-1]:.3g}), too few "
-            f"to read; lower lr_finder.end_lr, raise lr_finder.diverge_th, or set optimizer.lr and scheduler.lr_min"
-        )
-    curve = lr_rules.Curve.trimmed(lrs, losses, finder_cfg.skip_start, finder_cfg.skip_end)
-    rule = finder_cfg.get("rule", lr_rules.DEFAULT_RULE)
-    lr_min, lr_max, reading = lr_rules.lr_pair(curve, rule, finder_cfg.max_divisor, finder_cfg.min_drop)
-    history = {"lr": [float(x) for x in lrs], "loss": [float(x) for x in losses]}
-    return LRRange(lr_min, lr_max, rule, reading, lr_rules.picks(curve), history)
-
-
 def run_range_test(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -140,8 +101,8 @@ def run_range_test(
     device: torch.device,
     finder_cfg: DictConfig,
     progress: bool = True,
-) -> LRRange:
-    """Run the test, restore model and optimizer, and derive LRMIN/LRMAX from the recorded curve."""
+) -> dict[str, list[float]]:
+    """Run the test and restore model and optimizer; the recorded curve: {"lr": [...], "loss": [...]}."""
     # Imported here: torch-lr-finder brings matplotlib's pyplot (0.3 s), needed only when a test really runs.
     from torch_lr_finder import LRFinder, TrainDataLoaderIter
 
@@ -161,7 +122,7 @@ def run_range_test(
             )
     finally:
         finder.reset()  # weights and optimizer state exactly as before the test
-    return derive_lr_range(finder.history, finder_cfg)
+    return {"lr": [float(x) for x in finder.history["lr"]], "loss": [float(x) for x in finder.history["loss"]]}
 
 
 @contextlib.contextmanager
@@ -180,44 +141,36 @@ def _library_speaks_our_way(progress: bool) -> Iterator[None]:
         library.tqdm = original
 
 
-def draw(result: LRRange, finder_cfg: DictConfig, path: Path) -> Path:
-    """lr_finder.png: the curve as the rule reads it (trimmed), LRMIN, LRMAX and every rule's pick."""
-    steps = len(result.history["lr"])
-    title = f"LR range test: {steps} steps, {finder_cfg.start_lr:g} to {finder_cfg.end_lr:g}; LRMAX rule: {result.rule}"
-    return plots.lr_range_test(asdict(result), finder_cfg.skip_start, finder_cfg.skip_end, title, path)
+@dataclass
+class RecordedCurve:
+    """A range test's curve, untrimmed: every step's LR and smoothed loss; whether it came from the cache, and
+    the cache entry's name."""
+
+    history: dict[str, list[float]]
+    cached: bool
+    cache_key: str
 
 
-def find_lr_range(
-    finder_cfg: DictConfig, probe: RangeTestSetup, device: torch.device, out_dir: Path, progress: bool = True
-) -> LRRange:
-    """LRMIN/LRMAX for this probe, read off the curve of an identical earlier test if the cache has one, else
-    off a new test's.
+def curve(finder_cfg: DictConfig, setup: RangeTestSetup, device: torch.device, progress: bool = True) -> RecordedCurve:
+    """This setup's curve: an identical earlier test's from the cache, else a new test's (then cached).
 
-    The probe has its own seed, `lr_finder.seed`, not the run's, so every seed of a
-    sweep trains with the same LRMIN/LRMAX from one shared test, and seed statistics measure training noise,
-    not range-test noise. Writes lr_finder.json now and lr_finder.png (on the figure thread) into `out_dir`.
-    """
-    cache_entry = cache_entry_of(finder_cfg, probe)
+    The probe has its own seed, `lr_finder.seed`, not the run's, so every seed of a sweep trains with the same
+    LRMIN/LRMAX from one shared test, and seed statistics measure training noise, not range-test noise. Jobs that
+    start together on a cold cache run one test: the others wait for its curve (`_entry_locked`)."""
+    entry = cache_entry_of(finder_cfg, setup)
     if not finder_cfg.cache:
-        result = _new_test(finder_cfg, probe, device, progress, why="lr_finder.cache=false")
-    else:
-        _check_cache_folder(cache_entry.parent)
-        history = _read_cache(cache_entry)
-        if history is None:  # one job runs the test; the jobs started with it wait here, then read its curve
-            with _entry_locked(cache_entry):
-                history = _read_cache(cache_entry)
-                if history is None:
-                    why = _why_no_cached_curve(cache_entry)
-                    result = _new_test(finder_cfg, probe, device, progress, why)
-                    _write_cache(cache_entry, result.history)
-        if history is not None:
-            log.info("LR range test: the curve of an identical earlier test (%s)", cache_entry)
-            result = derive_lr_range(history, finder_cfg)
-            result.cached = True
-    result.cache_key = cache_entry.name
-    files.write_json(out_dir / JSON_NAME, asdict(result))
-    plots.in_background(draw, result, finder_cfg, out_dir / PLOT_NAME)
-    return result
+        return RecordedCurve(_new_test(finder_cfg, setup, device, progress, "lr_finder.cache=false"), False, entry.name)
+    _check_cache_folder(entry.parent)
+    history = _read_cache(entry)
+    if history is None:  # one job runs the test; the jobs started with it wait here, then read its curve
+        with _entry_locked(entry):
+            history = _read_cache(entry)
+            if history is None:
+                history = _new_test(finder_cfg, setup, device, progress, _why_no_cached_curve(entry))
+                _write_cache(entry, history)
+                return RecordedCurve(history, False, entry.name)
+    log.info("LR range test: the curve of an identical earlier test (%s)", entry)
+    return RecordedCurve(history, True, entry.name)
 
 
 def cache_entry_of(finder_cfg: DictConfig, probe: RangeTestSetup) -> Path:
@@ -226,7 +179,9 @@ def cache_entry_of(finder_cfg: DictConfig, probe: RangeTestSetup) -> Path:
     return Path(os.path.expanduser(finder_cfg.cache_dir)) / key
 
 
-def _new_test(finder_cfg: DictConfig, probe: RangeTestSetup, device: torch.device, progress: bool, why: str) -> LRRange:
+def _new_test(
+    finder_cfg: DictConfig, probe: RangeTestSetup, device: torch.device, progress: bool, why: str
+) -> dict[str, list[float]]:
     log.info(
         "LR range test: %d training steps, LR %g to %g, to derive LRMIN/LRMAX (%s)",
         finder_cfg.num_iter, finder_cfg.start_lr, finder_cfg.end_lr, why,
@@ -273,33 +228,6 @@ def _lock(path: Path) -> int | None:
             if (held.st_dev, held.st_ino) == (named.st_dev, named.st_ino):
                 return descriptor
         os.close(descriptor)
-
-
-def lrs_for_run(
-    lr_max: float | str, lr_min: float | str | None, finder_cfg: DictConfig, range_test: Callable[[], LRRange]
-) -> tuple[float | None, float, str]:
-    """(LRMIN, LRMAX, where they came from): numbers from the config where given; where "auto", the range
-    test's (run only then) times `lr_finder.scale` and `lr_finder.max_scale` / `min_scale`. A schedule without
-    `lr_min` (a torch scheduler) gets LRMIN from the range test when one runs for LRMAX, else none."""
-    if lr_max != "auto" and lr_min != "auto":
-        return None if lr_min is None else float(lr_min), float(lr_max), "config"
-    found = range_test()
-    max_scale, min_scale = finder_cfg.scale * finder_cfg.max_scale, finder_cfg.scale * finder_cfg.min_scale
-    source = "range test (cached)" if found.cached else "range test"
-    if (max_scale, min_scale) != (1, 1):
-        source += f" x {max_scale:g}" if max_scale == min_scale else f" x {min_scale:g} (LRMIN), {max_scale:g} (LRMAX)"
-    lr_max = found.lr_max * max_scale if lr_max == "auto" else float(lr_max)
-    lr_min = found.lr_min * min_scale if lr_min in ("auto", None) else float(lr_min)
-    history = found.history
-    curve = lr_rules.Curve.trimmed(history["lr"], history["loss"], finder_cfg.skip_start, finder_cfg.skip_end)
-    for doubt in lr_rules.doubts(curve, lr_min, lr_max):
-        log.warning(doubt)
-    if not lr_min < lr_max:
-        raise ConfigError(
-            f"LRMIN={lr_min:.4g} is not below LRMAX={lr_max:.4g} (from {source} and the config); "
-            f"set both optimizer.lr and scheduler.lr_min, or leave both auto"
-        )
-    return lr_min, lr_max, source
 
 
 def _check_cache_folder(folder: Path) -> None:

@@ -24,8 +24,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+
+from resnet9.core.errors import UsageError
 
 FALL_END = 0.9  # `fall_end`: the share of the fall made by LRMAX
 
@@ -119,3 +122,42 @@ def doubts(curve: Curve, lr_min: float, lr_max: float) -> list[str]:
         return [f"{where} lies where the range test's loss has hardly begun to fall (LRMIN={lr_min:.3g}): the "
                 f"network will learn slowly; {raise_it}"]  # fmt: skip
     return []
+
+
+class LRFinderError(UsageError):
+    """The range test produced a curve too short to read."""
+
+
+@dataclass
+class LRRange:
+    """A curve read by the configured rule: LRMIN and LRMAX (before any scale), the rule in words, every rule's
+    LRMAX, and the curve itself, trimmed once (what the rules, the checks and the plot read) and whole."""
+
+    lr_min: float
+    lr_max: float
+    rule: str  # lr_finder.rule
+    reading: str  # the rule in words, as applied
+    picks: dict[str, float]  # every rule's LRMAX on this curve
+    curve: Curve  # trimmed
+    history: dict[str, list[float]]  # the whole curve, untrimmed
+    cached: bool = False
+    cache_key: str = ""
+
+    def record(self) -> dict[str, Any]:
+        """What lr_finder.json holds: everything but the trimmed arrays (the whole curve is there)."""
+        fields = ("lr_min", "lr_max", "rule", "reading", "picks", "history", "cached", "cache_key")
+        return {name: getattr(self, name) for name in fields}
+
+
+def read(history: dict[str, list[float]], finder_cfg: Any, cached: bool = False, cache_key: str = "") -> LRRange:
+    """LRMIN and LRMAX off a recorded curve, by `lr_finder.rule`, once the curve is known to be long enough."""
+    lrs, losses = history["lr"], history["loss"]
+    if len(lrs) < finder_cfg.skip_start + finder_cfg.skip_end + 10:
+        raise LRFinderError(
+            f"LR range test diverged after {len(lrs)} of {finder_cfg.num_iter} steps (LR {lrs[-1]:.3g}), too few "
+            f"to read; lower lr_finder.end_lr, raise lr_finder.diverge_th, or set optimizer.lr and scheduler.lr_min"
+        )
+    curve = Curve.trimmed(lrs, losses, finder_cfg.skip_start, finder_cfg.skip_end)
+    rule = finder_cfg.get("rule", DEFAULT_RULE)
+    lr_min, lr_max, said = lr_pair(curve, rule, finder_cfg.max_divisor, finder_cfg.min_drop)
+    return LRRange(lr_min, lr_max, rule, said, picks(curve), curve, history, cached, cache_key)

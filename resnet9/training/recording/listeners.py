@@ -13,7 +13,6 @@ When each hook is called, and how a run's end becomes its status: training/engin
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
 from collections.abc import Callable
@@ -27,7 +26,7 @@ from resnet9.data.datasets import NUM_CLASSES
 from resnet9.training.engine.lifecycle import Listener
 from resnet9.training.engine.loop import EpochResult
 from resnet9.training.engine.state import TrainState
-from resnet9.training.lr import range_test as lr_finder
+from resnet9.training.lr import derive
 
 log = logging.getLogger(__name__)
 LONG_ON_A_CPU = 200_000  # images to train on (all epochs) above which a CPU run is worth a word
@@ -128,17 +127,17 @@ class TrackerLog(Listener):
 
     SUMMARY = ("final_test_acc", "best_test_acc", "best_epoch", "train_time_s", "lr_min", "lr_max", "parameters")
 
-    def __init__(self, start_tracker: Callable[[str | None, dict], Any], out_dir: Path) -> None:
-        self.start_tracker, self.out_dir, self.tracker = start_tracker, out_dir, None
+    def __init__(
+        self, start_tracker: Callable[[str | None, dict], Any], out_dir: Path, curve: dict[str, list] | None = None
+    ) -> None:
+        self.start_tracker, self.out_dir, self.tracker, self.curve = start_tracker, out_dir, None, curve
 
     def on_run_start(self, state: TrainState) -> None:
         derived = {key: state.record[key] for key in ("lr_min", "lr_max", "lr_source")}
         self.tracker = self.start_tracker(state.record.get("tracker_run_id"), derived)
         state.record.update(tracker_run_id=getattr(self.tracker, "run_id", None))
-        curve = self.out_dir / lr_finder.JSON_NAME
-        if curve.is_file() and not state.record["epochs"]:  # a resumed run logged it already
-            history = json.loads(curve.read_text())["history"]
-            rows = [{"lr": lr, "loss": loss} for lr, loss in zip(history["lr"], history["loss"], strict=True)]
+        if self.curve is not None:  # the range test this run read (a resumed run logged its own already)
+            rows = [{"lr": lr, "loss": loss} for lr, loss in zip(self.curve["lr"], self.curve["loss"], strict=True)]
             self.tracker.log_table("lr_finder/curve", rows, step=0)
 
     def on_epoch_end(self, state: TrainState, row: dict[str, Any], result: EpochResult) -> None:
@@ -151,10 +150,10 @@ class TrackerLog(Listener):
         if self.tracker is None:
             return
         if status == "completed":
-            plots.wait_for_figures(self.out_dir / lr_finder.PLOT_NAME)  # drawn on the figure thread
-            if (self.out_dir / lr_finder.PLOT_NAME).is_file():
+            plots.wait_for_figures(self.out_dir / derive.PLOT_NAME)  # drawn on the figure thread
+            if (self.out_dir / derive.PLOT_NAME).is_file():
                 self.tracker.log_images(
-                    {"lr_finder": self.out_dir / lr_finder.PLOT_NAME}, len(state.record["lr_per_step"]) - 1
+                    {"lr_finder": self.out_dir / derive.PLOT_NAME}, len(state.record["lr_per_step"]) - 1
                 )
             self.tracker.summary({key: state.record[key] for key in self.SUMMARY})
             if state.record.get("stopped_early"):  # a callback ended it: at which epoch, and why
