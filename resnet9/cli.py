@@ -14,7 +14,8 @@ from datetime import datetime
 from importlib import import_module
 
 import hydra
-from omegaconf import OmegaConf
+import yaml
+from omegaconf import DictConfig, OmegaConf
 
 from resnet9 import __version__
 
@@ -54,10 +55,19 @@ def _answer_from_configs(config_name: str) -> None:
     }
     for name, resolver in resolvers.items():
         OmegaConf.register_new_resolver(name, resolver, replace=True)
+    OmegaConf.register_new_resolver("shown", _shown, replace=True)
     from resnet9.core.errors import hydra_errors_in_one_line  # (hydra and the standard library only)
 
     with hydra_errors_in_one_line():
         hydra.main(version_base="1.3", config_path="conf", config_name=config_name)(_never_called)()
+
+
+def _shown(*keys: str, _root_: DictConfig) -> str:
+    """`${shown:epochs,seed}` in a help text -> `epochs=24 seed=0`: the keys' values in the composed config, as an
+    override writes them, so that the help never restates a default the YAML already holds."""
+    values = [OmegaConf.select(_root_, key) for key in keys]
+    return " ".join(f"{key}={yaml.safe_dump(value, default_flow_style=True).strip().removesuffix('...').strip()}"
+                    for key, value in zip(keys, values, strict=True))  # fmt: skip
 
 
 def _never_called(_cfg: object) -> None:

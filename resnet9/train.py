@@ -28,7 +28,6 @@ import hydra
 import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
-from tqdm import tqdm
 
 from resnet9 import report
 from resnet9.analysis import model_table
@@ -50,16 +49,13 @@ from resnet9.training.config import schema
 from resnet9.training.engine import build, cuda_graph
 from resnet9.training.engine import distributed as ddp
 from resnet9.training.engine.ema import WeightEMA
+from resnet9.training.engine.epoch import Epochs
 from resnet9.training.engine.lifecycle import Listener, SignalStop, job_record, not_requeued, notifying, one_line
 from resnet9.training.engine.loop import (
     Batches,
-    EpochResult,
-    EpochSums,
     StepSettings,
     StopFlag,
     StopRequested,
-    evaluate,
-    train_one_epoch,
     warm_up,
 )
 from resnet9.training.engine.state import RunLRs, RunRecord, Stopwatch, TrainState, read_resumable, saved_lrs
@@ -311,7 +307,7 @@ def _fit(
     listeners: list[Listener],
     stop: StopFlag,
 ) -> None:
-    """The epochs: train (the scheduler steps every batch), evaluate, record, notify."""
+    """The epochs: train and evaluate (engine/epoch.py: the row), record, notify."""
     # DDP (under torchrun) and the compiled module share their parameters with `state.model`: checkpoints and
     # evaluation use the model itself.
     trained = ddp.wrap(state.model, settings.device)
@@ -323,32 +319,14 @@ def _fit(
             batch = cfg.batch_size // ddp.world().size
             warm_up(trained, state.optimizer, settings, batch, eval_batches, _input_shape(state.record))
     step = _captured_step(cfg, state, trained, settings) if cfg.cuda_graph and state.epoch < cfg.epochs else None
+    epochs = Epochs(cfg, state, trained, settings, test_batches, stop, step)
     for epoch in range(state.epoch + 1, cfg.epochs + 1):
         if ddp.broadcast(state.record.get("stopped_early")) is not None:  # a callback ended the run (every rank)
             break
-        started = time.perf_counter()
-        steps_before = len(state.epoch_sums.lrs) if state.epoch_sums is not None else 0  # an epoch a stop cut short
-        with clock.phase("train"):
-            result = _train_epoch(cfg, state, trained, epoch, settings, stop, step)
-        train_time = time.perf_counter() - started
-        if not ddp.world().is_main:  # rank 0 evaluates and records; the others go on to the next epoch
+        ran = epochs.run(epoch)
+        if ran is None:  # rank 0 evaluates and records; the others go on to the next epoch
             continue
-        with clock.phase("eval"):
-            test_loss, test_acc = evaluate(state.evaluated_model(), test_batches, settings, tta=cfg.eval_tta)
-        row = {
-            "epoch": epoch,
-            "train_loss": result.loss,
-            "train_acc": result.accuracy,
-            "test_loss": test_loss,
-            "test_acc": test_acc,
-            "lr": result.lrs[-1],
-            "ema": state.averaging(epoch) is not None,
-            "train_time_s": train_time,
-            "epoch_time_s": time.perf_counter() - started,
-            "images_per_s": (len(result.lrs) - steps_before) * cfg.batch_size / train_time,  # trained in this process
-        }
-        if state.record.get("peak_flops"):  # CUDA, a card of known peak: the model FLOPs utilisation
-            row["mfu"] = row["images_per_s"] * state.record["flops_per_image"] / state.record["peak_flops"]
+        row, result = ran
         state.record.add_epoch(row, result.lrs)
         state.scheduler.after_epoch(row)  # a schedule stepped per epoch (interval: epoch; ReduceLROnPlateau)
         with clock.phase("write"):
@@ -369,35 +347,6 @@ def _captured_step(
         )  # fmt: skip
         state.record.update(cuda_graph=step is not None, capture_s=time.perf_counter() - started)
     return step
-
-
-def _train_epoch(
-    cfg: DictConfig,
-    state: TrainState,
-    trained: torch.nn.Module,
-    epoch: int,
-    settings: StepSettings,
-    stop: StopFlag,
-    step: cuda_graph.CapturedStep | None = None,
-) -> EpochResult:
-    """One epoch of training steps (or the rest of one a stop interrupted), read once at its end."""
-    first_step = (epoch - 1) * len(state.loader)
-    # Without a bar the loop gets the loader itself: a bar reads the device every log_every steps, nothing else does
-    batches = state.loader
-    if cfg.progress and ddp.world().is_main:
-        batches = tqdm(batches, desc=f"epoch {epoch}/{cfg.epochs}", leave=False, dynamic_ncols=True)
-    if state.epoch_sums is None:  # else: resuming this epoch where a stop left it
-        state.epoch_sums = EpochSums.start(settings.device)
-    train_one_epoch(
-        trained, batches, state.optimizer, state.scheduler, settings, state.epoch_sums, first_step,
-        ema=state.averaging(epoch), stop=stop, scaler=state.scaler, graph_step=step,
-    )  # fmt: skip
-    result = ddp.sum_epoch(state.epoch_sums).read(first_step)
-    if state.epoch_sums.first_step_s is not None:  # the run's very first step (with compile=true: compilation)
-        state.record.update(first_step_s=state.epoch_sums.first_step_s)
-    ddp.check_replicas_in_sync(state.model)
-    state.epoch, state.epoch_sums = epoch, None
-    return result
 
 
 if __name__ == "__main__":

@@ -40,6 +40,22 @@ def test_info_cfg_completion_and_help_are_answered_from_the_configs_without_impo
     assert found["torch"] is False
 
 
+def test_the_help_shows_the_main_keys_values_from_the_configs_and_the_overrides():
+    """conf/config.yaml's help names its main keys only (`${shown:epochs,...}`): the values come from the composed
+    config, so a changed default or an experiment's changes show without the help restating them."""
+    ask = [sys.executable, "-m", "resnet9.train"]
+    plain = subprocess.run([*ask, "--help"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    quick = subprocess.run([*ask, "experiment=quick_cpu", "seed=3", "--help"], cwd=REPO, capture_output=True,
+                           text=True, timeout=120)  # fmt: skip
+    assert plain.returncode == quick.returncode == 0, plain.stderr + quick.stderr
+    for shown in ("epochs=24", "batch_size=512", "optimizer.lr=auto", "data.limit_train=null", "compile=false"):
+        assert f" {shown} " in f" {plain.stdout.replace(chr(10), ' ')} ", shown
+    for shown in ("epochs=4", "seed=3", "optimizer.lr=0.2", "data.limit_train=5000"):  # the experiment's, the override
+        assert f" {shown} " in f" {quick.stdout.replace(chr(10), ' ')} ", shown
+    template = (REPO / "conf" / "config.yaml").read_text().split("Main keys", 1)[1].split("Every key", 1)[0]
+    assert "=" not in template.replace("${shown:", "")  # no value written in the help itself
+
+
 # `python -m resnet9.train` as the first process of a two-process torchrun job would start it (torchrun's
 # environment), without joining a process group: the refusal comes before anything would need one.
 UNDER_TORCHRUN = """

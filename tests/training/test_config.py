@@ -2,6 +2,7 @@ import json
 import logging
 import os
 import sys
+import typing
 import warnings
 from pathlib import Path
 
@@ -162,19 +163,26 @@ def test_settings_an_optimizer_itself_refuses_are_one_line_naming_the_group():
     )
 
 
-def test_every_key_of_config_yaml_has_a_typed_field_and_its_default_only_in_the_yaml():
-    """The schema mirrors conf/: a key it does not declare is refused, so none can slip past validation; and a
-    setting the YAML gives has no second default in the schema (it is required there)."""
+def test_every_key_of_config_yaml_is_typed_and_its_default_only_in_the_yaml():
+    """The schema mirrors conf/: a key of a section is declared by a field (a top-level key may instead be typed by
+    its default's type in config.yaml); a key the YAML does not have is refused, so none can slip past validation;
+    and a setting the YAML gives has no second default in the schema (it is required there)."""
     plain = OmegaConf.to_container(compose_with(), resolve=True)
     sections = {"": (schema.TrainConfig, plain), "lr_finder.": (schema.LRFinderConfig, plain["lr_finder"]),
                 "ema.": (schema.EMAConfig, plain["ema"]), "data.": (schema.DataConfig, plain["data"])}  # fmt: skip
     for prefix, (section, values) in sections.items():
         fields = {field.alias or name: field for name, field in section.model_fields.items()}
-        assert set(values) <= set(fields), prefix
-        written_twice = [prefix + key for key in values if key != "callbacks" and not fields[key].is_required()]
+        by_default = {k for k in set(values) - set(fields) if prefix == "" and schema.package_default((k,)) is not None}
+        assert set(values) - by_default <= set(fields), prefix
+        written_twice = [
+            prefix + key for key in set(values) & set(fields) - {"callbacks"} if not fields[key].is_required()
+        ]
         assert written_twice == []
+    assert {"compile", "checkpoint", "eval_tta"} <= set(plain) - set(schema.TrainConfig.model_fields)  # no field
     with pytest.raises(ConfigError, match="epochz is not a setting here"):
         schema.validate({**plain, "epochz": 3})  # a key added behind Hydra's back
+    with pytest.raises(ConfigError, match=r"^compile must be true or false, got 1; e.g. compile=false$"):
+        schema.validate({**plain, "compile": 1})  # typed by its default
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message for a machine without a GPU")
@@ -336,3 +344,26 @@ def test_hydras_full_error_mode_is_ours_only_until_the_task_starts(monkeypatch):
     monkeypatch.setenv("HYDRA_FULL_ERROR", "1")
     with hydra_errors_in_one_line(), exit_on_usage_error():
         assert os.environ["HYDRA_FULL_ERROR"] == "1"
+
+
+def _fields_with_examples(section, prefix=()):
+    for name, field in section.model_fields.items():
+        key = (*prefix, field.alias or name)
+        if field.examples:
+            yield key, field.examples[0]
+        for inner in (field.annotation, *typing.get_args(field.annotation)):
+            if isinstance(inner, type) and issubclass(inner, schema.Section):
+                yield from _fields_with_examples(inner, key)
+
+
+def test_the_schema_restates_no_default_of_the_yaml():
+    """A field of the training config names `examples` only where the YAML's default is none a message could offer
+    (null, auto, an interpolation); every other message takes its example from the YAML (schema.package_default)."""
+    restated = []
+    for key, example in _fields_with_examples(schema.TrainConfig):
+        default = schema.package_default(key)
+        as_yaml = json.dumps(default, separators=(",", ":")) if isinstance(default, list) else default
+        if schema._usable_example(default) and example in (default, as_yaml):
+            restated.append(".".join(key))
+    assert restated == []
+    assert len(list(_fields_with_examples(schema.TrainConfig))) >= 5  # (the walk finds the fields that have some)

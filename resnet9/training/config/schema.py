@@ -6,15 +6,16 @@ that names the key, what it must be and a valid example:
 
     error: epochs must be greater than or equal to 1, got 0; e.g. epochs=24
 
-One class per config group mirrors `conf/<group>/*.yaml`; a group with several options of different shape
-(optimizer, logger) is a union told apart by the option's `_target_`. A new option with the same fields needs
-nothing here; one with new fields declares them in its own class. The few rules that tie fields together
-(the peak inside the run, LRMIN below LRMAX, the global batch split over the processes) are in one place,
-`TrainConfig.rules_across_fields`. The example in a message is the field's `examples`, else its default.
+One class per config group types the keys its options share, with their ranges; an option names any
+importable `_target_` (`Option`), whose other keys targets.py checks against its signature. The few rules that
+tie fields together (the peak inside the run, LRMIN below LRMAX, the global batch split over the processes) are in
+one place, `TrainConfig.rules_across_fields`. Defaults live in the YAML alone, and so does the example a message
+offers (`package_default`); a field names `examples` only where its default is none (null, auto, a `${...}`).
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import re
@@ -94,16 +95,16 @@ class ModelConfig(Option):
     num_classes: int | None = Field(None, ge=2, examples=[10])  # ${data.num_classes} in the package's models
     # ResNet9's channel scale. Parameters grow as width²: 8 is 420M of them (1.7 GB in fp32); a larger width,
     # often a typo, would fail later in allocation with the tensor's size in bytes
-    width: float | None = Field(None, gt=0, le=8, examples=[1.0])
-    logit_scale: float | None = Field(None, gt=0, examples=[0.125])
+    width: float | None = Field(None, gt=0, le=8)
+    logit_scale: float | None = Field(None, gt=0)
     in_channels: int | None = Field(None, ge=1, examples=[3])  # ${data.channels} in the package's models
 
 
 class AugmentConfig(Option):
     # pixels, at any image size; what fits the images is checked once they are read (augment.check_fits)
-    pad: int | None = Field(None, ge=0, le=256, examples=[4])
+    pad: int | None = Field(None, ge=0, le=256)
     flip: bool | None = None
-    cutout: int | None = Field(None, ge=0, le=1024, examples=[8])
+    cutout: int | None = Field(None, ge=0, le=1024)
     engine: Literal["auto", "device", "albumentations"] | None = None
     whole_epoch: Literal["auto", True, False] | None = Field(None, json_schema_extra=FREE)
 
@@ -113,8 +114,8 @@ class OptimizerConfig(Option):
 
     partial: Literal[True] = Field(alias="_partial_")
     lr: PositiveOrAuto = Field(examples=[0.4])  # the peak, LRMAX
-    weight_decay: float | None = Field(None, ge=0, examples=[5e-4])
-    momentum: float | None = Field(None, ge=0, lt=1, examples=[0.9])
+    weight_decay: float | None = Field(None, ge=0)
+    momentum: float | None = Field(None, ge=0, lt=1)
     nesterov: bool | None = None
     betas: Annotated[list[Fraction], Field(min_length=2, max_length=2)] | None = Field(None, examples=["[0.9,0.999]"])
     fused: bool | None = None
@@ -166,12 +167,12 @@ class DataConfig(Option):
     limit_test: int | None = Field(ge=10, examples=[1000])
     # read by the trainer, not passed to the data set's function (targets.CONSUMED)
     num_workers: int = Field(ge=0)  # free on resume for the device engine only (state._comparable)
-    num_classes: int = Field(ge=2, examples=[10])
+    num_classes: int = Field(ge=2)
     # the images' shape, checked as they load (build.dataset)
-    channels: Literal[1, 3] = Field(examples=[3])
-    image_size: ImageSize = Field(examples=[32])
-    mean: Channels = Field(examples=["[0.4914,0.4822,0.4465]"])
-    std: PositiveChannels = Field(examples=["[0.2470,0.2435,0.2616]"])
+    channels: Literal[1, 3]
+    image_size: ImageSize
+    mean: Channels
+    std: PositiveChannels
 
     @model_validator(mode="after")
     def one_mean_and_std_per_channel(self) -> DataConfig:
@@ -204,8 +205,8 @@ def saved_normalization(values: Any) -> tuple[tuple[float, ...], tuple[float, ..
 
 class LRFinderConfig(Section):
     start_lr: float = Field(gt=0)
-    end_lr: float = Field(gt=0, examples=[10])
-    num_iter: int = Field(ge=1, examples=[100])
+    end_lr: float = Field(gt=0)
+    num_iter: int = Field(ge=1)
     smooth_f: float = Field(ge=0, lt=1)
     diverge_th: float = Field(gt=1)
     skip_start: int = Field(ge=0, json_schema_extra=READS_CURVE)
@@ -223,14 +224,20 @@ class LRFinderConfig(Section):
 
 class EMAConfig(Section):
     decay: float = Field(ge=0, lt=1, examples=[0.99])
-    start_epoch: int = Field(ge=1, examples=[20])
+    start_epoch: int = Field(ge=1)
 
 
 GROUPS = ("model", "augment", "optimizer", "scheduler", "logger", "data", "callbacks")
 
 
 class TrainConfig(Section):
-    """conf/config.yaml: what `python -m resnet9.train` (and lr_find, summary) run with. Defaults: the YAML."""
+    """conf/config.yaml: what `python -m resnet9.train` (and lr_find, summary) run with. Defaults: the YAML.
+
+    A top-level key that needs no more than its default's type (a switch, a name) has no field here: it is
+    checked against the type of its default in config.yaml (`_typed_by_their_defaults`), so such a key is written
+    in the YAML and where it is used, nowhere else. A key with a range or a set of choices has a field."""
+
+    model_config = ConfigDict(extra="allow")
 
     model: ModelConfig
     augment: AugmentConfig
@@ -239,26 +246,39 @@ class TrainConfig(Section):
     logger: LoggerConfig = Field(json_schema_extra=FREE)
     data: DataConfig
     callbacks: dict[str, Option] | None = None  # absent: none
-    epochs: int = Field(ge=1, examples=[24])
-    batch_size: int = Field(ge=1, examples=[512])
-    eval_batch_size: int = Field(ge=1, examples=[2000])
-    seed: Seed = Field(examples=[0])
-    device: Device = Field(examples=["auto"], json_schema_extra=FREE)
-    deterministic: bool
-    channels_last: bool
+    epochs: int = Field(ge=1)
+    batch_size: int = Field(ge=1)
+    eval_batch_size: int = Field(ge=1)
+    seed: Seed
+    device: Device = Field(json_schema_extra=FREE)
     progress: bool = Field(json_schema_extra=FREE)
-    log_every: int = Field(ge=1, examples=[10], json_schema_extra=FREE)
-    checkpoint: bool
+    log_every: int = Field(ge=1, json_schema_extra=FREE)
     resume: Literal["auto", True, False] = Field(json_schema_extra=FREE)
     precision: Literal["auto", "fp32", "bf16", "fp16"]
-    compile: bool
     # the eager step's arithmetic, but for its LR rounded to float32 (on a CPU: the eager step)
     cuda_graph: bool = Field(json_schema_extra=FREE)
     warmup: Literal["auto", True, False] = Field(json_schema_extra=FREE)
     label_smoothing: Fraction = Field(examples=[0.2])
-    eval_tta: bool
     ema: EMAConfig
     lr_finder: LRFinderConfig
+
+    @model_validator(mode="before")
+    @classmethod
+    def _typed_by_their_defaults(cls, values: Any) -> Any:
+        """Keys without a field: each must be a key of config.yaml, of its default's type (an int does for a float)."""
+        declared = {field.alias or name for name, field in cls.model_fields.items()} | set(cls.model_fields)
+        for key, value in values.items() if isinstance(values, dict) else ():
+            if key in declared:
+                continue
+            default = package_default((key,))
+            if default is None:
+                raise ConfigError(f"{key} is not a setting here (got {value!r}); remove it or check its spelling")
+            kinds = (int, float) if type(default) is float else (type(default),)
+            if type(value) not in kinds:
+                name = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}[type(default)]
+                shown = json.dumps(default) if not isinstance(default, str) else default
+                raise ConfigError(f"{key} must be {name}, got {value!r}; e.g. {key}={shown}")
+        return values
 
     @model_validator(mode="after")
     def model_takes_the_datas_channels(self) -> TrainConfig:
@@ -417,23 +437,20 @@ def _validated(schema: type[Section], cfg: DictConfig | dict, context: dict, pre
     try:
         return schema.model_validate(cfg, context=context)
     except ValidationError as err:
-        raise ConfigError(prefix + _one_line(err.errors()[0], schema, cfg)) from None
+        raise ConfigError(prefix + _one_line(err.errors()[0], schema, cfg, prefix)) from None
 
 
-def _one_line(error: dict, schema: type[Section], given: dict) -> str:
+def _one_line(error: dict, schema: type[Section], given: dict, prefix: str = "") -> str:
     """pydantic's first error -> `<key> must be <what>, got <value>; e.g. <key>=<example>`."""
     keys = _config_keys(error["loc"], given)
     if error["type"] == "missing":  # the missing key itself is not in the config: name it after its section
         keys.append(str(error["loc"][-1]))
     key = ".".join(keys)
-    if error["type"] == "union_tag_invalid":  # an option of a group whose _target_ has no schema
-        expected = error["ctx"]["expected_tags"]
-        return f"{key}._target_ must be one of {expected}, got {error['ctx']['tag']!r}; e.g. choose an option of {key}"
     if error["type"] == "extra_forbidden":
         return f"{key} is not a setting here (got {error['input']!r}); remove it or check its spelling"
     if error["type"] == "missing":
-        return f"{key} is missing; e.g. {key}={_example(schema, error['loc'])}"
-    example = f"{key.split('[')[0]}={_example(schema, error['loc'])}"
+        return f"{key} is missing; e.g. {key}={_example(schema, error['loc'], prefix)}"
+    example = f"{key.split('[')[0]}={_example(schema, error['loc'], prefix)}"
     if error["msg"].startswith("Input should be "):
         return f"{key} must be {error['msg'].removeprefix('Input should be ')}, got {error['input']!r}; e.g. {example}"
     return f"{key} is not valid ({error['msg'][0].lower()}{error['msg'][1:]}), got {error['input']!r}; e.g. {example}"
@@ -452,22 +469,61 @@ def _config_keys(loc: tuple, given: Any) -> list[str]:
     return keys
 
 
-def _example(schema: type[Section], loc: tuple) -> str:
-    """The `examples` (else the default) of the field at `loc`, written as a Hydra override value."""
-    candidates, field = [schema], None
-    for part in loc:
-        owners = [(c, name) for c in candidates for name, f in c.model_fields.items() if part in (name, f.alias)]
-        if owners:
-            field = owners[0][0].model_fields[owners[0][1]]
-            candidates = [t for t in (field.annotation, *get_args(field.annotation)) if _is_section(t)]
-        else:  # the union member pydantic tried, named by its _target_
-            candidates = [c for c in candidates if part in get_args(c.model_fields["target"].annotation)] or candidates
+def package_default(keys: tuple) -> Any:
+    """The value conf/config.yaml (or the option its defaults list picks for a group) gives the key `keys`, as the
+    YAML writes it (unresolved); None where it gives none. What a message offers as its example, so that the
+    schema never restates a default."""
+    node: Any = _package_defaults()
+    for key in keys:
+        if not isinstance(node, dict) or key not in node:
+            return None
+        node = node[key]
+    return node
+
+
+@functools.cache
+def _package_defaults() -> dict[str, Any]:
+    top = OmegaConf.to_container(OmegaConf.load(targets.PACKAGE_CONF / "config.yaml"), resolve=False)
+    for entry in top.pop("defaults", []):
+        group, option = next(iter(entry.items())) if isinstance(entry, dict) else (None, None)
+        path = targets.PACKAGE_CONF / str(group) / f"{option}.yaml"
+        if group and option and path.is_file():
+            top[group] = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+    return top
+
+
+def _usable_example(value: Any) -> bool:
+    """A value a message can offer: not null, not an interpolation or a mandatory `???`."""
+    return value is not None and not (isinstance(value, str) and ("${" in value or value == "???"))
+
+
+def _example(schema: type[Section], loc: tuple, prefix: str = "") -> str:
+    """The field at `loc` written as a Hydra override value: its `examples` where the schema gives one (for a key
+    whose default is no example: null, auto, an interpolation), else the package's YAML default (a key of the
+    training config, or of its section `prefix`), else the schema's default."""
+    field = _field_at(schema, loc)
+    keys = (*prefix.split(".")[:-1], *(part for part in loc if isinstance(part, str)))
+    if (schema is TrainConfig or prefix) and not (field is not None and field.examples):
+        default = package_default(keys)
+        if _usable_example(default):
+            return default if isinstance(default, str) else json.dumps(default, separators=(",", ":"))
     if field is None:
         return "..."
     value = field.examples[0] if field.examples else field.default
     if value is PydanticUndefined:  # no default: a Literal's value (e.g. a _target_), else nothing to offer
         value = get_args(field.annotation)[0] if get_origin(field.annotation) is Literal else "..."
     return value if isinstance(value, str) else json.dumps(value)
+
+
+def _field_at(schema: type[Section], loc: tuple) -> Any:
+    """The pydantic field at pydantic's error location `loc` (None when it names none)."""
+    candidates, field = [schema], None
+    for part in loc:  # (an index into a list names no field: the list's own field stays the one found)
+        owners = [(c, name) for c in candidates for name, f in c.model_fields.items() if part in (name, f.alias)]
+        if owners:
+            field = owners[0][0].model_fields[owners[0][1]]
+            candidates = [t for t in (field.annotation, *get_args(field.annotation)) if _is_section(t)]
+    return field
 
 
 def _is_section(annotation: Any) -> bool:

@@ -23,6 +23,7 @@ from resnet9.analysis import model_table, plots
 from resnet9.core import files, jobcache
 from resnet9.core.errors import UsageError
 from resnet9.data.datasets import NUM_CLASSES
+from resnet9.training.engine.epoch import TRAINERS_KEYS
 from resnet9.training.engine.lifecycle import Listener
 from resnet9.training.engine.loop import EpochResult
 from resnet9.training.engine.state import TrainState
@@ -175,10 +176,6 @@ def _briefly(value: object) -> str:
 class ConsoleLog(Listener):
     """The run's story in the terminal (and train.log): what it trains with, one line per epoch, the result."""
 
-    # the row's keys the trainer writes (train.py); a callback's own keys get a line of their own
-    TRAINERS_KEYS = frozenset(("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr", "ema",
-                               "train_time_s", "epoch_time_s", "images_per_s", "mfu"))  # fmt: skip
-
     def __init__(self, out_dir: Path) -> None:
         self.out_dir, self.epochs_timed = out_dir, 0
 
@@ -216,7 +213,7 @@ class ConsoleLog(Listener):
             row["images_per_s"],
             f"  MFU {100 * row['mfu']:.1f}%" if "mfu" in row else "",
         )
-        if own := [f"{key} {_briefly(value)}" for key, value in row.items() if key not in self.TRAINERS_KEYS]:
+        if own := [f"{key} {_briefly(value)}" for key, value in row.items() if key not in TRAINERS_KEYS]:
             log.info("epoch %2d callbacks: %s", row["epoch"], "  ".join(own))  # what a callback added to the row
         self.epochs_timed += 1
         remaining = state.record["config"]["epochs"] - row["epoch"]
