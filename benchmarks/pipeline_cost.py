@@ -51,8 +51,8 @@ def parse_args() -> argparse.Namespace:
 
 def training_images(root: str, count: int) -> tuple[np.ndarray, np.ndarray, str]:
     try:
-        cifar = datasets.cifar10(root, download=False, limit_train=count)
-        return cifar.train_images, cifar.train_labels, f"CIFAR-10 from {root}"
+        data_set = datasets.cifar10(root, download=False, limit_train=count)
+        return data_set.train_images, data_set.train_labels, f"CIFAR-10 from {root}"
     except datasets.DataError:
         rng = np.random.default_rng(0)
         images = rng.integers(0, 256, size=(count, 32, 32, 3), dtype=np.uint8)

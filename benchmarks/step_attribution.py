@@ -110,7 +110,7 @@ class Variant:
         return self.run(settings).read(first_step=1).loss
 
 
-def build_variant(name: str, args: argparse.Namespace, cifar, initial: dict) -> Variant | None:
+def build_variant(name: str, args: argparse.Namespace, data_set, initial: dict) -> Variant | None:
     overrides, bar, compile_it, graph = VARIANTS[name]
     cfg = run_config(args, "device", *overrides, f"log_every={args.log_every}")
     device = build.device(cfg.device)
@@ -119,7 +119,7 @@ def build_variant(name: str, args: argparse.Namespace, cifar, initial: dict) -> 
     model.load_state_dict(initial)
     optimizer = build.optimizer(cfg.optimizer, model, lr=0.02, **build.fused_kernels(cfg.optimizer, device))
     trained = build.compiled(model) if compile_it else model
-    variant = Variant(name, cfg, model, trained, optimizer, build.train_loader(cfg, cifar, settings, 0), bar)
+    variant = Variant(name, cfg, model, trained, optimizer, build.train_loader(cfg, data_set, settings, 0), bar)
     if graph:
         started = time.perf_counter()
         scaler = build.loss_scaler(settings.autocast_dtype, device)
@@ -268,7 +268,7 @@ def main() -> None:
     cfg = run_config(args, "device", f"log_every={args.log_every}")
     device = build.device(cfg.device)
     settings = build.step_settings(cfg, device)
-    cifar, source = training_images(args.data_root, args.steps * args.batch_size)
+    data_set, source = training_images(args.data_root, args.steps * args.batch_size)
     torch.manual_seed(0)
     initial = {k: v.clone() for k, v in build.model(cfg.model, settings).state_dict().items()}
     print(f"device {device} ({settings.autocast_dtype or 'fp32'}), width {args.width}, batch {args.batch_size}, "
@@ -276,7 +276,7 @@ def main() -> None:
           flush=True)  # fmt: skip
     variants = []
     for name in names:
-        variant = build_variant(name, args, cifar, initial)
+        variant = build_variant(name, args, data_set, initial)
         if variant is None:
             print(f"  {name}: not run here (see the warning above)", flush=True)
         else:

@@ -64,15 +64,15 @@ def parse_args() -> argparse.Namespace:
 
 def training_images(root: str, count: int) -> tuple[datasets.ImageData, str]:
     try:
-        cifar = datasets.load(root, download=False, limit_train=count)
+        data_set = datasets.load(root, download=False, limit_train=count)
         source = f"CIFAR-10 from {root}"
     except datasets.DataError:
         rng = np.random.default_rng(0)
         images = rng.integers(0, 256, size=(count, 32, 32, 3), dtype=np.uint8)
         labels = rng.integers(0, 10, size=count)
-        cifar = datasets.ImageData(images, labels, images[:0], labels[:0])
+        data_set = datasets.ImageData(images, labels, images[:0], labels[:0])
         source = "random images (no CIFAR-10 found)"
-    return cifar, source
+    return data_set, source
 
 
 def run_config(args: argparse.Namespace, engine: str, *extra: str) -> DictConfig:
@@ -107,15 +107,15 @@ def measure_paths(args: argparse.Namespace) -> list[tuple[str, float]]:
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)  # the loop steps one; keep LR fixed
 
     count = args.steps * args.batch_size
-    cifar, source = training_images(args.data_root, count)
+    data_set, source = training_images(args.data_root, count)
     paths = {
         "(a) bare model, random tensors": random_batches(args, settings),
-        "(b) device-resident loader": build.train_loader(cfg, cifar, settings, seed=0),
+        "(b) device-resident loader": build.train_loader(cfg, data_set, settings, seed=0),
         f"(c) albumentations DataLoader, {args.workers} workers": build.train_loader(
-            run_config(args, engine="albumentations"), cifar, settings, seed=0
+            run_config(args, engine="albumentations"), data_set, settings, seed=0
         ),
         "(d) device-resident, whole epoch at once": build.train_loader(
-            run_config(args, "device", "augment.whole_epoch=true"), cifar, settings, seed=0
+            run_config(args, "device", "augment.whole_epoch=true"), data_set, settings, seed=0
         ),
     }
 

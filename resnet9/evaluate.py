@@ -48,15 +48,15 @@ def evaluate_checkpoint(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     allowed = targets.permitted(user_config_dirs())  # what a checkpoint may name: read once, used twice
     model, checkpoint = build.trained_model(path, device, allowed=allowed)
     run = _run_config(checkpoint, cfg, path, allowed)
-    cifar = runs_data_set(run, checkpoint.get("test_digest"), path, check=cfg.data.limit_test is None)
+    data_set = runs_data_set(run, checkpoint.get("test_digest"), path, check=cfg.data.limit_test is None)
     settings = build.step_settings(run, device)
     model = model.to(memory_format=settings.memory_format)
-    loader = build.test_loader(run, cifar, settings)
+    loader = build.test_loader(run, data_set, settings)
     logits, labels = predict(model, loader, settings)
     logits_tta, _ = predict(model, loader, settings, tta=True)
-    results = _scores(logits, logits_tta, labels, cifar.classes)
+    results = _scores(logits, logits_tta, labels, data_set.classes)
     results |= {"checkpoint": str(Path(to_absolute_path(str(cfg.checkpoint)))), "epoch": checkpoint.get("epoch")}
-    _draw(model, cifar, results, logits, cfg, out_dir, build.normalization(run.data))
+    _draw(model, data_set, results, logits, cfg, out_dir, build.normalization(run.data))
     files.write_json(out_dir / "evaluation.json", results)
     return results
 
@@ -133,7 +133,7 @@ def _scores(logits: torch.Tensor, logits_tta: torch.Tensor, labels: torch.Tensor
 
 def _draw(
     model: nn.Module,
-    cifar: ImageData,
+    data_set: ImageData,
     results: dict,
     logits: torch.Tensor,
     cfg: DictConfig,
@@ -141,7 +141,7 @@ def _draw(
     stats: Stats,
 ) -> None:
     """confusion_matrix.png, misclassified.png (the most confident mistakes) and their GradCAM maps."""
-    classes, truth = cifar.classes, cifar.test_labels
+    classes, truth = data_set.classes, data_set.test_labels
     probs = torch.softmax(logits, 1).cpu().numpy()
     predicted = probs.argmax(1)
     wrong = np.flatnonzero(predicted != truth)
@@ -158,21 +158,21 @@ def _draw(
         title=f"{name}: test accuracy {100 * results['test_acc']:.2f}% on {results['n_test']:,} images",
     )
     plots.image_gallery(
-        cifar.test_images[wrong],
+        data_set.test_images[wrong],
         captions,
         out_dir / "misclassified.png",
         title=f"{name}: the {len(wrong)} most confident mistakes",
     )
     from resnet9.analysis import gradcam  # grad-cam brings torchvision's models: 3.5 s of imports, paid only here
 
-    height, width, channels = cifar.image_shape
+    height, width, channels = data_set.image_shape
     layer = gradcam.target_layer(model.float(), (channels, height, width))
     if layer is None:
         logging.getLogger(__name__).warning("GradCAM is not available for this model: it has no convolution")
         return
-    maps = gradcam.class_activation_maps(model, cifar.test_images[wrong], predicted[wrong].tolist(), stats, layer)
+    maps = gradcam.class_activation_maps(model, data_set.test_images[wrong], predicted[wrong].tolist(), stats, layer)
     plots.image_gallery(  # an empty grid when there is no mistake to explain
-        gradcam.overlays(cifar.test_images[wrong], maps),
+        gradcam.overlays(data_set.test_images[wrong], maps),
         captions,
         out_dir / "gradcam.png",
         title=f"{name}: GradCAM on {layer}, for the predicted class",

@@ -151,26 +151,26 @@ def train(cfg: DictConfig, out_dir: Path) -> float:
         build.seed_everything(cfg.seed, cfg.deterministic)
         settings = build.step_settings(cfg, device)
         with ddp.main_first():  # one download, by rank 0
-            cifar = build.dataset(cfg.data)
-        _check_fits(cfg, cifar)
+            data_set = build.dataset(cfg.data)
+        _check_fits(cfg, data_set)
         model = build.model(cfg.model, settings, reuse=cfg.compile and not world.is_parallel)
         own_callbacks = callbacks.from_config(cfg) if world.is_main else {}  # rank 0 alone records (and calls them)
 
-        loader = build.train_loader(cfg, cifar, settings, cfg.seed, world)
+        loader = build.train_loader(cfg, data_set, settings, cfg.seed, world)
         build.check_schedule(cfg, steps_per_epoch=len(loader))  # before the range test, not after it
 
         resumed = read_resumable(out_dir / "last.pt", cfg, device)
         if resumed is not None:  # the LRs the interrupted run derived: no new range test
             lrs = saved_lrs(resumed)
         else:  # rank 0 runs the range test (if one is needed); every rank trains with its LRs
-            lrs = ddp.broadcast(derive.lrs_for_run(cfg, cifar, settings, out_dir) if world.is_main else None)
-        state = _training_state(cfg, model, loader, cifar, lrs, clock)
+            lrs = ddp.broadcast(derive.lrs_for_run(cfg, data_set, settings, out_dir) if world.is_main else None)
+        state = _training_state(cfg, model, loader, data_set, lrs, clock)
         state.callbacks = own_callbacks  # their state is checkpointed, and given back on a resume
         if resumed is not None:
             _resume(state, resumed, out_dir / "last.pt")
         if state.scaler is not None:  # after the resume: a checkpoint may hold no momentum yet
             build.ready_for_loss_scaling(state.optimizer)
-        test_batches = build.test_loader(cfg, cifar, settings)
+        test_batches = build.test_loader(cfg, data_set, settings)
 
     stop = SignalStop()
     # the user's callbacks before the recorders, so that what they add to an epoch's row is recorded
@@ -196,7 +196,7 @@ def _training_state(
     cfg: DictConfig,
     model: torch.nn.Module,
     loader: Batches,
-    cifar: ImageData,
+    data_set: ImageData,
     lrs: RunLRs,
     clock: Stopwatch,
 ) -> TrainState:
@@ -221,11 +221,11 @@ def _training_state(
         code=tracking.code_version(),  # the package version; the git commit and whether the tree was dirty
         parameters=count_parameters(model),
         processes=ddp.world().size,  # torchrun's data-parallel processes; batch_size is the global batch
-        n_train=len(cifar.train_labels),
-        n_test=len(cifar.test_labels),
-        test_digest=cifar.test_digest(),  # evaluate checks it scores these very images
-        classes=_class_names(cifar),  # what predict names the outputs
-        image_shape=list(cifar.image_shape),  # (height, width, channels): what predict resizes and converts to
+        n_train=len(data_set.train_labels),
+        n_test=len(data_set.test_labels),
+        test_digest=data_set.test_digest(),  # evaluate checks it scores these very images
+        classes=_class_names(data_set),  # what predict names the outputs
+        image_shape=list(data_set.image_shape),  # (height, width, channels): what predict resizes and converts to
         steps_per_epoch=len(loader),
         lr_min=lr_min,
         lr_max=lr_max,

@@ -24,6 +24,7 @@ from resnet9.core.errors import UsageError
 from resnet9.evaluate import evaluate_checkpoint
 from resnet9.models.resnet9 import ResNet9
 from resnet9.training.engine import build
+from resnet9.training.engine import epoch as engine_epoch
 from resnet9.training.engine.ema import WeightEMA
 from resnet9.training.engine.state import RunRecord
 
@@ -61,8 +62,8 @@ def test_a_completed_run_rerun_in_its_folder_finishes_at_once(trained_run, tmp_p
     def must_not_run(*args, **kwargs):
         raise AssertionError("a completed run trained or evaluated again")
 
-    monkeypatch.setattr(trainer, "train_one_epoch", must_not_run)
-    monkeypatch.setattr(trainer, "evaluate", must_not_run)
+    monkeypatch.setattr(engine_epoch, "train_one_epoch", must_not_run)
+    monkeypatch.setattr(engine_epoch, "evaluate", must_not_run)
     assert trainer.train(OmegaConf.create(before["config"]), folder) == before["final_test_acc"]
     after = metrics(folder)
     assert after["status"] == "completed" and after["epochs"] == before["epochs"]

@@ -110,7 +110,7 @@ def sweep_job(tmp_path):
 def tracked_job(cfg, out_dir: Path) -> Path:
     """The job's W&B run as its listener starts and ends it, with a last.pt in the folder: its run file."""
     out_dir.mkdir()
-    listeners = trainer._recording_listeners(cfg, out_dir, torch.device("cpu"))
+    listeners = trainer._recording_listeners(cfg, out_dir, torch.device("cpu"), None)
     (tracker_log,) = [listener for listener in listeners if isinstance(listener, TrackerLog)]
     record = RunRecord(lr_min=0.01, lr_max=0.1, lr_source="config", final_test_acc=0.5, best_test_acc=0.5, best_epoch=1,
                        train_time_s=1.0, parameters=10)  # fmt: skip

@@ -20,6 +20,7 @@ from resnet9.models.resnet9 import ResNet9
 from resnet9.train import train
 from resnet9.training.config import schema
 from resnet9.training.engine import build
+from resnet9.training.engine import epoch as engine_epoch
 from resnet9.training.engine.loop import StepSettings, evaluate, train_one_epoch
 from resnet9.training.engine.state import RunRecord
 from resnet9.training.lr import range_test as lr_finder
@@ -183,8 +184,8 @@ def test_ema_evaluates_the_average_of_the_final_epochs(synthetic_root, tmp_path)
     # The checkpoint holds the averaged weights that were evaluated: reloaded, they give the same accuracy.
     model = ResNet9(width=0.125)
     model.load_state_dict(torch.load(tmp_path / "last.pt", weights_only=False)["model"])
-    cifar = datasets.load(synthetic_root, download=False, limit_test=100)
-    loader = augment.DeviceLoader(cifar.test_images, cifar.test_labels, 50, CPU, train=False)
+    data_set = datasets.load(synthetic_root, download=False, limit_test=100)
+    loader = augment.DeviceLoader(data_set.test_images, data_set.test_labels, 50, CPU, train=False)
     _, accuracy = evaluate(model, loader, StepSettings(device=CPU))
     assert accuracy == metrics["final_test_acc"]
 
@@ -410,10 +411,9 @@ def test_a_warm_up_step_changes_nothing_the_run_computes(synthetic_root, tmp_pat
 def test_an_epoch_reads_the_device_only_for_a_progress_bar(synthetic_root, tmp_path, monkeypatch, progress):
     """Reads from the device (`.item()`, `.tolist()`, `.cpu()`, `bool()`, `float()`, `int()`) inside
     train_one_epoch, counted; with the EMA updating after every step."""
-    import resnet9.train as trainer
 
     inside, reads = [False], []
-    real_epoch = trainer.train_one_epoch
+    real_epoch = engine_epoch.train_one_epoch
 
     def counted_epoch(*args, **kwargs):
         inside[0] = True
@@ -431,7 +431,7 @@ def test_an_epoch_reads_the_device_only_for_a_progress_bar(synthetic_root, tmp_p
             return _real(self, *args, **kwargs)
 
         monkeypatch.setattr(torch.Tensor, name, counting)
-    monkeypatch.setattr(trainer, "train_one_epoch", counted_epoch)
+    monkeypatch.setattr(engine_epoch, "train_one_epoch", counted_epoch)
     options = ("log_every=1", "epochs=2", "ema.decay=0.9", "ema.start_epoch=1")  # the EMA updates every step
     train(compose_small(synthetic_root, f"progress={str(progress).lower()}", *options), tmp_path)
     assert (len(reads) > 0) == progress  # with a bar: its running numbers every log_every steps; else none

@@ -13,6 +13,7 @@ import torch
 from hydra import compose, initialize_config_dir
 
 import resnet9.train as trainer
+from resnet9.training.engine import epoch as engine_epoch
 from resnet9.training.engine.lifecycle import job_record
 from resnet9.training.engine.loop import StopRequested
 
@@ -47,7 +48,7 @@ def test_sigint_in_training_stops_at_the_next_step_and_saves_it(synthetic_root, 
             "model.width=0.0625", "epochs=2", "optimizer.lr=0.1", "scheduler.lr_min=0.01", "logger=none",
             "progress=false", "device=cpu",
         ])  # fmt: skip
-    real, steps = trainer.train_one_epoch, []
+    real, steps = engine_epoch.train_one_epoch, []
 
     def pressed_as_step_3_starts(model, batches, *args, **kwargs):
         def counted():
@@ -59,7 +60,7 @@ def test_sigint_in_training_stops_at_the_next_step_and_saves_it(synthetic_root, 
 
         return real(model, counted(), *args, **kwargs)
 
-    monkeypatch.setattr(trainer, "train_one_epoch", pressed_as_step_3_starts)
+    monkeypatch.setattr(engine_epoch, "train_one_epoch", pressed_as_step_3_starts)
     with pytest.raises(StopRequested) as stopped:
         trainer.train(cfg, tmp_path)
     assert (stopped.value.signal, str(stopped.value), ctrl_c_caught) == (2, "stopped by signal 2 after step 2", [])

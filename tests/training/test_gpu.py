@@ -88,25 +88,25 @@ def test_resume_on_the_gpu_restores_the_loader_and_random_states_and_a_capture_a
     """Stopped in epoch 2, saved, loaded into fresh objects: the same CUDA random state and next batches, and
     training goes on, eagerly and through a step captured after the load, like the run that never stopped."""
     cfg = small_config(synthetic_root, "device", ON)
-    cifar = build.dataset(cfg.data)
-    straight = new_state(cfg, cifar, init_seed=0)
+    data_set = build.dataset(cfg.data)
+    straight = new_state(cfg, data_set, init_seed=0)
     expected = [train_epoch(straight, epoch) for epoch in (1, 2, 3)]
-    stopped = new_state(cfg, cifar, init_seed=0)
+    stopped = new_state(cfg, data_set, init_seed=0)
     train_epoch(stopped, 1)
     with pytest.raises(StopRequested):
         train_epoch(stopped, 2, stop_after=2)
     torch.save(files.host_copy(stopped.state_dict()), tmp_path / "state.pt")  # as the trainer's writer does
-    reference = new_state(cfg, cifar, init_seed=0).loader  # the batch the stopped run would have trained on next
+    reference = new_state(cfg, data_set, init_seed=0).loader  # the batch the stopped run would have trained on next
     list(reference)  # epoch 1
     next_batch = [images for images, _ in reference][2]  # epoch 2's third batch (two were done before the stop)
     cuda_state = torch.cuda.get_rng_state(ON) if CUDA else torch.get_rng_state()
     torch.manual_seed(12345)  # other weights and random numbers: the file must restore them all
     for graph in (False, True):
         saved = torch.load(tmp_path / "state.pt", weights_only=True)  # each time: a loaded state trains its tensors
-        fresh_loader = new_state(cfg, cifar, init_seed=7).loader
+        fresh_loader = new_state(cfg, data_set, init_seed=7).loader
         fresh_loader.load_state_dict(saved["loader"])
         assert torch.equal(next(iter(fresh_loader))[0], next_batch)
-        fresh = new_state(cfg, cifar, init_seed=7)
+        fresh = new_state(cfg, data_set, init_seed=7)
         fresh.load_state_dict(saved)
         assert torch.equal(torch.cuda.get_rng_state(ON) if CUDA else torch.get_rng_state(), cuda_state)
         settings = build.step_settings(cfg, ON)

@@ -46,13 +46,13 @@ def small_setup(synthetic_root, small_data, tmp_path):
 
 
 def test_range_test_restores_the_model_it_trained(small_setup):
-    cfg, cifar = small_setup
+    cfg, data_set = small_setup
     torch.manual_seed(0)
     model = ResNet9(width=0.125)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr_finder.start_lr, momentum=0.9)
     spec = augment.Augmentation(engine="device")
-    loader = spec.train_loader(cifar.train_images, cifar.train_labels, 40, torch.device("cpu"), seed=0)
+    loader = spec.train_loader(data_set.train_images, data_set.train_labels, 40, torch.device("cpu"), seed=0)
     history = lr_finder.run_range_test(model, optimizer, loader, torch.device("cpu"), cfg.lr_finder)
     found = rules.read(history, cfg.lr_finder)
     assert len(history["lr"]) > 20 and 0 < found.lr_min < found.lr_max
@@ -60,17 +60,17 @@ def test_range_test_restores_the_model_it_trained(small_setup):
     assert all(torch.equal(before[k], after[k]) for k in before)  # weights and BN statistics untouched
 
 
-def find(cfg, cifar, out_dir: Path) -> rules.LRRange:
+def find(cfg, data_set, out_dir: Path) -> rules.LRRange:
     """The range test as the trainer runs it: the config's probe, its curve and the rule's reading, on the CPU."""
     settings = build.step_settings(cfg, torch.device("cpu"))
-    return derive.read_range(cfg, cifar, settings, out_dir)
+    return derive.read_range(cfg, data_set, settings, out_dir)
 
 
 def test_range_test_on_small_data_writes_plot_and_json(small_setup, tmp_path):
-    cfg, cifar = small_setup
+    cfg, data_set = small_setup
     cfg.lr_finder.cache_dir = str(tmp_path / "cache")
     rng = torch.get_rng_state()
-    found = find(cfg, cifar, tmp_path)
+    found = find(cfg, data_set, tmp_path)
     plots.wait_for_figures()
     assert torch.equal(rng, torch.get_rng_state())  # the run's random state is left as it was
     assert 0 < found.lr_min < found.lr_max
@@ -83,9 +83,9 @@ def test_range_test_on_small_data_writes_plot_and_json(small_setup, tmp_path):
 
 
 def test_second_identical_test_comes_from_the_cache(small_setup, tmp_path, monkeypatch):
-    cfg, cifar = small_setup
+    cfg, data_set = small_setup
     cfg.lr_finder.cache_dir = str(tmp_path / "cache")
-    first = find(cfg, cifar, tmp_path / "a")
+    first = find(cfg, data_set, tmp_path / "a")
 
     def must_not_run(*args, **kwargs):
         raise AssertionError("the range test ran again instead of using the cache")
@@ -94,7 +94,7 @@ def test_second_identical_test_comes_from_the_cache(small_setup, tmp_path, monke
     cfg.optimizer.lr = 0.05  # the LRs to be derived are not part of the key...
     cfg.lr_finder.scale = 2.0  # ...nor is the scale applied afterwards...
     cfg.seed = 7  # ...nor the run's seed: all seeds of a sweep share one test
-    second = find(cfg, cifar, tmp_path / "b")
+    second = find(cfg, data_set, tmp_path / "b")
     assert second.cached and (second.lr_min, second.lr_max) == (first.lr_min, first.lr_max)
     assert second.history == first.history
     plots.wait_for_figures()
@@ -102,21 +102,21 @@ def test_second_identical_test_comes_from_the_cache(small_setup, tmp_path, monke
 
     other_reading = cfg.copy()  # another rule, divisor or trim reads the cached curve again
     other_reading.lr_finder.update(rule="steepest", max_divisor=2.0, skip_start=5)
-    third = find(other_reading, cifar, tmp_path / "b")
+    third = find(other_reading, data_set, tmp_path / "b")
     assert third.cached and third.rule == "steepest" and third.lr_max == pytest.approx(third.picks["steepest"] / 2)
 
     for key, value in (("lr_finder.num_iter", 25), ("lr_finder.seed", 1), ("batch_size", 20)):
         changed = cfg.copy()
         OmegaConf.update(changed, key, value)  # another curve: the test must run
         with pytest.raises(AssertionError, match="ran again"):
-            find(changed, cifar, tmp_path / "c")
+            find(changed, data_set, tmp_path / "c")
 
 
 def test_damaged_cache_entry_is_recomputed(small_setup, tmp_path, caplog):
-    cfg, cifar = small_setup
+    cfg, data_set = small_setup
     caplog.set_level(logging.INFO, logger="resnet9")
     cfg.lr_finder.cache_dir = str(tmp_path / "cache")
-    first = find(cfg, cifar, tmp_path / "a")
+    first = find(cfg, data_set, tmp_path / "a")
     entry = Path(cfg.lr_finder.cache_dir) / first.cache_key
     saved = json.loads((entry / "curve.json").read_text())
     damaged = {
@@ -130,26 +130,26 @@ def test_damaged_cache_entry_is_recomputed(small_setup, tmp_path, caplog):
         (entry / "curve.json").write_text(text)
         (tmp_path / name).mkdir(exist_ok=True)
         caplog.clear()
-        again = find(cfg, cifar, tmp_path / name)
+        again = find(cfg, data_set, tmp_path / name)
         assert not again.cached, name
         assert json.loads((entry / "curve.json").read_text()) == again.history
         assert "is unreadable or damaged; this test replaces it" in caplog.text, name  # not "no cached result"
 
 
 def test_a_cache_folder_that_is_a_file_is_refused_before_the_test(small_setup, tmp_path, monkeypatch):
-    cfg, cifar = small_setup
+    cfg, data_set = small_setup
     (tmp_path / "cachefile").write_text("not a folder")
     cfg.lr_finder.cache_dir = str(tmp_path / "cachefile" / "lr_find")  # RESNET9_CACHE=<a file>
     monkeypatch.setattr(lr_finder, "run_range_test", lambda *a, **k: pytest.fail("the test ran before the refusal"))
     with pytest.raises(UsageError, match=r"cachefile is a file; point RESNET9_CACHE or lr_finder.cache_dir at a"):
-        find(cfg, cifar, tmp_path / "a")
+        find(cfg, data_set, tmp_path / "a")
     assert (tmp_path / "cachefile").read_text() == "not a folder"
 
 
 def test_a_cache_behind_a_folder_we_may_not_search_costs_a_warning_not_the_run(
     small_setup, tmp_path, monkeypatch, caplog
 ):
-    cfg, cifar = small_setup
+    cfg, data_set = small_setup
     caplog.set_level(logging.WARNING, logger="resnet9")
     cfg.lr_finder.cache_dir = str(tmp_path / "locked" / "lr_find")
     real_exists = Path.exists
@@ -163,12 +163,12 @@ def test_a_cache_behind_a_folder_we_may_not_search_costs_a_warning_not_the_run(
 
     monkeypatch.setattr(Path, "exists", exists)
     monkeypatch.setattr(lr_finder.tempfile, "mkdtemp", lambda **kw: (_ for _ in ()).throw(PermissionError(13, "no")))
-    found = find(cfg, cifar, tmp_path / "a")
+    found = find(cfg, data_set, tmp_path / "a")
     assert 0 < found.lr_min < found.lr_max and "cannot cache the curve" in caplog.text
 
 
 def test_a_cache_that_cannot_be_written_costs_a_warning_not_the_run(small_setup, tmp_path, monkeypatch, caplog):
-    cfg, cifar = small_setup
+    cfg, data_set = small_setup
     caplog.set_level(logging.WARNING, logger="resnet9")
     cfg.lr_finder.cache_dir = str(tmp_path / "cache")
 
@@ -176,7 +176,7 @@ def test_a_cache_that_cannot_be_written_costs_a_warning_not_the_run(small_setup,
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(lr_finder.tempfile, "mkdtemp", disk_full)
-    found = find(cfg, cifar, tmp_path / "a")
+    found = find(cfg, data_set, tmp_path / "a")
     assert 0 < found.lr_min < found.lr_max and (tmp_path / "a" / "lr_finder.json").is_file()
     assert "cannot cache the curve" in caplog.text and "No space left" in caplog.text
     assert not any((tmp_path / "cache").iterdir())  # nothing half-written left behind

@@ -241,13 +241,13 @@ def small_config(root: Path, engine: str, device: torch.device = CPU):
         )  # fmt: skip
 
 
-def new_state(cfg, cifar: datasets.ImageData, init_seed: int) -> TrainState:
+def new_state(cfg, data_set: datasets.ImageData, init_seed: int) -> TrainState:
     """The trainer's state for `cfg` (on its device; fused SGD on CUDA, as the trainer picks it)."""
     on = build.device(cfg.device)
     settings = build.step_settings(cfg, on)
     build.seed_everything(init_seed)
     model = build.model(cfg.model, settings)
-    loader = build.train_loader(cfg, cifar, settings, cfg.seed)
+    loader = build.train_loader(cfg, data_set, settings, cfg.seed)
     optimizer = build.optimizer(cfg.optimizer, model, lr=0.05, **build.fused_kernels(cfg.optimizer, on))
     scheduler = build.scheduler(cfg, optimizer, 0.005, 0.05, len(loader))
     ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(0.9), use_buffers=True)
@@ -280,11 +280,11 @@ def train_epoch(state: TrainState, epoch: int, stop_after: int | None = None, gr
 @pytest.mark.parametrize("engine", ["device", "albumentations", "other options"])
 def test_the_state_saved_mid_epoch_and_loaded_into_new_objects_continues_exactly(synthetic_root, tmp_path, engine):
     cfg = small_config(synthetic_root, engine)
-    cifar = build.dataset(cfg.data)
-    straight = new_state(cfg, cifar, init_seed=0)
+    data_set = build.dataset(cfg.data)
+    straight = new_state(cfg, data_set, init_seed=0)
     expected = [train_epoch(straight, epoch) for epoch in (1, 2, 3)]
 
-    stopped = new_state(cfg, cifar, init_seed=0)
+    stopped = new_state(cfg, data_set, init_seed=0)
     train_epoch(stopped, 1)
     with pytest.raises(StopRequested):
         train_epoch(stopped, 2, stop_after=3)
@@ -292,7 +292,7 @@ def test_the_state_saved_mid_epoch_and_loaded_into_new_objects_continues_exactly
     saved_rng = torch.get_rng_state()
 
     torch.manual_seed(12345)  # a fresh state, other weights and random numbers: the file must restore them all
-    fresh = new_state(cfg, cifar, init_seed=7)
+    fresh = new_state(cfg, data_set, init_seed=7)
     fresh.load_state_dict(torch.load(tmp_path / "state.pt", weights_only=True))
     assert torch.equal(torch.get_rng_state(), saved_rng)
     assert (fresh.epoch, len(fresh.epoch_sums.lrs)) == (1, 3)

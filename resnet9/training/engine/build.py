@@ -305,13 +305,13 @@ def compiled(module: nn.Module) -> nn.Module:
 
 
 def train_loader(
-    cfg: DictConfig, cifar: datasets.ImageData, settings: StepSettings, seed: int, world: World | None = None
+    cfg: DictConfig, data_set: datasets.ImageData, settings: StepSettings, seed: int, world: World | None = None
 ) -> Batches:
     """Augmented training batches of `batch_size` (this rank's slice under torchrun), drawn with `seed`."""
     world = world or World()
     return built(cfg.augment, "augment").train_loader(
-        cifar.train_images,
-        cifar.train_labels,
+        data_set.train_images,
+        data_set.train_labels,
         cfg.batch_size,
         settings.device,
         seed,
@@ -319,21 +319,21 @@ def train_loader(
         memory_format=settings.memory_format,
         rank=world.rank,
         world_size=world.size,
-        copies=cifar.device_copies,
+        copies=data_set.device_copies,
         stats=normalization(cfg.data),
     )
 
 
-def test_loader(cfg: DictConfig, cifar: datasets.ImageData, settings: StepSettings) -> Batches:
+def test_loader(cfg: DictConfig, data_set: datasets.ImageData, settings: StepSettings) -> Batches:
     """The test images in order, normalised only, in batches of `eval_batch_size`."""
     return built(cfg.augment, "augment").test_loader(
-        cifar.test_images,
-        cifar.test_labels,
+        data_set.test_images,
+        data_set.test_labels,
         cfg.eval_batch_size,
         settings.device,
         num_workers=cfg.data.num_workers,
         memory_format=settings.memory_format,
-        copies=cifar.device_copies,
+        copies=data_set.device_copies,
         stats=normalization(cfg.data),
     )
 
