@@ -31,7 +31,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from resnet9 import report
 from resnet9.analysis import model_table
-from resnet9.core import files, jobcache, signals
+from resnet9.core import files, jobcache, signals, slurm
 from resnet9.core.errors import (
     UsageError,
     exit_on_usage_error,
@@ -110,6 +110,8 @@ def _end_stopped(stopped: StopRequested, out_dir: Path) -> NoReturn:
     try:
         signals.pass_on(stopped.signal)  # submitit's requeuer exits in there, once the job is requeued
     except Exception as declined:  # submitit's UncompletedJobError: timed out max_num_timeout times
+        if slurm.requeue_underway():  # the requeue went through; SLURM stopped its `scontrol requeue` with the step
+            exit_with(f"{stopped}; SLURM requeues the job, which {resumes}", 128 + stopped.signal)
         reason = one_line(declined)
         if ddp.world().is_main:
             not_requeued(out_dir, reason)

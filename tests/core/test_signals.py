@@ -2,6 +2,7 @@
 the process's own handlers when it ends, however it ends; SIGUSR2 goes on to the process's own handler (submitit's
 requeuer) once the run has saved."""
 
+import json
 import os
 import signal
 
@@ -92,3 +93,32 @@ def test_sigterm_counts_as_requeued_only_while_slurm_requeues_the_job(tmp_path, 
             monkeypatch.setenv("SLURM_RESTART_COUNT", started_as)
         assert signals.requeued_after(signal.SIGTERM) is requeuing, (restarts, started_as)
     assert not signals.requeued_after(signal.SIGINT)  # Ctrl-C: never a requeue
+
+
+@pytest.mark.parametrize("requeue_went_through", [True, False])
+def test_a_requeue_whose_command_slurm_stopped_is_still_a_requeue(requeue_went_through, tmp_path, monkeypatch, capsys):
+    """submitit's requeuer runs `scontrol requeue`; SLURM, requeuing, stops the job's step and may stop that command
+    with it (CalledProcessError, died with SIGTERM). If SLURM has counted the restart, the job is requeued after all:
+    its record stays `requeued` and its line says it resumes; else it was declined: `interrupted`, how to resume."""
+    import subprocess
+
+    import resnet9.train as trainer
+
+    (tmp_path / "metrics.json").write_text(json.dumps({"status": "requeued", "stopped": "stopped by signal 12"}))
+
+    def requeuer(signum):
+        raise subprocess.CalledProcessError(-signal.SIGTERM, ["scontrol", "requeue", "186"])
+
+    monkeypatch.setattr(signals, "pass_on", requeuer)
+    monkeypatch.setattr(slurm, "requeue_underway", lambda: requeue_went_through)
+    stopped = StopRequested(signal.SIGUSR2, step=25)
+    stopped.requeued = True
+    with pytest.raises(SystemExit) as ended:
+        trainer._end_stopped(stopped, tmp_path)
+    assert ended.value.code == 128 + signal.SIGUSR2
+    record, said = json.loads((tmp_path / "metrics.json").read_text()), capsys.readouterr().err
+    if requeue_went_through:
+        assert record["status"] == "requeued" and "SLURM requeues the job, which resumes from" in said
+    else:
+        assert record["status"] == "interrupted" and "; not requeued: CalledProcessError" in record["stopped"]
+        assert "resume by rerunning" in said
