@@ -99,6 +99,7 @@ def drifting(root, download=True, limit_train=None, limit_test=None):
 '''
 
 
+@pytest.mark.slow  # (make test-full; make test stays under 10 minutes on 2 cores)
 def test_evaluate_scores_the_runs_own_test_images_whatever_the_data_function_does(tmp_path):
     """A data set function whose test images follow limit_train and the random state: evaluate calls it as the
     run did (same arguments, same seeding) and reproduces the run's final test accuracy exactly."""

@@ -114,6 +114,7 @@ def test_a_checkpoint_write_failing_mid_run_ends_in_one_line_naming_it(cifar_roo
     assert not list(out.glob(".last.pt-*"))  # no temporary file left behind
 
 
+@pytest.mark.slow  # (make test-full; make test stays under 10 minutes on 2 cores)
 def test_a_rerun_refused_before_training_leaves_the_folder_as_its_run_wrote_it(cifar_root, tmp_path):
     """Hydra rewrites .hydra/ before the job starts; a refused resume puts the earlier run's files back."""
     out = tmp_path / "run"

@@ -79,6 +79,7 @@ def assert_same_run(resumed: dict, reference: dict) -> None:
     assert resumed["final_test_acc"] == reference["final_test_acc"]
 
 
+@pytest.mark.slow  # (make test-full; make test stays under 10 minutes on 2 cores)
 def test_kill_9_in_epoch_2_then_resume_ends_exactly_like_an_uninterrupted_run(synthetic_root, tmp_path, uninterrupted):
     out = tmp_path / "run"
     process = start_and_wait_for_first_epoch(synthetic_root, out)

@@ -58,6 +58,7 @@ def test_cosine_annealing_takes_lrmin_as_its_floor(lab, synthetic_root):
     assert (lr_min, lr_max) == (0.01, 0.1) and per_epoch(record) == pytest.approx(expected)
 
 
+@pytest.mark.slow  # (make test-full; make test stays under 10 minutes on 2 cores)
 def test_reduce_on_plateau_steps_on_a_row_key_and_a_wrong_key_is_one_line(lab, synthetic_root):
     # `epoch` never falls, so in mode min every epoch after the first is one without improvement
     record = trained(lab, synthetic_root, "plateau", "scheduler=plateau", "scheduler.monitor=epoch",

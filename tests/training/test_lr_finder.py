@@ -112,6 +112,7 @@ def test_second_identical_test_comes_from_the_cache(small_setup, tmp_path, monke
             find(changed, data_set, tmp_path / "c")
 
 
+@pytest.mark.slow  # (make test-full; make test stays under 10 minutes on 2 cores)
 def test_damaged_cache_entry_is_recomputed(small_setup, tmp_path, caplog):
     cfg, data_set = small_setup
     caplog.set_level(logging.INFO, logger="resnet9")
@@ -182,6 +183,7 @@ def test_a_cache_that_cannot_be_written_costs_a_warning_not_the_run(small_setup,
     assert not any((tmp_path / "cache").iterdir())  # nothing half-written left behind
 
 
+@pytest.mark.slow  # (make test-full; make test stays under 10 minutes on 2 cores)
 def test_cli_runs_the_test_once_then_answers_from_the_cache(run_cli, synthetic_root, tmp_path):
     args = [f"data.root={synthetic_root}", "data.limit_train=400", "batch_size=40", "model.width=0.125",
             "lr_finder.num_iter=30", "device=cpu"]  # fmt: skip
